@@ -1,0 +1,61 @@
+"""effnet: EfficientNet classification and embeddings, exact to the Hugging Face reference.
+
+The public names are imported lazily so that ``effnet --help`` and
+``import effnet_cli`` stay fast: torch is only imported when a model,
+processor or loader is first used.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "EfficientNetConfig": "effnet_cli.config",
+    "EfficientNetModel": "effnet_cli.model",
+    "EfficientNetForImageClassification": "effnet_cli.model",
+    "EfficientNetImageProcessor": "effnet_cli.processor",
+    "load_pretrained": "effnet_cli.hub",
+    "optimize": "effnet_cli.optimize",
+    "EffnetError": "effnet_cli.errors",
+    "ConfigError": "effnet_cli.errors",
+    "WeightsError": "effnet_cli.errors",
+    "UnsafeCheckpointError": "effnet_cli.errors",
+    "OfflineError": "effnet_cli.errors",
+    "InputError": "effnet_cli.errors",
+    "DecodeError": "effnet_cli.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from effnet_cli.config import EfficientNetConfig
+    from effnet_cli.errors import (
+        ConfigError,
+        DecodeError,
+        EffnetError,
+        InputError,
+        OfflineError,
+        UnsafeCheckpointError,
+        WeightsError,
+    )
+    from effnet_cli.hub import load_pretrained
+    from effnet_cli.model import EfficientNetForImageClassification, EfficientNetModel
+    from effnet_cli.optimize import optimize
+    from effnet_cli.processor import EfficientNetImageProcessor
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'effnet_cli' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
