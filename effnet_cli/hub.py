@@ -1,0 +1,340 @@
+"""Loading and saving weights: variant names, hub repositories and local directories.
+
+``load_pretrained`` turns a name into files (the bundled Lite0 weights, the
+Hugging Face cache through huggingface_hub, or a local directory), reads the
+tensors safely (safetensors first; pickles only through ``weights_only=True``),
+checks every tensor against the model, and returns the model in eval mode with
+the preprocessing that travels with the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from effnet_cli.config import VARIANTS, EfficientNetConfig
+from effnet_cli.errors import ConfigError, OfflineError, UnsafeCheckpointError, WeightsError
+
+if TYPE_CHECKING:
+    import torch
+
+    from effnet_cli.model import EfficientNetPreTrainedModel
+    from effnet_cli.processor import EfficientNetImageProcessor
+
+CONFIG_NAME = "config.json"
+PROCESSOR_NAME = "preprocessor_config.json"
+SAFETENSORS_NAME = "model.safetensors"
+PICKLE_NAME = "pytorch_model.bin"
+
+# The preprocessing of google/efficientnet-b*'s preprocessor_config.json, used when a
+# checkpoint ships without one: nearest resize to the native size, ImageNet mean, and
+# the square roots of ImageNet's std with include_top dividing by them twice.
+HUB_STD_SQRT = [0.47853944, 0.4732864, 0.47434163]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+
+
+def cache_root() -> Path:
+    """effnet's own cache (converted bundled weights): ``$EFFNET_CACHE``, else ``$XDG_CACHE_HOME/effnet``."""
+    env = os.environ.get("EFFNET_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "effnet"
+
+
+def hub_id_for(name: str) -> str | None:
+    """The hub repository a short variant name stands for (``b3`` -> ``google/efficientnet-b3``)."""
+    variant = VARIANTS.get(name.lower())
+    return variant.hub_id if variant else None
+
+
+# ------------------------------------------------------------------ tensors
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's tensors without running any code from the file.
+
+    ``.safetensors`` files are read directly. Anything else is treated as a
+    torch pickle and read with ``torch.load(weights_only=True)``, which refuses
+    any object other than tensors and plain containers; a file that would need
+    more is rejected with :class:`UnsafeCheckpointError` before anything runs.
+    Checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``)
+    are unwrapped.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"No weights file at {path}.")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if path.suffix == ".safetensors" or _looks_like_safetensors(head, path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt: {exc}).") from None
+    if path.suffix in (".h5", ".keras"):
+        raise WeightsError(f"{path} is a Keras file; convert it first with `effnet convert {path} --from keras -o DIR`.")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path} is a pickle that needs arbitrary code to load, so it was refused "
+            f"({str(exc).splitlines()[0][:160]}); ask for a safetensors file instead."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise WeightsError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {str(exc)[:160]}).") from None
+    return _unwrap_state_dict(data, path)
+
+
+def _looks_like_safetensors(head: bytes, path: Path) -> bool:
+    # safetensors starts with a little-endian u64 header length, then '{'.
+    if len(head) < 8 or path.suffix in (".bin", ".pth", ".pt", ".ckpt"):
+        return False
+    size = int.from_bytes(head, "little")
+    return 0 < size < path.stat().st_size
+
+
+def _unwrap_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
+        if isinstance(data, dict) and key in data and isinstance(data[key], dict):
+            data = data[key]
+            break
+    if not isinstance(data, dict) or not data:
+        raise WeightsError(f"{path} holds no state dict of tensors.")
+    out = {}
+    for key, value in data.items():
+        if not isinstance(value, torch.Tensor):
+            raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor.")
+        out[str(key).removeprefix("module.")] = value
+    return out
+
+
+def load_weights(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+    """Copy ``state_dict`` into ``model`` after checking every name and shape.
+
+    Accepts a base-model checkpoint for a classifier (and vice versa) the way
+    transformers does, by adding or dropping the ``efficientnet.`` prefix; any
+    other mismatch is an error that names the tensors, never a partial load.
+    """
+    expected = model.state_dict()
+    prefix = model.base_model_prefix + "."
+    wants_prefix = any(k.startswith(prefix) for k in expected)
+    has_prefix = any(k.startswith(prefix) for k in state_dict)
+    if wants_prefix and not has_prefix:
+        state_dict = {prefix + k: v for k, v in state_dict.items()}
+    elif has_prefix and not wants_prefix:
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = sorted(
+        f"{k} {tuple(state_dict[k].shape)} (model has {tuple(expected[k].shape)})"
+        for k in set(expected) & set(state_dict)
+        if tuple(expected[k].shape) != tuple(state_dict[k].shape)
+    )
+    problems = []
+    for what, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            problems.append(f"{len(names)} {what} tensor(s): {shown}")
+    if problems:
+        raise WeightsError(f"{source} does not fit this model's config: " + "; ".join(problems) + ".")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def save_pretrained(model: EfficientNetPreTrainedModel, directory: str | Path,
+                    processor: EfficientNetImageProcessor | None = None) -> Path:
+    """Write config.json, model.safetensors and (when given) preprocessor_config.json to ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = dict(model.config.to_dict())
+    config.setdefault("architectures", [type(model).__name__])
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", "utf-8")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
+    if processor is not None:
+        processor.to_json_file(directory / PROCESSOR_NAME)
+    return directory
+
+
+# ------------------------------------------------------------------ resolve
+def resolve_files(name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                  local_files_only: bool | None = None) -> tuple[Path, dict[str, str]]:
+    """Find a loadable directory for a variant name, hub id or local path.
+
+    Returns the directory and a description of where it came from
+    (``{"source": "hub", "repo_id": ..., "revision": <commit>}`` and so on), so
+    runs can report exactly which weights they used.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path, {"source": "local", "path": str(path)}
+    if path.is_file():
+        if path.name == CONFIG_NAME:
+            return path.parent, {"source": "local", "path": str(path.parent)}
+        raise WeightsError(f"{path} is a file; give the directory that holds config.json, or convert it with `effnet convert`.")
+    key = text.lower()
+    if key == "lite0":
+        from effnet_cli.convert.bundled import ensure_lite0
+
+        directory = ensure_lite0(cache_root())
+        return directory, {"source": "bundled", "name": "lite0", "path": str(directory)}
+    if key in VARIANTS and VARIANTS[key].lite:
+        raise WeightsError(
+            f"No pretrained {key} weights ship with effnet; convert timm's tf_efficientnet_{key} checkpoint "
+            f"with `effnet convert CKPT --from timm --arch tf_efficientnet_{key} -o DIR` and use --model DIR."
+        )
+    repo_id = hub_id_for(key) or text
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or "/" not in repo_id:
+        raise WeightsError(
+            f"{text!r} is neither a directory, a variant ({', '.join(VARIANTS)}) nor a hub id like google/efficientnet-b0."
+        )
+    return _download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+
+
+def _download(repo_id: str, *, revision: str | None, cache_dir: str | Path | None,
+              local_files_only: bool | None) -> tuple[Path, dict[str, str]]:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub import errors as hub_errors
+
+    offline = bool(local_files_only) or _env_true("HF_HUB_OFFLINE")
+
+    def fetch(filename: str, required: bool = True) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                        local_files_only=bool(local_files_only)))
+        except hub_errors.EntryNotFoundError:
+            if required:
+                raise WeightsError(f"{repo_id} has no {filename}.") from None
+            return None
+        except hub_errors.LocalEntryNotFoundError:
+            if not required and _cached_elsewhere(repo_id, revision, cache_dir):
+                return None
+            where = "is not in the local Hugging Face cache" if offline else "could not be downloaded (no network?)"
+            raise OfflineError(
+                f"{repo_id}{'@' + revision if revision else ''}: {filename} {where}; "
+                f"fetch it once with network access (`hf download {repo_id}`) or use the bundled --variant lite0."
+            ) from None
+        except hub_errors.RepositoryNotFoundError:
+            raise WeightsError(f"{repo_id} is not a hub repository you can access (check the name, or set HF_TOKEN).") from None
+        except hub_errors.RevisionNotFoundError:
+            raise WeightsError(f"{repo_id} has no revision {revision!r}.") from None
+        except hub_errors.HfHubHTTPError as exc:
+            raise WeightsError(f"The hub refused {repo_id}/{filename}: {str(exc).splitlines()[0]}.") from None
+        except OSError as exc:
+            raise OfflineError(f"{repo_id}: {filename} could not be fetched ({exc}).") from None
+
+    config = fetch(CONFIG_NAME)
+    assert config is not None  # required=True never returns None
+    fetch(PROCESSOR_NAME, required=False)
+    if fetch(SAFETENSORS_NAME, required=False) is None:
+        fetch(PICKLE_NAME)
+    directory = config.parent
+    # The snapshot folder is named after the commit: report it so a run can be reproduced.
+    return directory, {"source": "hub", "repo_id": repo_id, "revision": directory.name}
+
+
+def _cached_elsewhere(repo_id: str, revision: str | None, cache_dir: str | Path | None) -> bool:
+    # An optional file missing offline: fine when the required ones are cached.
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, CONFIG_NAME, cache_dir=cache_dir, revision=revision)
+        return isinstance(found, str)
+    except Exception:  # noqa: BLE001 - any failure here just means "not known to be cached"
+        return False
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --------------------------------------------------------------------- load
+def default_processor(config: EfficientNetConfig) -> EfficientNetImageProcessor:
+    """The hub's EfficientNet preprocessing at the config's native size, for checkpoints without one."""
+    from effnet_cli.processor import EfficientNetImageProcessor
+
+    size = {"height": config.image_size, "width": config.image_size}
+    return EfficientNetImageProcessor(size=size, resample=0, do_center_crop=False, image_mean=IMAGENET_MEAN,
+                                      image_std=HUB_STD_SQRT, include_top=True)
+
+
+def load_directory(directory: Path, *, model_class: type | None = None
+                   ) -> tuple[EfficientNetPreTrainedModel, EfficientNetImageProcessor]:
+    """Build the model and processor a loadable directory describes."""
+    from effnet_cli.model import EfficientNetForImageClassification
+    from effnet_cli.processor import EfficientNetImageProcessor
+
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise WeightsError(f"{directory} has no {CONFIG_NAME}.")
+    try:
+        config = EfficientNetConfig.from_json_file(config_path)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
+    weights = directory / SAFETENSORS_NAME
+    if not weights.is_file():
+        weights = directory / PICKLE_NAME
+    if not weights.is_file():
+        raise WeightsError(f"{directory} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}.")
+    cls = model_class or EfficientNetForImageClassification
+    import torch
+
+    with torch.device("meta"):
+        model = cls(config)  # no time spent on random init that the weights replace
+    model = model.to_empty(device="cpu")
+    load_weights(model, read_state_dict(weights), source=str(weights))
+    processor_path = directory / PROCESSOR_NAME
+    processor = (EfficientNetImageProcessor.from_json_file(processor_path) if processor_path.is_file()
+                 else default_processor(config))
+    return model.eval(), processor
+
+
+def load_pretrained(name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                    local_files_only: bool | None = None, device: str | torch.device | None = None,
+                    dtype: str | torch.dtype | None = None, model_class: type | None = None,
+                    ) -> tuple[EfficientNetPreTrainedModel, EfficientNetImageProcessor]:
+    """Load a model and its preprocessing by variant name, hub id, or local directory.
+
+    ``name_or_path``: ``b0`` … ``b7`` (``google/efficientnet-b*`` on the hub),
+    ``lite0`` (real ImageNet weights bundled with effnet, no network needed), a
+    hub repository id, or a directory with config.json and model.safetensors (or
+    pytorch_model.bin). Hub files go through huggingface_hub's cache
+    (``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``); once cached,
+    no network is used. The model is returned in eval mode; where the weights
+    came from is in ``model.source`` (for the hub, the exact commit).
+    """
+    directory, source = resolve_files(name_or_path, revision=revision, cache_dir=cache_dir,
+                                      local_files_only=local_files_only)
+    model, processor = load_directory(directory, model_class=model_class)
+    model.source = source
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=_dtype(dtype))
+    return model, processor
+
+
+def load_model(name_or_path: str | Path, *, model_class: type, **kwargs: Any) -> EfficientNetPreTrainedModel:
+    """``from_pretrained`` helper: :func:`load_pretrained` without the processor."""
+    model, _ = load_pretrained(name_or_path, model_class=model_class, **kwargs)
+    return model
+
+
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ConfigError(f"dtype must be one of float32, float16, bfloat16; got {dtype!r}.")
+    return names[dtype]

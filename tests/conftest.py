@@ -1,0 +1,66 @@
+"""Shared fixtures: the sample photos and seeded random weights with non-trivial statistics."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Set before anything imports huggingface_hub, which reads it once at import: no test may use the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "tests" / "data" / "images"
+if not IMAGES.is_dir():  # before the copy exists, fall back to the shared folder beside the clone
+    IMAGES = REPO.parent / "shared" / "images"
+PHOTOS = sorted(IMAGES.glob("*.jpg"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test away from the user's caches and from the network."""
+    monkeypatch.setenv("EFFNET_CACHE", str(_shared_effnet_cache(tmp_path_factory)))
+
+
+_CACHE: list[Path] = []
+
+
+def _shared_effnet_cache(factory: pytest.TempPathFactory) -> Path:
+    # One effnet cache per session: converting the bundled weights once is enough.
+    if not _CACHE:
+        _CACHE.append(factory.mktemp("effnet-cache"))
+    return _CACHE[0]
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[Path]:
+    """The real sample photos (cat, espresso, rocket, astronaut, cameraman)."""
+    assert PHOTOS, f"sample photos missing under {IMAGES}"
+    return PHOTOS
+
+
+def randomize(model, seed: int = 0, scale: float = 1.0):
+    """Seeded random weights that make every layer matter: unit-ish conv weights and real BN statistics.
+
+    The reference's init (std 0.02) makes activations vanish, so agreement on it
+    would prove little; these weights keep activations of order one.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+                module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+            elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * scale / fan_in**0.5)
+                if module.bias is not None:
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+    return model
