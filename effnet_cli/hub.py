@@ -212,10 +212,7 @@ def _download(repo_id: str, *, revision: str | None, cache_dir: str | Path | Non
         try:
             return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
                                         local_files_only=bool(local_files_only)))
-        except hub_errors.EntryNotFoundError:
-            if required:
-                raise WeightsError(f"{repo_id} has no {filename}.") from None
-            return None
+        # LocalEntryNotFoundError subclasses EntryNotFoundError in recent huggingface_hub: test it first.
         except hub_errors.LocalEntryNotFoundError:
             if not required and _cached_elsewhere(repo_id, revision, cache_dir):
                 return None
@@ -224,6 +221,10 @@ def _download(repo_id: str, *, revision: str | None, cache_dir: str | Path | Non
                 f"{repo_id}{'@' + revision if revision else ''}: {filename} {where}; "
                 f"fetch it once with network access (`hf download {repo_id}`) or use the bundled --variant lite0."
             ) from None
+        except hub_errors.EntryNotFoundError:
+            if required:
+                raise WeightsError(f"{repo_id} has no {filename}.") from None
+            return None
         except hub_errors.RepositoryNotFoundError:
             raise WeightsError(f"{repo_id} is not a hub repository you can access (check the name, or set HF_TOKEN).") from None
         except hub_errors.RevisionNotFoundError:

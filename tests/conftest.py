@@ -64,3 +64,23 @@ def randomize(model, seed: int = 0, scale: float = 1.0):
                 if module.bias is not None:
                     module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
     return model
+
+
+@pytest.fixture(scope="session")
+def b0_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A loadable b0 directory (config, safetensors, hub preprocessing) with seeded random weights.
+
+    Random logits would tie; scaling the classifier makes the top-k distinct per image.
+    """
+    import torch
+
+    from effnet_cli import EfficientNetConfig, EfficientNetForImageClassification
+    from effnet_cli.hub import default_processor, save_pretrained
+
+    config = EfficientNetConfig.from_variant("b0")
+    model = randomize(EfficientNetForImageClassification(config), seed=11)
+    with torch.no_grad():
+        model.classifier.weight.mul_(20)
+    directory = tmp_path_factory.mktemp("b0-random")
+    save_pretrained(model, directory, default_processor(config))
+    return directory

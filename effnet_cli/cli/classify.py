@@ -1,0 +1,99 @@
+"""``effnet classify``: top-k predictions per image, as Rich tables or machine records."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from effnet_cli.cli import options as opt
+from effnet_cli.cli.common import gather_inputs, load_engine, resolve_workers
+from effnet_cli.cli.render import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    progress_bar,
+    progress_enabled,
+    render_table,
+    report_failure,
+    stdout_console,
+)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    tsv = "tsv"
+
+
+def classify(
+    inputs: opt.Inputs,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Predictions per image.")] = 5,
+    format: Annotated[Optional[Format], typer.Option(
+        "--format", "-f", help="table when stdout is a terminal, else jsonl.", show_default=False)] = None,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+                                             help="Drop predictions scoring below this (0-1).")] = 0.0,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names: one per line, or JSON.")] = None,
+    null: opt.Null = False,
+    max_pixels: opt.MaxPixels = None,
+    variant: opt.VariantOpt = None,
+    model: opt.ModelOpt = None,
+    revision: opt.Revision = None,
+    device: opt.Device = "auto",
+    dtype: opt.DTypeOpt = opt.DType.float32,
+    batch_size: opt.BatchSize = 16,
+    workers: opt.Workers = None,
+    compile: opt.Compile = False,
+    full_decode: opt.FullDecode = False,
+    quiet: opt.Quiet = False,
+    progress: opt.Progress = None,
+) -> int:
+    """Classify images: top-k labels and scores per image.
+
+    Examples:
+
+      effnet classify photos/*.jpg --variant lite0 --top-k 3
+
+      find photos -name '*.jpg' -print0 | effnet classify - -0 --format jsonl
+
+    Exit status: 0 all images classified, 1 some failed (each gets an error record), 2 usage error.
+    """
+    from effnet_cli.inference import classify_paths, read_labels
+    from effnet_cli.writers import RecordWriter
+
+    paths = gather_inputs(inputs, null)
+    names = read_labels(labels) if labels is not None else None
+    engine = load_engine(variant, model, revision, device, dtype, compile, full_decode, max_pixels)
+    fmt = (format or (Format.table if sys.stdout.isatty() else Format.jsonl)).value
+    console = stdout_console() if fmt == "table" else None
+    writer = None if fmt == "table" else RecordWriter(sys.stdout, fmt)
+    failed = 0
+    try:
+        with progress_bar(len(paths), progress_enabled(progress, quiet), "classify") as advance:
+            for results in classify_paths(engine, paths, top_k=top_k, threshold=threshold, labels=names,
+                                          batch_size=batch_size, workers=resolve_workers(workers)):
+                for result in results:
+                    if not result.ok:
+                        failed += 1
+                        report_failure(result, quiet)
+                    elif console is not None:
+                        render_table(console, result)
+                if writer is not None:
+                    writer.write(results)
+                advance(len(results))
+    except KeyboardInterrupt:
+        # Everything computed so far is already written and flushed; close the document cleanly.
+        if writer is not None:
+            writer.close()
+        from effnet_cli.cli.render import error_line
+
+        error_line("interrupted; results above are complete for the images they name")
+        return EXIT_INTERRUPTED
+    if writer is not None:
+        writer.close()
+    return EXIT_SOME_FAILED if failed else EXIT_OK

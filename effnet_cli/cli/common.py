@@ -1,0 +1,44 @@
+"""Steps every inference command shares: find the inputs, load the model."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from effnet_cli.cli.options import DEFAULT_VARIANT, DType, Variant
+from effnet_cli.errors import InputError
+
+if TYPE_CHECKING:
+    from effnet_cli.inference import Engine
+
+
+def gather_inputs(inputs: list[str], null: bool) -> list[str]:
+    """The ordered, de-duplicated image list the arguments (and stdin, for ``-``) name."""
+    from effnet_cli.data import discover_inputs
+
+    if "-" in inputs and sys.stdin.isatty():
+        raise InputError("'-' reads paths from stdin, but stdin is a terminal; pipe paths in (e.g. find . -name '*.jpg' | effnet ...).")
+    return discover_inputs(inputs, null_separated=null, stdin=sys.stdin.buffer if "-" in inputs else None)
+
+
+def load_engine(variant: Variant | None, model: str | None, revision: str | None, device: str, dtype: DType,
+                compile: bool, full_decode: bool, max_pixels: int | None) -> Engine:
+    """Load the weights named by --variant / --model and prepare them for inference."""
+    from effnet_cli.data import DEFAULT_MAX_PIXELS
+    from effnet_cli.inference import Engine
+
+    if variant is not None and model is not None:
+        raise InputError("Give either --variant or --model, not both.")
+    if max_pixels is not None and max_pixels < 1:
+        raise InputError(f"--max-pixels must be positive, got {max_pixels}.")
+    name = model if model is not None else (variant.value if variant is not None else DEFAULT_VARIANT)
+    return Engine.from_pretrained(name, revision=revision, device=device, dtype=dtype.value, compile=compile,
+                                  draft=not full_decode,
+                                  max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+
+
+def resolve_workers(workers: int | None) -> int:
+    """--workers, or the default decode pool size."""
+    from effnet_cli.data import default_workers
+
+    return default_workers() if workers is None else workers

@@ -1,0 +1,358 @@
+"""``effnet config``: variants, stage tables after compound scaling, config.json files.
+
+Three commands, all pure arithmetic over :class:`EfficientNetConfig` (no torch,
+so they answer instantly):
+
+* ``list``  every published variant with its size, parameters, MACs and top-1;
+* ``show``  the stage table of one variant or config.json at a given input size;
+* ``save``  a config.json that transformers reads, for a variant or a new φ.
+
+Parameter and MAC counts come from :mod:`effnet_cli.flops`; MACs are
+multiply-adds, the unit the paper calls FLOPs (B0: 0.39 B).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from effnet_cli.cli.render import error_line, stdout_console
+from effnet_cli.config import ALPHA, BETA, GAMMA, VARIANTS, EfficientNetConfig
+from effnet_cli.errors import ConfigError, InputError
+from effnet_cli.flops import LayerCost, NetworkCost, network_cost
+
+app = typer.Typer(help="Inspect and write EfficientNet configs.", no_args_is_help=True)
+
+# Shown under every stage table so the numbers there can be fed to `effnet embed` as they are.
+STAGE_CAPTION = "Stage N is the output of `effnet embed --features stage:N` (N = 1..{n})."
+MACS_NOTE = "MACs = multiply-adds of convs and the classifier, as the paper counts FLOPs; FLOPs = 2 × MACs."
+
+
+class Format(str, Enum):
+    """How list/show print: a Rich table for people, JSON for scripts."""
+
+    table = "table"
+    json = "json"
+
+
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table for reading, json for scripts.")]
+ImageSizeOpt = Annotated[Optional[int], typer.Option(
+    "--image-size", "-s", min=1,
+    # Rich would read a bare [default: ...] as a markup tag and drop it, hence the backslash.
+    help="Input side in pixels for resolutions and MACs. \\[default: the config's image_size]",
+    show_default=False)]
+
+
+# ------------------------------------------------------------------ helpers
+def load_config(source: str) -> tuple[EfficientNetConfig, str]:
+    """The config a ``show`` argument names: a variant, a directory holding config.json, or a config.json.
+
+    Returns the config and a display name. Paths win over variant names, so a
+    directory called ``b0`` is read rather than shadowed by the variant.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise InputError(f"{source} is a directory without a config.json.")
+    if path.is_file():
+        config = EfficientNetConfig.from_json_file(path)
+        model_type = config.extra.get("model_type", "efficientnet")
+        if model_type != "efficientnet":  # a ViT or ResNet config would otherwise build a default B7
+            raise ConfigError(f"{path} is a {model_type!r} config, not an EfficientNet one.")
+        return config, str(path)
+    key = source.lower().removeprefix("efficientnet-").removeprefix("efficientnet_")
+    if key in VARIANTS:
+        return EfficientNetConfig.from_variant(key), key
+    if os.sep in source or "/" in source or source.endswith(".json"):
+        raise InputError(f"No such file or directory: {source}.")
+    raise ConfigError(f"Unknown variant {source!r}; choose one of {', '.join(VARIANTS)}, "
+                      "or give a directory or config.json path.")
+
+
+def load_variant(name: str) -> tuple[EfficientNetConfig, str]:
+    """A published variant's config, with the same error for a bad name as ``show``."""
+    key = name.lower().removeprefix("efficientnet-").removeprefix("efficientnet_")
+    if key not in VARIANTS:
+        raise ConfigError(f"Unknown variant {name!r}; choose one of {', '.join(VARIANTS)}.")
+    return EfficientNetConfig.from_variant(key), key
+
+
+def checked_cost(config: EfficientNetConfig, image_size: int | None) -> NetworkCost:
+    """The network's cost at ``image_size``, refusing sizes that shrink a feature map to nothing."""
+    cost = network_cost(config, image_size)
+    if any(row.output_size < 1 for row in cost.rows):
+        raise InputError(f"--image-size {image_size} is too small: a stride-2 layer would have no output pixels.")
+    return cost
+
+
+def operator(row: LayerCost) -> str:
+    """The paper's name for a row: Conv3×3 (stem), MBConv6 k5×5, Conv1×1 (head), Pool + FC."""
+    if row.kind == "stage":
+        return f"MBConv{row.expand_ratio} k{row.kernel_size}×{row.kernel_size}"
+    if row.kind == "classifier":
+        return "Pool + FC"
+    return f"Conv{row.kernel_size}×{row.kernel_size}"
+
+
+def human(n: float, unit: str = "") -> str:
+    """3-significant-digit SI form (5.29M, 386M, 37.7B) for table cells; JSON keeps exact integers."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            value = n / scale
+            return f"{value:.3g}{suffix}{unit}" if value < 1000 else f"{value:,.0f}{suffix}{unit}"
+    return f"{n:g}{unit}"
+
+
+def describe(config: EfficientNetConfig, name: str, cost: NetworkCost) -> dict[str, Any]:
+    """The JSON form of ``show``: coefficients, one record per table row, totals."""
+    labels = int(config.num_labels)
+    return {
+        "name": name,
+        "image_size": cost.image_size,
+        "native_image_size": config.image_size,
+        "width_coefficient": config.width_coefficient,
+        "depth_coefficient": config.depth_coefficient,
+        "rows": [
+            {
+                "kind": r.kind,
+                "stage": r.stage,
+                "operator": operator(r),
+                "kernel_size": r.kernel_size,
+                "stride": r.stride,
+                "expand_ratio": r.expand_ratio,
+                "in_channels": r.in_channels,
+                "out_channels": r.out_channels,
+                "repeats": r.repeats,
+                "input_size": r.input_size,
+                "output_size": r.output_size,
+                "params": r.params,
+                "macs": r.macs,
+            }
+            for r in cost.rows
+        ],
+        "totals": {
+            "params": cost.params,
+            "macs": cost.macs,
+            "flops": cost.flops,
+            "blocks": cost.blocks,
+            "hidden_dim": config.head_channels,
+            "num_labels": labels,
+            "padding_mode": config.padding_mode,
+            "hidden_act": config.hidden_act,
+            "squeeze_excite": config.use_squeeze_excite,
+        },
+    }
+
+
+def print_stage_table(console: Console, config: EfficientNetConfig, name: str, cost: NetworkCost) -> None:
+    """The stage table and the totals under it, as Rich renders them."""
+    size = cost.image_size
+    native = "" if size == config.image_size else f" (native {config.image_size})"
+    # Title and caption are printed as lines of their own: as table title/caption Rich would wrap
+    # them to the table's width.
+    console.print(f"{escape(name)}: width {config.width_coefficient:g}, depth {config.depth_coefficient:g}, "
+                  f"input {size}×{size}{native}", style="bold")
+    # Right padding only: with the invisible column rule that leaves two spaces between columns,
+    # which keeps the ten columns inside an 80-column terminal.
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("stage")
+    table.add_column("operator")
+    for header in ("stride", "expand", "in", "out", "blocks", "output", "params", "MACs"):
+        table.add_column(header, justify="right")
+    for r in cost.rows:
+        table.add_row(
+            str(r.stage) if r.stage is not None else r.kind.replace("classifier", "fc"),
+            operator(r),
+            "-" if r.stride is None else str(r.stride),
+            "-" if r.expand_ratio is None else str(r.expand_ratio),
+            str(r.in_channels),
+            str(r.out_channels),
+            str(r.repeats),
+            f"{r.output_size}×{r.output_size}",
+            human(r.params),
+            human(r.macs),
+        )
+    console.print(table)
+    num_stages = sum(1 for r in cost.rows if r.kind == "stage")
+    console.print(STAGE_CAPTION.format(n=num_stages))
+    console.print()
+    totals = Table.grid(padding=(0, 2))
+    totals.add_column(style="bold")
+    totals.add_column()
+    labels = int(config.num_labels)
+    totals.add_row("parameters", f"{cost.params:,} ({human(cost.params)}; {labels}-class classifier included)")
+    totals.add_row("MACs", f"{cost.macs:,} ({human(cost.macs)}) at {size}×{size}; FLOPs = 2 × MACs = {human(cost.flops)}")
+    totals.add_row("blocks", f"{cost.blocks} MBConv")
+    totals.add_row("head width", f"{config.head_channels} (hidden_dim)")
+    totals.add_row("padding", config.padding_mode)
+    totals.add_row("activation", config.hidden_act)
+    totals.add_row("squeeze-excite", "yes" if config.use_squeeze_excite else "no")
+    console.print(totals)
+
+
+def print_scaling(console: Console, phi: float, config: EfficientNetConfig) -> None:
+    """The coefficients compound scaling gave for ``phi``, beside the unrounded values they came from."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(justify="right")
+    grid.add_column(style="dim")
+    grid.add_row("φ", f"{phi:g}", "")
+    grid.add_row("depth_coefficient", f"{config.depth_coefficient:g}", f"α^φ = {ALPHA}^{phi:g} = {ALPHA**phi:.4f}")
+    grid.add_row("width_coefficient", f"{config.width_coefficient:g}", f"β^φ = {BETA}^{phi:g} = {BETA**phi:.4f}")
+    grid.add_row("image_size", str(config.image_size),
+                 f"224·γ^φ = 224·{GAMMA}^{phi:g} = {224 * GAMMA**phi:.1f}, to a multiple of 8")
+    grid.add_row("dropout_rate", f"{config.dropout_rate:g}", "0.2 + 0.05·φ, at most 0.5")
+    console.print(grid)
+
+
+def write_json_atomic(target: Path, text: str) -> None:
+    """Write ``text`` through a temporary file and a rename, so an interrupted save leaves no half file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def output_path(output: Path) -> Path:
+    """Where ``-o`` points: a file, or config.json inside an existing directory."""
+    target = output / "config.json" if output.is_dir() else output
+    if not target.parent.is_dir():
+        raise InputError(f"Cannot write {target}: directory {target.parent} does not exist.")
+    return target
+
+
+# ----------------------------------------------------------------- commands
+@app.command("list")
+def list_variants(format: FormatOpt = Format.table) -> None:
+    """List every published variant: resolution, scaling, parameters, MACs, ImageNet top-1.
+
+    Examples:
+
+      effnet config list
+
+      effnet config list --format json | jq '.[] | select(.params < 1e7) | .name'
+
+    Parameters include the 1000-class classifier. MACs are multiply-adds at the
+    native resolution, the unit the paper reports as FLOPs (B0: 0.39 B).
+    Top-1 is as published (paper for B0-B7, TF-Lite README for lite0-lite4).
+    """
+    records = []
+    for variant in VARIANTS.values():
+        cost = network_cost(EfficientNetConfig.from_variant(variant.name))
+        records.append({
+            "name": variant.name,
+            "image_size": variant.image_size,
+            "width_coefficient": variant.width_coefficient,
+            "depth_coefficient": variant.depth_coefficient,
+            "params": cost.params,
+            "macs": cost.macs,
+            "top1": variant.top1,
+            "lite": variant.lite,
+        })
+    if format is Format.json:
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("variant")
+    for header in ("resolution", "width", "depth", "params", "MACs", "top-1"):
+        table.add_column(header, justify="right")
+    for r in records:
+        table.add_row(r["name"], f"{r['image_size']}×{r['image_size']}", f"{r['width_coefficient']:g}",
+                      f"{r['depth_coefficient']:g}", f"{r['params']:,}", human(r["macs"]), f"{r['top1']:.1f}%")
+    console = stdout_console()
+    console.print(table)
+    console.print(MACS_NOTE)
+
+
+@app.command("show", no_args_is_help=True)
+def show(
+    source: Annotated[str, typer.Argument(
+        help="A variant (b0-b7, lite0-lite4), a model directory, or a config.json.", show_default=False)],
+    image_size: ImageSizeOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Show the stage table after compound scaling: operators, widths, repeats, resolutions, cost.
+
+    Examples:
+
+      effnet config show b3
+
+      effnet config show b0 --image-size 320
+
+      effnet config show ./my-model/ --format json
+
+    Rows: the stem, MBConv stages 1..7 (numbered as `effnet embed --features
+    stage:N`), the head conv and the classifier. "output" is the side of the
+    feature map each row leaves, at the input size given (native by default).
+    MACs are multiply-adds (the paper's "FLOPs"); FLOPs = 2 × MACs.
+    """
+    config, name = load_config(source)
+    cost = checked_cost(config, image_size)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(describe(config, name, cost), indent=2) + "\n")
+        return
+    print_stage_table(stdout_console(), config, name, cost)
+
+
+@app.command("save", no_args_is_help=True)
+def save(
+    variant: Annotated[Optional[str], typer.Argument(
+        help="A published variant (b0-b7, lite0-lite4). Omit it when giving --phi.", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="config.json to write (or an existing directory to write it into).",
+        show_default=False)] = None,
+    phi: Annotated[Optional[float], typer.Option(
+        "--phi", min=0.0, help="Derive a new variant by compound scaling: depth 1.2^φ, width 1.1^φ, "
+                               "resolution 224·1.15^φ.", show_default=False)] = None,
+) -> None:
+    """Write a config.json that Hugging Face transformers reads, for a variant or a new φ.
+
+    Examples:
+
+      effnet config save b3 -o b3/config.json
+
+      effnet config save --phi 2.5 -o b2.5.json
+
+    With --phi the scaled coefficients and the stage table are printed. The
+    paper hand-rounded B1-B7 from these rules, so --phi 3 is close to b3 but not
+    the same network.
+    """
+    if (variant is None) == (phi is None):
+        raise InputError("Give either a VARIANT or --phi, not both (e.g. `effnet config save b0 -o config.json`).")
+    if output is None:
+        raise InputError("Missing -o/--output: where to write config.json.")
+    target = output_path(output)
+    if phi is not None:
+        config = EfficientNetConfig.from_compound_scaling(phi)
+        name = f"phi={phi:g}"
+    else:
+        config, name = load_variant(variant)
+    write_json_atomic(target, config.to_json_string())
+
+    console = stdout_console()
+    if phi is not None:
+        print_scaling(console, phi, config)
+        console.print()
+        print_stage_table(console, config, name, network_cost(config))
+        console.print()
+    if config.fix_stem_and_head or not config.use_squeeze_excite or config.padding_mode != "fixed":
+        # Lite configs use effnet's extension fields, which transformers ignores: it would build a B-style net.
+        error_line(f"warning: {name} uses fields transformers ignores (use_squeeze_excite, fix_stem_and_head, "
+                   "padding_mode); only effnet builds this network from it.")
+    print(f"wrote {target}", file=sys.stderr)
+

@@ -1,0 +1,61 @@
+"""Options shared by several commands, as ``Annotated`` aliases: one definition each."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from effnet_cli.config import VARIANTS
+
+DEFAULT_VARIANT = "lite0"  # the bundled ImageNet weights: works offline, no download
+
+Variant = Enum("Variant", {name: name for name in VARIANTS}, type=str)  # type: ignore[misc]
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+MODEL_PANEL = "Model"
+INPUT_PANEL = "Inputs"
+RUN_PANEL = "Run"
+
+Inputs = Annotated[list[str], typer.Argument(
+    help="Image files, directories (recursed), globs, or - to read paths from stdin.", show_default=False)]
+Null = Annotated[bool, typer.Option("--null", "-0", help="With -, paths on stdin are NUL-separated (find -print0).",
+                                    rich_help_panel=INPUT_PANEL)]
+MaxPixels = Annotated[Optional[int], typer.Option(
+    "--max-pixels", help="Refuse images with more pixels than this (decompression bombs). [default: 89478485]",
+    rich_help_panel=INPUT_PANEL, show_default=False)]
+VariantOpt = Annotated[Optional[Variant], typer.Option(
+    "--variant", help=f"Published variant. b0-b7 come from the Hugging Face hub; lite0 ships with effnet. "
+                      f"[default: {DEFAULT_VARIANT}]", rich_help_panel=MODEL_PANEL, show_default=False,
+    case_sensitive=False)]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Hub repository id or local directory (config.json + model.safetensors).",
+    rich_help_panel=MODEL_PANEL)]
+Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit to pin.",
+                                                 rich_help_panel=MODEL_PANEL)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (auto picks an accelerator).",
+                                     rich_help_panel=RUN_PANEL)]
+DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Compute dtype (float16 computes in float32 on CPU).",
+                                         rich_help_panel=RUN_PANEL)]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.",
+                                        rich_help_panel=RUN_PANEL)]
+Workers = Annotated[Optional[int], typer.Option(
+    "--workers", "-j", min=0, help="Decode processes (0 decodes in the main process). [default: cores, at most 4]",
+    rich_help_panel=RUN_PANEL, show_default=False)]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model (slow start, faster after).",
+                                       rich_help_panel=RUN_PANEL)]
+FullDecode = Annotated[bool, typer.Option(
+    "--full-decode", help="Decode JPEGs at full size instead of the reduced size the model needs.",
+    rich_help_panel=RUN_PANEL)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no per-file error lines.",
+                                     rich_help_panel=RUN_PANEL)]
+Progress = Annotated[Optional[bool], typer.Option(
+    "--progress/--no-progress", help="Progress bar on stderr. [default: when stderr is a terminal]",
+    rich_help_panel=RUN_PANEL, show_default=False)]

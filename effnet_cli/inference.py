@@ -1,0 +1,234 @@
+"""Model + batches -> predictions and features. No printing, no terminal.
+
+:class:`Engine` owns a loaded model, its preprocessing and the device, and
+turns stacked pixel values into top-k predictions or feature rows.
+:func:`classify_paths` and :func:`embed_paths` run the whole pipeline over a
+list of paths (decode in workers, batch, model) and yield per-batch results in
+input order; the CLI and any Python caller consume them as they come, so
+memory stays flat however many inputs there are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
+from effnet_cli.errors import InputError
+from effnet_cli.hub import _dtype, load_pretrained
+from effnet_cli.optimize import optimize, resolve_device
+
+POOLS = ("mean", "max")
+
+
+@dataclass
+class Prediction:
+    """One class of an image's top-k."""
+
+    rank: int
+    index: int
+    label: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record form: rank, index, label, score."""
+        return {"rank": self.rank, "index": self.index, "label": self.label, "score": self.score}
+
+
+@dataclass
+class Result:
+    """What happened to one input: predictions (classify), a feature row (embed), or an error."""
+
+    position: int  # index in the input list
+    path: str
+    predictions: list[Prediction] | None = None
+    row: int | None = None  # embed: row of this input's features in the output array
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the input produced a result."""
+        return self.error is None
+
+
+@dataclass
+class EmbedBatch:
+    """Results of one batch of ``embed``: records in input order and the feature rows of the good ones."""
+
+    results: list[Result]
+    features: np.ndarray  # len(ok results) × D, float32 (or float16)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Label names from a text file (one per line) or JSON (a list, or an {index: name} object)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Cannot read labels file {path}: {exc.strerror if isinstance(exc, OSError) else exc}.") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"Labels file {path} is not valid JSON ({exc.msg}, line {exc.lineno}).") from None
+        if isinstance(data, dict):
+            try:
+                return [str(data[k]) for k in sorted(data, key=int)]
+            except ValueError:
+                raise InputError(f"Labels file {path}: object keys must be class indices.") from None
+        if isinstance(data, list):
+            return [str(x) for x in data]
+        raise InputError(f"Labels file {path} must hold a JSON list or object.")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class Engine:
+    """A model ready for inference: optimised copy, device, dtype and preprocessing."""
+
+    def __init__(self, model: torch.nn.Module, processor: Any, *, device: str | torch.device | None = "auto",
+                 dtype: str | torch.dtype | None = None, compile: bool = False, fast: bool = True,
+                 draft: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.device = resolve_device(device)
+        requested = _dtype(dtype) or torch.float32
+        # CPUs have no fast float16 convolutions: compute in float32 there (outputs may still be stored as float16).
+        self.dtype = torch.float32 if (self.device.type == "cpu" and requested == torch.float16) else requested
+        self.output_dtype = requested
+        self.processor = processor
+        self.config = model.config
+        self.model = (optimize(model, device=self.device, dtype=self.dtype, compile=compile) if fast
+                      else model.to(device=self.device, dtype=self.dtype).eval())
+        self.labels = [self.config.id2label.get(i, f"LABEL_{i}") for i in range(self.config.num_labels)]
+        self.draft = draft
+        self.max_pixels = max_pixels
+        self.source = getattr(model, "source", None)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, revision: str | None = None, **kwargs: Any) -> Engine:
+        """Load weights by name (see :func:`effnet_cli.load_pretrained`) and prepare them for inference."""
+        model, processor = load_pretrained(name_or_path, revision=revision)
+        return cls(model, processor, **kwargs)
+
+    # ------------------------------------------------------------ transforms
+    @property
+    def transform(self) -> Any:
+        """The picklable per-image preprocessing the decode workers run."""
+        return self.processor.preprocess_pil
+
+    @property
+    def open_kwargs(self) -> dict[str, Any]:
+        """Decoder options: the pixel limit, and reduced-size JPEG decoding down to the model's input size."""
+        kwargs: dict[str, Any] = {"max_pixels": self.max_pixels}
+        size = self.processor.size
+        if self.draft and self.processor.do_resize:
+            # PIL's draft keeps both sides at least this large, so the resize never upsamples.
+            if "height" in size:
+                kwargs["draft_size"] = (size["width"], size["height"])
+            elif "shortest_edge" in size:
+                kwargs["draft_size"] = (size["shortest_edge"], size["shortest_edge"])
+        return kwargs
+
+    @property
+    def output_numpy_dtype(self) -> type:
+        """dtype of embedding rows: float16 when float16 was asked for (half the file), else float32."""
+        return np.float16 if self.output_dtype == torch.float16 else np.float32
+
+    def _to_device(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = pixel_values
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
+        return x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+
+    # ---------------------------------------------------------------- model
+    @torch.inference_mode()
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Classifier logits (float32, on the CPU) for N×3×H×W pixel values."""
+        if not hasattr(self.model, "classifier"):
+            raise InputError("This checkpoint has no classification head; use `effnet embed` instead.")
+        return self.model(self._to_device(pixel_values)).logits.float().cpu()
+
+    def topk(self, pixel_values: torch.Tensor, k: int, *, threshold: float = 0.0,
+             labels: Sequence[str] | None = None) -> list[list[Prediction]]:
+        """Top-``k`` softmax predictions per image, dropping scores below ``threshold``."""
+        probs = torch.softmax(self.logits(pixel_values), dim=-1)
+        k = min(k, probs.shape[-1])
+        scores, indices = probs.topk(k, dim=-1)
+        names = labels if labels is not None else self.labels
+        out = []
+        for row_scores, row_indices in zip(scores.tolist(), indices.tolist()):
+            out.append([
+                Prediction(rank=r + 1, index=i, label=names[i] if i < len(names) else f"LABEL_{i}", score=s)
+                for r, (s, i) in enumerate(zip(row_scores, row_indices)) if s >= threshold
+            ])
+        return out
+
+    @torch.inference_mode()
+    def features(self, pixel_values: torch.Tensor, *, pool: str = "mean", stage: int | None = None,
+                 normalize: bool = False) -> torch.Tensor:
+        """Pooled features (float32, CPU): the head's ``hidden_dim`` features, or stage ``stage`` (1-based)."""
+        if pool not in POOLS:
+            raise InputError(f"pool must be one of {', '.join(POOLS)}; got {pool!r}.")
+        base = getattr(self.model, "efficientnet", self.model)
+        x = self._to_device(pixel_values)
+        fmap = base(x).last_hidden_state if stage is None else base.stage_output(x, stage - 1)
+        feats = (fmap.amax(dim=(2, 3)) if pool == "max" else fmap.mean(dim=(2, 3))).float()
+        if normalize:
+            feats = torch.nn.functional.normalize(feats, dim=-1)
+        return feats.cpu()
+
+    def feature_dim(self, stage: int | None = None) -> int:
+        """Width of the rows :meth:`features` returns."""
+        if stage is None:
+            return int(self.config.hidden_dim)
+        stages = self.config.stages()
+        if not 1 <= stage <= len(stages):
+            raise InputError(f"--features stage:N needs N in 1..{len(stages)}; got {stage}.")
+        return stages[stage - 1].out_channels
+
+    def batches(self, paths: Sequence[str], *, batch_size: int, workers: int, start: int = 0) -> Iterator[Any]:
+        """Decoded, preprocessed batches of ``paths`` in input order (see :func:`effnet_cli.data.iter_batches`)."""
+        return iter_batches(paths, self.transform, batch_size=batch_size, workers=workers,
+                            open_kwargs=self.open_kwargs, start=start)
+
+
+def classify_paths(engine: Engine, paths: Sequence[str], *, top_k: int = 5, threshold: float = 0.0,
+                   labels: Sequence[str] | None = None, batch_size: int = 16, workers: int = 0,
+                   ) -> Iterator[list[Result]]:
+    """Classify every path; yields one list of :class:`Result` per batch, in input order."""
+    if top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {top_k}.")
+    if labels is not None and len(labels) < engine.config.num_labels:
+        raise InputError(f"The labels file has {len(labels)} names but the model has {engine.config.num_labels} classes.")
+    for batch in engine.batches(paths, batch_size=batch_size, workers=workers):
+        preds = engine.topk(batch.pixel_values, top_k, threshold=threshold, labels=labels) if batch.indices else []
+        yield [Result(position=pos, path=paths[pos], predictions=None if row is None else preds[row], error=err)
+               for pos, row, err in batch.outcomes()]
+
+
+def embed_paths(engine: Engine, paths: Sequence[str], *, pool: str = "mean", stage: int | None = None,
+                normalize: bool = False, batch_size: int = 16, workers: int = 0, start: int = 0,
+                first_row: int = 0) -> Iterator[EmbedBatch]:
+    """Embed ``paths[start:]``; yields per batch the records (with their output row) and the feature rows."""
+    engine.feature_dim(stage)  # validates the stage before any decoding starts
+    out_dtype = engine.output_numpy_dtype
+    row = first_row
+    for batch in engine.batches(paths, batch_size=batch_size, workers=workers, start=start):
+        if batch.indices:
+            feats = engine.features(batch.pixel_values, pool=pool, stage=stage, normalize=normalize)
+            array = feats.numpy().astype(out_dtype, copy=False)
+        else:
+            array = np.zeros((0, engine.feature_dim(stage)), dtype=out_dtype)
+        results = []
+        for pos, r, err in batch.outcomes():
+            results.append(Result(position=pos, path=paths[pos], row=None if r is None else row + r, error=err))
+        row += len(batch.indices)
+        yield EmbedBatch(results=results, features=array)
+
