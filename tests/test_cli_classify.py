@@ -6,40 +6,15 @@ import csv
 import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from effnet_cli.cli.app import app
-from effnet_cli.cli.render import run_app
-
-class _Outcome:
-    """Exit code and captured streams of one in-process run."""
-
-    def __init__(self, exit_code: int, stdout: str, stderr: str) -> None:
-        self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
-
-
-def _run(args: list[str], input: str | bytes | None) -> _Outcome:
-    """Run the app in-process as the console script does (our error handling included), via Typer's runner."""
-    runner = CliRunner()
-    with runner.isolation(input=input) as (out, err, _mixed):
-        code = run_app(app, args)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return _Outcome(code, out.getvalue().decode(), err.getvalue().decode())
-
-
-def _effnet(*args: str, stdin: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "effnet_cli", *args], input=stdin, capture_output=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+from tests.cli_helpers import effnet, run
 
 
 def test_jsonl_records_for_every_photo_in_order(b0_dir: Path, photos: list[Path]) -> None:
-    res = _run(["classify", *map(str, photos), "--model", str(b0_dir), "--format", "jsonl", "-k", "3", "-j", "0"], None)
+    res = run(["classify", *map(str, photos), "--model", str(b0_dir), "--format", "jsonl", "-k", "3", "-j", "0"], None)
     assert res.exit_code == 0, res.stderr
     records = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["path"] for r in records] == [str(p) for p in photos]
@@ -57,7 +32,7 @@ def test_predictions_equal_the_python_api(b0_dir: Path, photos: list[Path]) -> N
     from effnet_cli import load_pretrained
 
     model, processor = load_pretrained(b0_dir)
-    res = _run(["classify", str(photos[0]), "--model", str(b0_dir), "-f", "json", "-k", "5", "--full-decode"], None)
+    res = run(["classify", str(photos[0]), "--model", str(b0_dir), "-f", "json", "-k", "5", "--full-decode"], None)
     record = json.loads(res.stdout)[0]
     with torch.no_grad():
         probs = model(processor(Image.open(photos[0]).convert("RGB"))["pixel_values"]).logits.softmax(-1)[0]
@@ -70,17 +45,17 @@ def test_every_format_parses_with_the_standard_library(b0_dir: Path, photos: lis
     bad = tmp_path / "broken.jpg"
     bad.write_text("not an image")
     args = ["classify", str(photos[1]), str(bad), str(photos[2]), "--model", str(b0_dir), "-k", "2"]
-    j = _run(args + ["-f", "json"], None)
+    j = run(args + ["-f", "json"], None)
     data = json.loads(j.stdout)
     assert [d["path"] for d in data] == [str(photos[1]), str(bad), str(photos[2])]
     assert "error" in data[1] and "predictions" not in data[1] and len(data[0]["predictions"]) == 2
     assert j.exit_code == 1 and f"{bad}:" in j.stderr
     for fmt, delim in (("csv", ","), ("tsv", "\t")):
-        out = _run(args + ["-f", fmt], None).stdout
+        out = run(args + ["-f", fmt], None).stdout
         rows = list(csv.DictReader(io.StringIO(out), delimiter=delim))
         assert [r["path"] for r in rows] == [str(photos[1])] * 2 + [str(bad)] + [str(photos[2])] * 2
         assert rows[2]["error"] and not rows[2]["label"] and rows[0]["rank"] == "1"
-    jl = _run(args + ["-f", "jsonl"], None)
+    jl = run(args + ["-f", "jsonl"], None)
     assert len([json.loads(x) for x in jl.stdout.splitlines()]) == 3
 
 
@@ -88,10 +63,10 @@ def test_stdin_lines_and_null_separated(b0_dir: Path, photos: list[Path], tmp_pa
     odd = tmp_path / "name with\nnewline é.jpg"
     odd.write_bytes(photos[0].read_bytes())
     lines = "\n".join(map(str, photos[:2])) + "\n"
-    res = _run(["classify", "-", "--model", str(b0_dir), "-f", "jsonl"], lines)
+    res = run(["classify", "-", "--model", str(b0_dir), "-f", "jsonl"], lines)
     assert [json.loads(x)["path"] for x in res.stdout.splitlines()] == [str(p) for p in photos[:2]]
     null = b"\0".join(os.fsencode(p) for p in (photos[2], odd)) + b"\0"
-    proc = _effnet("classify", "-", "-0", "--model", str(b0_dir), "-f", "jsonl", stdin=null)
+    proc = effnet("classify", "-", "-0", "--model", str(b0_dir), "-f", "jsonl", stdin=null)
     assert proc.returncode == 0, proc.stderr.decode()
     assert [json.loads(x)["path"] for x in proc.stdout.decode().splitlines()] == [str(photos[2]), str(odd)]
 
@@ -102,8 +77,8 @@ def test_directories_recurse_in_stable_order(b0_dir: Path, photos: list[Path], t
     (tmp_path / "b" / "deeper" / "z.jpg").write_bytes(photos[0].read_bytes())
     (tmp_path / "a" / "y.jpg").write_bytes(photos[1].read_bytes())
     (tmp_path / "notes.txt").write_text("skip me")
-    first = _run(["classify", str(tmp_path), "--model", str(b0_dir), "-f", "jsonl", "-j", "2"], None)
-    second = _run(["classify", str(tmp_path), "--model", str(b0_dir), "-f", "jsonl", "-j", "0", "-b", "1"], None)
+    first = run(["classify", str(tmp_path), "--model", str(b0_dir), "-f", "jsonl", "-j", "2"], None)
+    second = run(["classify", str(tmp_path), "--model", str(b0_dir), "-f", "jsonl", "-j", "0", "-b", "1"], None)
     paths = [json.loads(x)["path"] for x in first.stdout.splitlines()]
     assert paths == [str(tmp_path / "a" / "y.jpg"), str(tmp_path / "b" / "deeper" / "z.jpg")]
     # Workers and batch size change nothing but float rounding.
@@ -117,7 +92,7 @@ def test_directories_recurse_in_stable_order(b0_dir: Path, photos: list[Path], t
 def test_threshold_and_labels_file(b0_dir: Path, photos: list[Path], tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"class {i}\n" for i in range(1000)))
-    res = _run(["classify", str(photos[0]), "--model", str(b0_dir), "-f", "json", "--labels", str(labels),
+    res = run(["classify", str(photos[0]), "--model", str(b0_dir), "-f", "json", "--labels", str(labels),
                 "-k", "1000", "--threshold", "0.01"], None)
     preds = json.loads(res.stdout)[0]["predictions"]
     assert preds and all(p["score"] >= 0.01 for p in preds) and len(preds) < 1000
@@ -130,24 +105,24 @@ def test_threshold_and_labels_file(b0_dir: Path, photos: list[Path], tmp_path: P
     (["classify", "--format", "xml", "x.jpg"], "xml"),
 ])
 def test_usage_errors_exit_2(args: list[str], message: str) -> None:
-    res = _run(args, None)
+    res = run(args, None)
     assert res.exit_code == 2 and message in res.stderr
 
 
 def test_no_inputs_is_a_usage_error(tmp_path: Path, b0_dir: Path) -> None:
-    res = _run(["classify", str(tmp_path), "--model", str(b0_dir)], None)
+    res = run(["classify", str(tmp_path), "--model", str(b0_dir)], None)
     assert res.exit_code == 2 and res.stderr.count("\n") == 1
 
 
 def test_missing_model_dir_is_one_line_not_a_traceback(tmp_path: Path, photos: list[Path]) -> None:
-    proc = _effnet("classify", str(photos[0]), "--model", str(tmp_path / "nope"))
+    proc = effnet("classify", str(photos[0]), "--model", str(tmp_path / "nope"))
     assert proc.returncode != 0
     err = proc.stderr.decode()
     assert "Traceback" not in err and err.count("\n") == 1 and "nope" in err
 
 
 def test_offline_hub_model_without_cache_is_one_clear_line(photos: list[Path], tmp_path: Path) -> None:
-    proc = _effnet("classify", str(photos[0]), "--variant", "b3",
+    proc = effnet("classify", str(photos[0]), "--variant", "b3",
                    env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "Traceback" not in err and err.count("\n") == 1
@@ -157,7 +132,7 @@ def test_offline_hub_model_without_cache_is_one_clear_line(photos: list[Path], t
 def test_version_and_help() -> None:
     from effnet_cli import __version__
 
-    assert _run(["--version"], None).stdout.strip() == f"effnet {__version__}"
+    assert run(["--version"], None).stdout.strip() == f"effnet {__version__}"
     for cmd in ("classify", "embed", "convert", "config"):
-        proc = _effnet(cmd, "--help")
+        proc = effnet(cmd, "--help")
         assert proc.returncode == 0 and b"Usage" in proc.stdout

@@ -54,6 +54,9 @@ Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the mode
 FullDecode = Annotated[bool, typer.Option(
     "--full-decode", help="Decode JPEGs at full size instead of the reduced size the model needs.",
     rich_help_panel=RUN_PANEL)]
+FastDecode = Annotated[bool, typer.Option(
+    "--fast-decode", help="Decode large JPEGs at reduced size (faster; features then differ slightly from a full decode).",
+    rich_help_panel=RUN_PANEL)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no per-file error lines.",
                                      rich_help_panel=RUN_PANEL)]
 Progress = Annotated[Optional[bool], typer.Option(
