@@ -14,6 +14,7 @@ multiply-adds, the unit the paper calls FLOPs (B0: 0.39 B).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -36,7 +37,7 @@ app = typer.Typer(help="Inspect and write EfficientNet configs.", no_args_is_hel
 
 # Shown under every stage table so the numbers there can be fed to `effnet embed` as they are.
 STAGE_CAPTION = "Stage N is the output of `effnet embed --features stage:N` (N = 1..{n})."
-MACS_NOTE = "MACs = multiply-adds of convs and the classifier, as the paper counts FLOPs; FLOPs = 2 × MACs."
+MACS_NOTE = "MACs: multiply-adds at the native size (the paper's \"FLOPs\"); FLOPs = 2 × MACs."
 
 
 class Format(str, Enum):
@@ -72,8 +73,8 @@ def load_config(source: str) -> tuple[EfficientNetConfig, str]:
         if model_type != "efficientnet":  # a ViT or ResNet config would otherwise build a default B7
             raise ConfigError(f"{path} is a {model_type!r} config, not an EfficientNet one.")
         return config, str(path)
-    key = source.lower().removeprefix("efficientnet-").removeprefix("efficientnet_")
-    if key in VARIANTS:
+    key = variant_key(source)
+    if key is not None:
         return EfficientNetConfig.from_variant(key), key
     if os.sep in source or "/" in source or source.endswith(".json"):
         raise InputError(f"No such file or directory: {source}.")
@@ -81,10 +82,17 @@ def load_config(source: str) -> tuple[EfficientNetConfig, str]:
                       "or give a directory or config.json path.")
 
 
+def variant_key(name: str) -> str | None:
+    """The VARIANTS key a name means (``b3``, ``EfficientNet-B3``, ``google/efficientnet-b3``), or None."""
+    # The hub's google/efficientnet-bN configs are exactly the published variants, so name them offline.
+    key = name.lower().removeprefix("google/").removeprefix("efficientnet-").removeprefix("efficientnet_")
+    return key if key in VARIANTS else None
+
+
 def load_variant(name: str) -> tuple[EfficientNetConfig, str]:
     """A published variant's config, with the same error for a bad name as ``show``."""
-    key = name.lower().removeprefix("efficientnet-").removeprefix("efficientnet_")
-    if key not in VARIANTS:
+    key = variant_key(name)
+    if key is None:
         raise ConfigError(f"Unknown variant {name!r}; choose one of {', '.join(VARIANTS)}.")
     return EfficientNetConfig.from_variant(key), key
 
@@ -106,13 +114,13 @@ def operator(row: LayerCost) -> str:
     return f"Conv{row.kernel_size}×{row.kernel_size}"
 
 
-def human(n: float, unit: str = "") -> str:
+def human(n: float) -> str:
     """3-significant-digit SI form (5.29M, 386M, 37.7B) for table cells; JSON keeps exact integers."""
     for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= scale:
             value = n / scale
-            return f"{value:.3g}{suffix}{unit}" if value < 1000 else f"{value:,.0f}{suffix}{unit}"
-    return f"{n:g}{unit}"
+            return f"{value:.3g}{suffix}" if value < 1000 else f"{value:,.0f}{suffix}"
+    return f"{n:g}"
 
 
 def describe(config: EfficientNetConfig, name: str, cost: NetworkCost) -> dict[str, Any]:
@@ -193,7 +201,8 @@ def print_stage_table(console: Console, config: EfficientNetConfig, name: str, c
     totals.add_column()
     labels = int(config.num_labels)
     totals.add_row("parameters", f"{cost.params:,} ({human(cost.params)}; {labels}-class classifier included)")
-    totals.add_row("MACs", f"{cost.macs:,} ({human(cost.macs)}) at {size}×{size}; FLOPs = 2 × MACs = {human(cost.flops)}")
+    totals.add_row("MACs", f"{cost.macs:,} ({human(cost.macs)}) at {size}×{size}; "
+                           f"FLOPs = 2 × MACs = {human(cost.flops)}")
     totals.add_row("blocks", f"{cost.blocks} MBConv")
     totals.add_row("head width", f"{config.head_channels} (hidden_dim)")
     totals.add_row("padding", config.padding_mode)
@@ -333,7 +342,9 @@ def save(
     the same network.
     """
     if (variant is None) == (phi is None):
-        raise InputError("Give either a VARIANT or --phi, not both (e.g. `effnet config save b0 -o config.json`).")
+        raise InputError("Give exactly one of VARIANT or --phi (e.g. `effnet config save b0 -o config.json`).")
+    if phi is not None and not math.isfinite(phi):  # click lets nan/inf through its range check
+        raise InputError(f"--phi must be a finite number, got {phi}.")
     if output is None:
         raise InputError("Missing -o/--output: where to write config.json.")
     target = output_path(output)
