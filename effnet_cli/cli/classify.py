@@ -68,7 +68,7 @@ def classify(
 
     paths = gather_inputs(inputs, null)
     names = read_labels(labels) if labels is not None else None
-    engine = load_engine(variant, model, revision, device, dtype, compile, full_decode, max_pixels)
+    engine = load_engine(variant, model, revision, device, dtype, compile, full_decode, max_pixels, quiet)
     fmt = (format or (Format.table if sys.stdout.isatty() else Format.jsonl)).value
     console = stdout_console() if fmt == "table" else None
     writer = None if fmt == "table" else RecordWriter(sys.stdout, fmt)

@@ -6,6 +6,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from effnet_cli.cli.options import DEFAULT_VARIANT, DType, Variant
+from effnet_cli.cli.render import info_line
 from effnet_cli.errors import InputError
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ def gather_inputs(inputs: list[str], null: bool) -> list[str]:
 
 
 def load_engine(variant: Variant | None, model: str | None, revision: str | None, device: str, dtype: DType,
-                compile: bool, full_decode: bool, max_pixels: int | None) -> Engine:
+                compile: bool, full_decode: bool, max_pixels: int | None, quiet: bool = False) -> Engine:
     """Load the weights named by --variant / --model and prepare them for inference."""
     from effnet_cli.data import DEFAULT_MAX_PIXELS
     from effnet_cli.inference import Engine
@@ -32,9 +33,14 @@ def load_engine(variant: Variant | None, model: str | None, revision: str | None
     if max_pixels is not None and max_pixels < 1:
         raise InputError(f"--max-pixels must be positive, got {max_pixels}.")
     name = model if model is not None else (variant.value if variant is not None else DEFAULT_VARIANT)
-    return Engine.from_pretrained(name, revision=revision, device=device, dtype=dtype.value, compile=compile,
-                                  draft=not full_decode,
-                                  max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    engine = Engine.from_pretrained(name, revision=revision, device=device, dtype=dtype.value, compile=compile,
+                                    draft=not full_decode,
+                                    max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    source = engine.source or {}
+    if source.get("source") == "hub" and not quiet:
+        # The exact commit, so a run can be reproduced with --revision.
+        info_line(f"using {source['repo_id']} at revision {source['revision']}")
+    return engine
 
 
 def resolve_workers(workers: int | None) -> int:

@@ -85,7 +85,7 @@ def embed(
         raise InputError("--resume works with -o; --per-file runs write each file atomically and can simply be rerun.")
     stage = _parse_features(features)
     paths = gather_inputs(inputs, null)
-    engine = load_engine(variant, model, revision, device, dtype, compile, not fast_decode, max_pixels)
+    engine = load_engine(variant, model, revision, device, dtype, compile, not fast_decode, max_pixels, quiet)
     engine.feature_dim(stage)  # a bad stage number is a usage error, before any work
     run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size, workers=resolve_workers(workers))
     show = progress_enabled(progress, quiet)

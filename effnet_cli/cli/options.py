@@ -29,11 +29,11 @@ Inputs = Annotated[list[str], typer.Argument(
 Null = Annotated[bool, typer.Option("--null", "-0", help="With -, paths on stdin are NUL-separated (find -print0).",
                                     rich_help_panel=INPUT_PANEL)]
 MaxPixels = Annotated[Optional[int], typer.Option(
-    "--max-pixels", help="Refuse images with more pixels than this (decompression bombs). [default: 89478485]",
+    "--max-pixels", help="Refuse images with more pixels than this (decompression bombs). \\[default: 89478485]",
     rich_help_panel=INPUT_PANEL, show_default=False)]
 VariantOpt = Annotated[Optional[Variant], typer.Option(
     "--variant", help=f"Published variant. b0-b7 come from the Hugging Face hub; lite0 ships with effnet. "
-                      f"[default: {DEFAULT_VARIANT}]", rich_help_panel=MODEL_PANEL, show_default=False,
+                      f"\\[default: {DEFAULT_VARIANT}]", rich_help_panel=MODEL_PANEL, show_default=False,
     case_sensitive=False)]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Hub repository id or local directory (config.json + model.safetensors).",
@@ -47,7 +47,7 @@ DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Compute dtype (float16
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.",
                                         rich_help_panel=RUN_PANEL)]
 Workers = Annotated[Optional[int], typer.Option(
-    "--workers", "-j", min=0, help="Decode processes (0 decodes in the main process). [default: cores, at most 4]",
+    "--workers", "-j", min=0, help="Decode processes (0 decodes in the main process). \\[default: cores, at most 4]",
     rich_help_panel=RUN_PANEL, show_default=False)]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model (slow start, faster after).",
                                        rich_help_panel=RUN_PANEL)]
@@ -60,5 +60,5 @@ FastDecode = Annotated[bool, typer.Option(
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no per-file error lines.",
                                      rich_help_panel=RUN_PANEL)]
 Progress = Annotated[Optional[bool], typer.Option(
-    "--progress/--no-progress", help="Progress bar on stderr. [default: when stderr is a terminal]",
+    "--progress/--no-progress", help="Progress bar on stderr. \\[default: when stderr is a terminal]",
     rich_help_panel=RUN_PANEL, show_default=False)]

@@ -44,6 +44,14 @@ def error_line(message: str) -> None:
         print(f"effnet: {message}", file=sys.stderr, flush=True)
 
 
+def info_line(message: str) -> None:
+    """A note for the user on stderr (never on stdout, which carries data)."""
+    if stderr.is_terminal:
+        stderr.print(f"[dim]effnet: {message}[/]", markup=True, highlight=False)
+    else:
+        print(f"effnet: {message}", file=sys.stderr, flush=True)
+
+
 def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
     """Run the Typer app; turn user errors into one line and an exit status instead of a traceback."""
     try:
