@@ -418,7 +418,7 @@ class EfficientNetConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"A config must be a JSON object, got {type(data).__name__}.")
         if data.get("model_type", "efficientnet") != "efficientnet":
-            raise ConfigError(f"model_type is {data['model_type']!r}, not 'efficientnet': this is another kind of model.")
+            raise ConfigError(f"model_type is {data['model_type']!r}: not an EfficientNet config.")
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in data.items() if k in known}
         extra = {k: v for k, v in data.items() if k not in known and k != "num_hidden_layers"}

@@ -68,11 +68,10 @@ def load_config(source: str) -> tuple[EfficientNetConfig, str]:
         if not path.is_file():
             raise InputError(f"{source} is a directory without a config.json.")
     if path.is_file():
-        config = EfficientNetConfig.from_json_file(path)
-        model_type = config.extra.get("model_type", "efficientnet")
-        if model_type != "efficientnet":  # a ViT or ResNet config would otherwise build a default B7
-            raise ConfigError(f"{path} is a {model_type!r} config, not an EfficientNet one.")
-        return config, str(path)
+        try:
+            return EfficientNetConfig.from_json_file(path), str(path)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     key = variant_key(source)
     if key is not None:
         return EfficientNetConfig.from_variant(key), key
