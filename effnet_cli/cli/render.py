@@ -87,7 +87,9 @@ def report_failure(result: Result, quiet: bool) -> None:
 
 def render_table(console: Console, result: Result) -> None:
     """A Rich table of one image's predictions: rank, label, score as a percentage."""
-    table = Table(title=result.path, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
+    # The path goes on its own line: as a table title it would wrap to the table's width.
+    console.print(result.path, style="bold", markup=False, highlight=False, overflow="ignore", crop=False)
+    table = Table(show_edge=False, pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("label")
     table.add_column("index", justify="right", style="dim")
