@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from effnet_cli.cli.render import EXIT_OK, stdout_console
+from effnet_cli.cli.render import EXIT_OK, info_line, stdout_console
 
 
 class Source(str, Enum):
@@ -25,6 +25,7 @@ def convert(
     source: Annotated[Optional[Source], typer.Option("--from", help="Source library; detected from the key layout when omitted.", show_default=False)] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Source architecture where the file can't tell, e.g. tf_efficientnet_b3, efficientnet-b2, EfficientNetB0.")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Run the source library (if installed) and the converted model on the same input; print the largest difference.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it already holds files.")] = False,
 ) -> int:
     """Convert a torchvision, timm, efficientnet_pytorch, Keras or transformers checkpoint.
 
@@ -38,9 +39,13 @@ def convert(
     """
     from effnet_cli.convert import convert_checkpoint
 
-    report = convert_checkpoint(src, output, source=source.value if source else None, arch=arch, verify=verify)
+    report = convert_checkpoint(src, output, source=source.value if source else None, arch=arch, verify=verify,
+                                overwrite=overwrite)
     console = stdout_console()
-    console.print(f"converted {src} ({report.source}, {report.arch}) -> {output}")
+    console.print(f"converted {src} ({report.source}, {report.arch}, {report.num_tensors} tensors) -> {output}",
+                  markup=False, highlight=False)
+    for note in report.notes:
+        info_line(note)
     if report.verify is not None:
-        console.print(f"verify: {report.verify}")
+        console.print(f"verify: {report.verify}", markup=False, highlight=False)
     return EXIT_OK
