@@ -84,3 +84,18 @@ def b0_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("b0-random")
     save_pretrained(model, directory, default_processor(config))
     return directory
+
+
+@pytest.fixture(scope="session")
+def b0_small_dir(b0_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same weights with 64×64 preprocessing: for tests about files and processes, not numbers."""
+    import shutil
+
+    from effnet_cli.processor import EfficientNetImageProcessor
+
+    directory = tmp_path_factory.mktemp("b0-small")
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(b0_dir / name, directory / name)
+    processor = EfficientNetImageProcessor.from_json_file(b0_dir / "preprocessor_config.json")
+    processor.replace(size={"height": 64, "width": 64}).to_json_file(directory / "preprocessor_config.json")
+    return directory

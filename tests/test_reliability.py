@@ -94,10 +94,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], 
     return root / "photos", good, bad
 
 
-def test_classify_accounts_for_every_input(b0_dir: Path, corpus) -> None:
+def test_classify_accounts_for_every_input(b0_small_dir: Path, corpus) -> None:
     root, good, bad = corpus
     # The directory (walked, loop and all) plus the missing path, given through stdin with -0.
-    proc = effnet("classify", "-", "-0", "--model", str(b0_dir), "-f", "jsonl", "-j", "2", "-b", "4",
+    proc = effnet("classify", "-", "-0", "--model", str(b0_small_dir), "-f", "jsonl", "-j", "2", "-b", "4",
                   stdin=_stdin([root, root / "missing.jpg"]))
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
@@ -113,10 +113,10 @@ def test_classify_accounts_for_every_input(b0_dir: Path, corpus) -> None:
     assert len(err.strip().splitlines()) == len(bad)  # one line per bad file, nothing else
 
 
-def test_embed_accounts_for_every_input(b0_dir: Path, corpus, tmp_path: Path) -> None:
+def test_embed_accounts_for_every_input(b0_small_dir: Path, corpus, tmp_path: Path) -> None:
     root, good, bad = corpus
     out = tmp_path / "f.npy"
-    proc = effnet("embed", str(root), str(root / "missing.jpg"), "-o", str(out), "--model", str(b0_dir), "-j", "2")
+    proc = effnet("embed", str(root), str(root / "missing.jpg"), "-o", str(out), "--model", str(b0_small_dir), "-j", "2")
     assert proc.returncode == 1 and b"Traceback" not in proc.stderr
     manifest = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     rows = [r["row"] for r in manifest if r["row"] is not None]
@@ -125,10 +125,10 @@ def test_embed_accounts_for_every_input(b0_dir: Path, corpus, tmp_path: Path) ->
     assert set(errors) == set(bad) and all(bad[p] in errors[p] for p in bad)
 
 
-def test_pixel_limit_can_be_raised(b0_dir: Path, photos: list[Path]) -> None:
-    small = effnet("classify", str(photos[0]), "--model", str(b0_dir), "--max-pixels", "1000", "-f", "jsonl")
+def test_pixel_limit_can_be_raised(b0_small_dir: Path, photos: list[Path]) -> None:
+    small = effnet("classify", str(photos[0]), "--model", str(b0_small_dir), "--max-pixels", "1000", "-f", "jsonl")
     assert small.returncode == 1 and "raise it with --max-pixels" in json.loads(small.stdout)["error"]
-    raised = effnet("classify", str(photos[0]), "--model", str(b0_dir), "--max-pixels", "100000000", "-f", "jsonl")
+    raised = effnet("classify", str(photos[0]), "--model", str(b0_small_dir), "--max-pixels", "100000000", "-f", "jsonl")
     assert raised.returncode == 0 and "predictions" in json.loads(raised.stdout)
 
 
@@ -144,9 +144,9 @@ def _many_images(directory: Path, n: int) -> list[Path]:
     return paths
 
 
-def test_embed_killed_with_sigkill_resumes_to_the_uninterrupted_result(b0_dir: Path, tmp_path: Path) -> None:
+def test_embed_killed_with_sigkill_resumes_to_the_uninterrupted_result(b0_small_dir: Path, tmp_path: Path) -> None:
     images = _many_images(tmp_path / "imgs", 48)
-    common = [str(tmp_path / "imgs"), "--model", str(b0_dir), "-b", "2", "-j", "0"]
+    common = [str(tmp_path / "imgs"), "--model", str(b0_small_dir), "-b", "2", "-j", "0"]
     reference = tmp_path / "ref.npy"
     assert effnet("embed", *common, "-o", str(reference)).returncode == 1
 
@@ -194,7 +194,7 @@ class _RunsCode:
         return (os.system, ("touch PICKLE_RAN_CODE",))
 
 
-def test_code_carrying_pickle_is_refused_by_every_loading_path(tmp_path: Path, monkeypatch, b0_dir: Path,
+def test_code_carrying_pickle_is_refused_by_every_loading_path(tmp_path: Path, monkeypatch, b0_small_dir: Path,
                                                                  photos: list[Path]) -> None:
     from effnet_cli import EfficientNetConfig, load_pretrained
     from effnet_cli.errors import UnsafeCheckpointError
