@@ -234,12 +234,10 @@ def _download(repo_id: str, *, revision: str | None, cache_dir: str | Path | Non
         except OSError as exc:
             raise OfflineError(f"{repo_id}: {filename} could not be fetched ({exc}).") from None
 
-    config = fetch(CONFIG_NAME)
-    assert config is not None  # required=True never returns None
+    fetch(CONFIG_NAME)
     fetch(PROCESSOR_NAME, required=False)
-    if fetch(SAFETENSORS_NAME, required=False) is None:
-        fetch(PICKLE_NAME)
-    directory = config.parent
+    weights = fetch(SAFETENSORS_NAME, required=False) or fetch(PICKLE_NAME)
+    directory = weights.parent  # the snapshot folder holding every file fetched above
     # The snapshot folder is named after the commit: report it so a run can be reproduced.
     return directory, {"source": "hub", "repo_id": repo_id, "revision": directory.name}
 
