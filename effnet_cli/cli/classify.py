@@ -21,6 +21,7 @@ from effnet_cli.cli.render import (
     report_failure,
     stdout_console,
 )
+from effnet_cli.errors import InputError
 
 
 class Format(str, Enum):
@@ -39,6 +40,14 @@ def classify(
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
                                              help="Drop predictions scoring below this (0-1).")] = 0.0,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names: one per line, or JSON.")] = None,
+    output_dir: opt.OutputDir = None,
+    shard_size: opt.ShardSize = None,
+    resume: opt.Resume = False,
+    shard: opt.Shard = None,
+    devices: opt.Devices = None,
+    engine_kind: opt.EngineOpt = opt.EngineKind.local,
+    ray_address: opt.RayAddress = None,
+    ray_actors: opt.RayActors = None,
     null: opt.Null = False,
     max_pixels: opt.MaxPixels = None,
     variant: opt.VariantOpt = None,
@@ -61,13 +70,44 @@ def classify(
 
       find photos -name '*.jpg' -print0 | effnet classify - -0 --format jsonl
 
-    Exit status: 0 all images classified, 1 some failed (each gets an error record), 2 usage error.
+      effnet classify photos/ --output-dir preds/ --shard 0/4
+
+    --output-dir writes pred_*.jsonl shards (one record per input, with its "index" in the
+    input list) instead of stdout; see docs/scaling.md.
+    Exit status: 0 all images classified, 1 some failed (each gets an error record, or a device
+    worker died), 2 usage error.
     """
+    from effnet_cli.cli import sharded
     from effnet_cli.inference import classify_paths, read_labels
     from effnet_cli.writers import RecordWriter
 
+    sharded.check_options(output_dir=output_dir, shard_size=shard_size, devices=devices, engine=engine_kind,
+                          ray_address=ray_address, ray_actors=ray_actors, device=device)
+    if output_dir is not None and format is not None:
+        raise InputError("--format chooses what goes to stdout; --output-dir always writes .jsonl shards.")
+    if resume and output_dir is None:
+        raise InputError("--resume continues an --output-dir run; stdout output cannot be resumed.")
+    partition = sharded.partition_of(shard)
     paths = gather_inputs(inputs, null)
     names = read_labels(labels) if labels is not None else None
+    if output_dir is not None:
+        elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
+        engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
+                             full_decode, max_pixels, quiet)
+        if names is not None and len(names) < engine.config.num_labels:
+            raise InputError(f"The labels file has {len(names)} names but the model has "
+                             f"{engine.config.num_labels} classes.")
+        name = sharded.model_name(variant, model)
+        spec = sharded.engine_spec(engine, name, dtype, compile)
+        settings = {"model": name, "revision": spec.revision, "top_k": top_k, "threshold": threshold,
+                    "labels": str(labels.resolve()) if labels is not None else None, "dtype": dtype.value,
+                    "decode": "full" if full_decode else "reduced", "max_pixels": engine.max_pixels}
+        job = sharded.make_job("classify", paths, partition, output_dir, shard_size, settings, resume)
+        return sharded.run(job, engine, spec,
+                           dict(top_k=top_k, threshold=threshold, labels=names, batch_size=batch_size),
+                           devices=devices, engine_kind=engine_kind, ray_address=ray_address, ray_actors=ray_actors,
+                           workers=workers, quiet=quiet, show=progress_enabled(progress, quiet))
+    paths = partition.select(paths)
     engine = load_engine(variant, model, revision, device, dtype, compile, full_decode, max_pixels, quiet)
     fmt = (format or (Format.table if sys.stdout.isatty() else Format.jsonl)).value
     console = stdout_console() if fmt == "table" else None

@@ -43,8 +43,14 @@ def embed(
         "--features", help="head (the pooled hidden_dim features) or stage:N for stage N's feature map.",
         show_default=False)] = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise each row.")] = False,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue an interrupted run of the same command instead of starting over.")] = False,
+    resume: opt.Resume = False,
+    output_dir: opt.OutputDir = None,
+    shard_size: opt.ShardSize = None,
+    shard: opt.Shard = None,
+    devices: opt.Devices = None,
+    engine_kind: opt.EngineOpt = opt.EngineKind.local,
+    ray_address: opt.RayAddress = None,
+    ray_actors: opt.RayActors = None,
     null: opt.Null = False,
     max_pixels: opt.MaxPixels = None,
     variant: opt.VariantOpt = None,
@@ -69,14 +75,22 @@ def embed(
 
       effnet embed photos/ --per-file feats/
 
+      effnet embed photos/ --output-dir feats/ --shard-size 10000 --devices all
+
     Rows follow input order; the manifest has one record per input ({"path", "row"}, or
     "row": null and "error" for a failed one). --dtype float16 writes a float16 array.
-    Exit status: 0 all embedded, 1 some failed, 2 usage error.
+    --output-dir writes emb_*.npy + meta_*.parquet shards (+ errors_*.jsonl), readable with
+    numpy or embedding-reader; see docs/scaling.md.
+    Exit status: 0 all embedded, 1 some failed (or a device worker died), 2 usage error.
     """
+    from effnet_cli.cli import sharded
     from effnet_cli.inference import POOLS
 
-    if (output is None) == (per_file is None):
-        raise InputError("Give exactly one of -o OUT.npy or --per-file DIR.")
+    if sum(x is not None for x in (output, per_file, output_dir)) != 1:
+        raise InputError("Give exactly one of -o OUT.npy, --per-file DIR or --output-dir DIR.")
+    sharded.check_options(output_dir=output_dir, shard_size=shard_size, devices=devices, engine=engine_kind,
+                          ray_address=ray_address, ray_actors=ray_actors, device=device)
+    partition = sharded.partition_of(shard)
     if pool not in POOLS:
         raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}.")
     if output is not None and output.suffix != ".npy":
@@ -85,10 +99,27 @@ def embed(
         raise InputError("--resume works with -o; --per-file runs write each file atomically and can simply be rerun.")
     stage = _parse_features(features)
     paths = gather_inputs(inputs, null)
+    show = progress_enabled(progress, quiet)
+    if output_dir is not None:
+        # Workers and Ray actors load their own copies on their devices; this one checks the options and
+        # serves the decode settings, so it stays on the CPU when they exist.
+        elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
+        engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
+                             not fast_decode, max_pixels, quiet)
+        dim = engine.feature_dim(stage)
+        name = sharded.model_name(variant, model)
+        spec = sharded.engine_spec(engine, name, dtype, compile)
+        settings = {"model": name, "revision": spec.revision, "features": features or "head", "pool": pool,
+                    "normalize": normalize, "dtype": dtype.value, "dim": dim,
+                    "decode": "fast" if fast_decode else "exact", "max_pixels": engine.max_pixels}
+        job = sharded.make_job("embed", paths, partition, output_dir, shard_size, settings, resume)
+        return sharded.run(job, engine, spec, dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size),
+                           devices=devices, engine_kind=engine_kind, ray_address=ray_address, ray_actors=ray_actors,
+                           workers=workers, quiet=quiet, show=show)
+    paths = partition.select(paths)
     engine = load_engine(variant, model, revision, device, dtype, compile, not fast_decode, max_pixels, quiet)
     engine.feature_dim(stage)  # a bad stage number is a usage error, before any work
     run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size, workers=resolve_workers(workers))
-    show = progress_enabled(progress, quiet)
     if per_file is not None:
         return _embed_per_file(engine, paths, per_file, run, quiet, show)
     return _embed_to_array(engine, paths, output, run, resume, quiet, show)

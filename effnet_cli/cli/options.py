@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -20,9 +21,15 @@ class DType(str, Enum):
     float16 = "float16"
 
 
+class EngineKind(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 MODEL_PANEL = "Model"
 INPUT_PANEL = "Inputs"
 RUN_PANEL = "Run"
+SCALE_PANEL = "Sharded output and scale"
 
 Inputs = Annotated[list[str], typer.Argument(
     help="Image files, directories (recursed), globs, or - to read paths from stdin.", show_default=False)]
@@ -62,3 +69,30 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and 
 Progress = Annotated[Optional[bool], typer.Option(
     "--progress/--no-progress", help="Progress bar on stderr. \\[default: when stderr is a terminal]",
     rich_help_panel=RUN_PANEL, show_default=False)]
+
+# Sharded outputs, partitions, several devices, Ray (see docs/scaling.md).
+OutputDir = Annotated[Optional[Path], typer.Option(
+    "--output-dir", help="Write fixed-size shard files (with completion markers) to this directory.",
+    rich_help_panel=SCALE_PANEL, show_default=False)]
+ShardSize = Annotated[Optional[int], typer.Option(
+    "--shard-size", min=1, help="Inputs per shard file, with --output-dir. \\[default: 10000]",
+    rich_help_panel=SCALE_PANEL, show_default=False)]
+Shard = Annotated[Optional[str], typer.Option(
+    "--shard", help="Process only partition I of N: the inputs whose position in the input list is I mod N "
+                    "(e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT).",
+    rich_help_panel=SCALE_PANEL, show_default=False)]
+Devices = Annotated[Optional[str], typer.Option(
+    "--devices", help="One worker process per device, each on its own partition: cuda:0,cuda:1, all (every GPU), "
+                      "or cpu:N (N CPU workers). Needs --output-dir.",
+    rich_help_panel=SCALE_PANEL, show_default=False)]
+EngineOpt = Annotated[EngineKind, typer.Option(
+    "--engine", help="local, or ray: Ray Data on the cluster at --ray-address / $RAY_ADDRESS, else a local Ray "
+                     "(needs effnet-cli\\[ray] and --output-dir).", rich_help_panel=SCALE_PANEL)]
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="Ray cluster to join with --engine ray. \\[default: $RAY_ADDRESS, else start a local Ray]",
+    rich_help_panel=SCALE_PANEL, show_default=False)]
+RayActors = Annotated[Optional[int], typer.Option(
+    "--ray-actors", min=1, help="Model actors with --engine ray. \\[default: one per GPU in the cluster, "
+                                "else half its CPUs]", rich_help_panel=SCALE_PANEL, show_default=False)]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Continue an interrupted run of the same command instead of starting over.")]

@@ -1,0 +1,130 @@
+"""The ``--output-dir`` mode that ``embed`` and ``classify`` share: check the options, pick the engine, run.
+
+One process (the user's ``--device``), one worker process per device
+(``--devices``), or Ray (``--engine ray``) all write the same shard layout
+through :mod:`effnet_cli.shards`; this module only wires options to them,
+shows one progress bar, and turns the outcome into an exit status.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from effnet_cli.cli.options import DEFAULT_VARIANT, DType, EngineKind, Variant
+from effnet_cli.cli.render import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    error_line,
+    info_line,
+    progress_bar,
+    report_failure,
+)
+from effnet_cli.errors import InputError
+from effnet_cli.shards import DEFAULT_SHARD_SIZE, Partition, ShardJob, parse_shard
+
+
+def partition_of(shard: str | None) -> Partition:
+    """``--shard I/N``, or the whole list."""
+    return parse_shard(shard) if shard is not None else Partition()
+
+
+def check_options(*, output_dir: Path | None, shard_size: int | None, devices: str | None, engine: EngineKind,
+                  ray_address: str | None, ray_actors: int | None, device: str) -> None:
+    """Usage errors of the scale options, before any input is read or model loaded."""
+    if output_dir is None:
+        for given, name in ((shard_size is not None, "--shard-size"), (devices is not None, "--devices"),
+                            (engine is EngineKind.ray, "--engine ray")):
+            if given:
+                raise InputError(f"{name} writes sharded output: add --output-dir DIR.")
+    if engine is not EngineKind.ray:
+        for given, name in ((ray_address is not None, "--ray-address"), (ray_actors is not None, "--ray-actors")):
+            if given:
+                raise InputError(f"{name} only applies with --engine ray.")
+    if devices is not None and engine is EngineKind.ray:
+        raise InputError("--devices runs local worker processes; with --engine ray, Ray places the model "
+                         "(use --ray-actors).")
+    if devices is not None and device != "auto":
+        raise InputError("Give --device or --devices, not both.")
+    if devices is not None:
+        from effnet_cli.parallel import parse_devices
+
+        parse_devices(devices)  # a bad device list is a usage error before the model loads
+    if engine is EngineKind.ray:
+        from effnet_cli.ray_engine import require_ray
+
+        require_ray()  # a missing extra is one line now, not after the model has loaded
+
+
+def model_name(variant: Variant | None, model: str | None) -> str:
+    """The name load_engine loads; local paths made absolute so other processes and nodes find them."""
+    name = model if model is not None else (variant.value if variant is not None else DEFAULT_VARIANT)
+    return os.path.abspath(name) if os.path.exists(name) else name
+
+
+def engine_spec(engine: Any, name: str, dtype: DType, compile: bool) -> Any:
+    """How workers and actors load the parent's model again, pinned to the revision the parent resolved."""
+    from effnet_cli.parallel import EngineSpec
+
+    source = engine.source or {}
+    return EngineSpec(name=name, revision=source.get("revision"), dtype=dtype.value, compile=compile,
+                      draft=engine.draft, max_pixels=engine.max_pixels)
+
+
+def make_job(kind: str, all_paths: list[str], partition: Partition, output_dir: Path, shard_size: int | None,
+             settings: dict[str, Any], resume: bool) -> ShardJob:
+    """The shard job of this partition of ``all_paths``."""
+    from effnet_cli.shards import parquet_available
+
+    return ShardJob(kind=kind, directory=output_dir, paths=partition.select(all_paths), total=len(all_paths),
+                    partition=partition, shard_size=shard_size or DEFAULT_SHARD_SIZE, settings=settings,
+                    resume=resume, meta_format="parquet" if parquet_available() else "jsonl")
+
+
+def run(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, Any], *, devices: str | None,
+        engine_kind: EngineKind, ray_address: str | None, ray_actors: int | None, workers: int | None,
+        quiet: bool, show: bool) -> int:
+    """Run ``job`` on the chosen engine with one progress bar; the exit status."""
+    from effnet_cli.data import default_workers
+
+    device_list = None
+    if devices is not None:
+        from effnet_cli.parallel import parse_devices, usable_cores
+
+        device_list = parse_devices(devices)
+        if workers is None:  # decode processes per device worker: the cores shared out, at most 4 each
+            workers = max(1, min(4, usable_cores() // len(device_list)))
+    run_options = {**run_options, "workers": default_workers() if workers is None else workers}
+
+    try:
+        with progress_bar(len(job.paths), show, "embed" if job.kind == "embed" else "classify") as advance:
+            report = {"on_progress": advance, "on_failure": lambda result: report_failure(result, quiet)}
+
+            def skip_kept(plan: Any) -> None:  # a resume starts the bar at the inputs already done
+                advance(plan.done_inputs)
+
+            if engine_kind is EngineKind.ray:
+                from effnet_cli.ray_engine import run_ray
+
+                summary = run_ray(job, spec, engine, run_options, address=ray_address, actors=ray_actors,
+                                  on_plan=skip_kept, **report)
+            elif device_list is not None and len(device_list) > 1:
+                from effnet_cli.parallel import run_on_devices
+
+                summary = run_on_devices(job, device_list, spec, run_options, **report)
+            else:
+                from effnet_cli import shards
+
+                if device_list is not None:  # a single device: no worker process needed
+                    engine = spec.build(device_list[0])
+                into = shards.embed_into_shards if job.kind == "embed" else shards.classify_into_shards
+                summary = into(engine, job, run_options, on_plan=skip_kept, **report)
+    except KeyboardInterrupt:
+        error_line(f"interrupted; finished shards are kept: rerun the same command with --resume to finish "
+                   f"{job.directory}")
+        return EXIT_INTERRUPTED
+    if summary.shards_written == 0 and summary.shards_kept and not quiet:
+        info_line(f"every shard in {job.directory} was already finished; nothing to resume.")
+    return EXIT_SOME_FAILED if summary.failures else EXIT_OK

@@ -1,0 +1,395 @@
+"""Beyond one machine: the same sharded run on a Ray cluster, with Ray Data doing the distribution.
+
+    paths ── pre-check (driver) ──────────────────────────── error rows ──┐
+          └─ read_binary_files ─> decode + preprocess (CPU tasks)          ├─> reorder by index ─> shard writers
+                                  └─> model (actor pool, 1 GPU each) ──────┘      (driver, as results arrive)
+
+* Inputs that are missing, unreadable or not regular files get their error
+  record in the driver, from the same :func:`effnet_cli.data.open_image`
+  checks the local engine uses: ``read_binary_files`` would fail the whole
+  job on them.
+* The bytes Ray read are decoded by the local pipeline itself
+  (:func:`effnet_cli.data.iter_batches` with no workers), pointed at a copy
+  of the bytes in a memory-backed temporary file (``/dev/shm``). Why a file:
+  ``open_image`` takes paths only, and feeding it a file is the one way to
+  apply exactly its safety rules (pixel limit, truncation, format sniffing)
+  and exactly its error reasons without copying them here. A corrupt file is
+  an error row, never a failed task.
+* The model runs in ``ActorPoolStrategy`` actors that load the weights once
+  (one GPU each when the cluster has GPUs).
+* The driver receives results in input order (``preserve_order``), merges
+  the pre-checked error rows by index, and writes the same shard files as a
+  local run with :mod:`effnet_cli.shards`, shard by shard as results
+  arrive, so its memory stays bounded however many inputs there are.
+
+Ray is an optional dependency (``pip install 'effnet-cli[ray]'``); it is
+imported only when ``--engine ray`` is used. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from effnet_cli.errors import ConfigError, DecodeError, EffnetError
+from effnet_cli.parallel import EngineSpec, usable_cores
+from effnet_cli.shards import Plan, ShardJob, Summary, plan_shards, write_classify_shards, write_embed_shards
+
+__all__ = ["require_ray", "connect", "default_actors", "run_ray"]
+
+INSTALL_HINT = "--engine ray needs Ray Data: install effnet-cli[ray] (pip install 'effnet-cli[ray]')."
+
+# Rows per decode task call; decoding is cheap next to the model, so this
+# only needs to amortise Ray's per-call overhead.
+_DECODE_BATCH = 16
+
+
+def require_ray() -> Any:
+    """The ``ray`` module with Ray Data, or a :class:`ConfigError` that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+    return ray
+
+
+def _quiet_ray_logs() -> None:
+    # Ray's INFO lines ("Started a local Ray instance", "Starting execution of
+    # Dataset ...") would interleave with our one progress bar on stderr.
+    for name in ("ray", "ray.data", "ray.data._internal"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
+    """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start a local one; True if we started it.
+
+    A session that is already connected (a Python caller's, or a test's) is
+    used as it is. A local session gets ``num_cpus`` logical CPUs: more than
+    the cores, because the model actors each hold one for the whole run and
+    the decode tasks still need some to be scheduled at all.
+    """
+    ray = require_ray()
+    _quiet_ray_logs()
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Ray's C++ core writes its own log lines straight to file descriptor 2
+    # (e.g. an "E" line about actor constructor arguments that Ray Data itself
+    # causes); keep them to fatal ones unless the user chose a level.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        with _stderr_fd_silenced():  # the C++ core announces the level it just read, once, at start
+            if address:
+                ray.init(address=address, **common)
+            else:
+                ray.init(num_cpus=num_cpus, **common)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        target = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise ConfigError(f"Cannot start or reach {target}: {' '.join(str(exc).split())[:200]}") from None
+    return True
+
+
+@contextmanager
+def _stderr_fd_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the ``with`` body (Python-level errors still raise)."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded use): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def default_actors(explicit: int | None) -> int:
+    """Model actors: as asked, else one per GPU in the cluster, else half the cluster's CPUs (at least 1)."""
+    if explicit is not None:
+        return explicit
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    return gpus if gpus else max(1, int(resources.get("CPU", 1)) // 2)
+
+
+def _precheck(path: str, open_kwargs: dict[str, Any]) -> str | None:
+    """The error reason for an input Ray must not be asked to read, or None if it looks readable.
+
+    Only the cheap checks (exists, regular file, readable, not empty) decide;
+    the reason itself comes from :func:`open_image`, so it is word for word
+    what the local engine records.
+    """
+    from effnet_cli.data import open_image
+
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_size > 0 and os.access(path, os.R_OK):
+            return None
+    except OSError:
+        pass
+    try:
+        open_image(path, **open_kwargs)
+    except DecodeError as exc:
+        return str(exc)
+    return None  # it became readable meanwhile: let Ray have it
+
+
+def _ray_can_name(path: str) -> bool:
+    """True when ``read_binary_files`` reads ``path`` under exactly that name.
+
+    Ray parses paths as URLs, and URL parsing deletes tabs and line breaks
+    (so ``a\nb.jpg`` becomes ``ab.jpg``, which fails the whole read), and
+    Arrow needs UTF-8 names. Such rare files are read by the driver instead
+    and handed to Ray as bytes.
+    """
+    if any(c in path for c in "\t\r\n"):
+        return False
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shm_dir() -> str | None:
+    """A memory-backed directory for the decode temporaries, or None for the system default."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _decode_stage(batch: dict[str, np.ndarray], *, transform: Any, open_kwargs: dict[str, Any],
+                  shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Ray task: bytes -> preprocessed pixels (zeros where it failed) and an error reason ("" if none)."""
+    import torch
+
+    from effnet_cli.data import iter_batches
+
+    torch.set_num_threads(1)  # decode tasks share the node's cores with each other and the actors
+    paths, blobs = batch["path"], batch["bytes"]
+    n = len(paths)
+    pixels = np.zeros((n, *shape), dtype=np.float32)
+    errors = np.full(n, "", dtype=object)
+    with tempfile.TemporaryDirectory(prefix="effnet-decode-", dir=_shm_dir()) as tmp:
+        names = []
+        for i, blob in enumerate(blobs):
+            name = os.path.join(tmp, str(i))
+            with open(name, "wb") as fh:
+                fh.write(blob)
+            names.append(name)
+        # The local pipeline's own decode + preprocess + stack, in this process.
+        for decoded in iter_batches(names, transform, batch_size=max(n, 1), workers=0, open_kwargs=open_kwargs):
+            for pos, reason in decoded.errors:
+                errors[pos] = reason
+            if decoded.indices:
+                got = tuple(decoded.pixel_values.shape[1:])
+                if got != shape:
+                    for pos in decoded.indices:
+                        errors[pos] = f"preprocessed to shape {got}, but this run is {shape}"
+                else:
+                    pixels[decoded.indices] = decoded.pixel_values.numpy()
+    return {"path": paths, "pixels": pixels, "error": errors}
+
+
+class _ModelActor:
+    """Ray actor: holds one engine for the whole run and turns pixel batches into features or predictions."""
+
+    def __init__(self, spec: EngineSpec, kind: str, run: dict[str, Any], threads: int) -> None:
+        import ray
+        import torch
+
+        torch.set_num_threads(threads)
+        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        self.engine = spec.build(device)
+        self.kind, self.run = kind, run
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        errors = batch["error"]
+        ok = np.array([not e for e in errors], dtype=bool)
+        out: dict[str, np.ndarray] = {"path": batch["path"], "error": errors}
+        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
+        if self.kind == "embed":
+            dim = self.engine.feature_dim(self.run["stage"])
+            features = np.zeros((len(errors), dim), dtype=np.float32)
+            if ok.any():
+                features[ok] = self.engine.features(pixels, pool=self.run["pool"], stage=self.run["stage"],
+                                                    normalize=self.run["normalize"]).numpy()
+            out["features"] = features
+        else:
+            records = np.full(len(errors), "", dtype=object)
+            if ok.any():
+                top = self.engine.topk(pixels, self.run["top_k"], threshold=self.run["threshold"],
+                                       labels=self.run["labels"])
+                records[ok] = [json.dumps([p.to_dict() for p in preds]) for preds in top]
+            out["predictions"] = records
+        return out
+
+
+def _expected_shape(engine: Any) -> tuple[int, ...]:
+    """The pixel shape the processor produces (fixed for every published preprocessing)."""
+    from PIL import Image
+
+    return tuple(engine.transform(Image.new("RGB", (320, 320), (128, 128, 128))).shape)
+
+
+def _ordered_batches(kind: str, todo: list[str], early: dict[int, str], results: Iterator[dict[str, np.ndarray]],
+                     index_of: dict[str, int]) -> Iterator[Any]:
+    """Merge Ray's results with the pre-checked errors and yield them in input order, as local batches do."""
+    from effnet_cli.inference import EmbedBatch, Prediction, Result
+
+    pending: dict[int, tuple[str | None, Any]] = {pos: (reason, None) for pos, reason in early.items()}
+    next_pos = 0
+
+    def flush() -> Iterator[Any]:
+        nonlocal next_pos
+        out, rows = [], []
+        while next_pos in pending:
+            error, payload = pending.pop(next_pos)
+            if kind == "embed":
+                out.append(Result(position=next_pos, path=todo[next_pos], error=error))
+                if error is None:
+                    rows.append(payload)
+            else:
+                preds = None if error is not None else [Prediction(**p) for p in json.loads(payload)]
+                out.append(Result(position=next_pos, path=todo[next_pos], predictions=preds, error=error))
+            next_pos += 1
+        if out:
+            if kind == "embed":
+                yield EmbedBatch(results=out, features=np.stack(rows) if rows else np.zeros((0, 0), np.float32))
+            else:
+                yield out
+
+    yield from flush()
+    for batch in results:
+        values = batch["features"] if kind == "embed" else batch["predictions"]
+        for path, error, value in zip(batch["path"], batch["error"], values):
+            pos = index_of.get(str(path))
+            if pos is None:  # Ray renamed a path after all: better a clear stop than a misfiled row
+                raise EffnetError(f"Ray returned a result for {str(path)!r}, which is not among the inputs.")
+            pending[pos] = (str(error) or None, value)
+        yield from flush()
+    if next_pos != len(todo):
+        raise EffnetError(f"Ray returned results for {next_pos} of {len(todo)} inputs; rerun with --resume.")
+
+
+def run_ray(job: ShardJob, spec: EngineSpec, engine: Any, run: dict[str, Any], *, address: str | None = None,
+            actors: int | None = None, on_progress: Callable[[int], None] | None = None,
+            on_failure: Callable[[Any], None] | None = None,
+            on_plan: Callable[[Plan], None] | None = None) -> Summary:
+    """Run a sharded ``job`` on Ray: same shard files, same numbers, same error records as a local run.
+
+    ``engine`` is the driver's copy (its preprocessing and decoder options are
+    shipped to the decode tasks, its feature width sizes the output); the
+    actors load their own from ``spec``. ``run`` holds the embed or classify
+    options plus ``batch_size`` (rows per model call, an explicit int as
+    Ray requires with GPUs). A Ray session this function started is shut
+    down before it returns.
+    """
+    ray = require_ray()
+    plan = plan_shards(job)
+    if on_plan is not None:
+        on_plan(plan)
+    todo = plan.todo_paths
+    open_kwargs = engine.open_kwargs
+    early: dict[int, str] = {}
+    readable: list[str] = []
+    index_of: dict[str, int] = {}
+    inline: list[dict[str, Any]] = []
+    for pos, path in enumerate(todo):
+        reason = _precheck(path, open_kwargs)
+        if reason is not None:
+            early[pos] = reason
+            continue
+        absolute = os.path.abspath(path)  # workers do not share the driver's working directory
+        if _ray_can_name(absolute):
+            index_of[absolute] = pos
+            readable.append(absolute)
+            continue
+        try:
+            blob = Path(path).read_bytes()
+        except OSError:
+            early[pos] = _precheck(path, open_kwargs) or "cannot read file"
+            continue
+        key = f"effnet-inline:{pos}"  # any unique text: it only routes the result back to its input
+        index_of[key] = pos
+        inline.append({"bytes": blob, "path": key})
+
+    kind = job.kind
+    batch_size = int(run["batch_size"])
+    model_run = {k: v for k, v in run.items() if k not in ("batch_size", "workers")}
+    owned = False
+    context_saved: dict[str, Any] = {}
+    try:
+        results: Iterator[dict[str, np.ndarray]] = iter(())
+        if readable or inline:
+            import torch
+
+            remote = bool(address or os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
+            local_gpus = torch.cuda.device_count()
+            local_actors = actors or (local_gpus if local_gpus else max(1, usable_cores() // 2))
+            owned = connect(address, num_cpus=usable_cores() + local_actors)
+            n_actors = local_actors if owned and not remote else default_actors(actors)
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+
+            from ray.data import ActorPoolStrategy, DataContext
+
+            ctx = DataContext.get_current()
+            wanted = {"enable_progress_bars": False, "print_on_execution_start": False,
+                      "enable_auto_log_stats": False}
+            for name, value in wanted.items():
+                if hasattr(ctx, name):
+                    context_saved[name] = getattr(ctx, name)
+                    setattr(ctx, name, value)
+            # Results must reach the driver in input order, so shards can be written as they complete.
+            context_saved["preserve_order"] = ctx.execution_options.preserve_order
+            ctx.execution_options.preserve_order = True
+
+            ds = ray.data.read_binary_files(readable, include_paths=True) if readable else None
+            if inline:
+                # Few and first: the reorder buffer holds later results only until these arrive.
+                extra = ray.data.from_items(inline)
+                ds = extra.union(ds) if ds is not None else extra
+            ds = ds.map_batches(_decode_stage, batch_size=_DECODE_BATCH, batch_format="numpy", num_cpus=1,
+                                fn_kwargs={"transform": engine.transform, "open_kwargs": open_kwargs,
+                                           "shape": _expected_shape(engine)})
+            ds = ds.map_batches(_ModelActor, batch_size=batch_size, batch_format="numpy",
+                                compute=ActorPoolStrategy(size=n_actors), num_gpus=gpus, num_cpus=1,
+                                fn_constructor_kwargs={"spec": spec, "kind": kind, "run": model_run, "threads": 1})
+            results = ds.iter_batches(batch_size=None, batch_format="numpy")
+        batches = _ordered_batches(kind, todo, early, results, index_of)
+        if kind == "embed":
+            return write_embed_shards(plan, batches, dim=engine.feature_dim(run.get("stage")),
+                                      dtype=engine.output_numpy_dtype, on_progress=on_progress,
+                                      on_failure=on_failure)
+        return write_classify_shards(plan, batches, on_progress=on_progress, on_failure=on_failure)
+    finally:
+        if context_saved:
+            from ray.data import DataContext
+
+            ctx = DataContext.get_current()
+            for name, value in context_saved.items():
+                if name == "preserve_order":
+                    ctx.execution_options.preserve_order = value
+                else:
+                    setattr(ctx, name, value)
+        if owned:
+            ray.shutdown()

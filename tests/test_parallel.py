@@ -1,0 +1,106 @@
+"""Several devices on one machine (``--devices``), exercised with CPU workers: same results, crashes recover."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from effnet_cli.errors import InputError
+from effnet_cli.parallel import parse_devices
+from effnet_cli.shards import read_embeddings
+from tests.cli_helpers import effnet, run
+
+
+def _images(directory: Path, n: int, broken: tuple[int, ...] = ()) -> None:
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        path = directory / f"img{i:03d}.png"
+        if i in broken:
+            path.write_bytes(b"GIF89a truncated")
+        else:
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+
+
+def test_device_lists() -> None:
+    assert parse_devices("cpu:2") == ["cpu", "cpu"]
+    assert parse_devices("cpu,cpu,cpu") == ["cpu"] * 3
+    assert parse_devices("cpu") == ["cpu"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the messages of a machine without GPUs")
+@pytest.mark.parametrize("text, message", [("all", "found no CUDA device"), ("cuda:0", "has 0 CUDA devices"),
+                                           ("cpu,", "empty item"), ("cpu:x", "worker count")])
+def test_devices_that_do_not_exist_are_usage_errors(text: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        parse_devices(text)
+
+
+def test_two_cpu_workers_equal_one_process(b0_small_dir: Path, tmp_path: Path) -> None:
+    _images(tmp_path / "imgs", 12, broken=(5,))
+    # -b 2 with shard size 2: every batch holds the same inputs in both runs, so the numbers are identical.
+    common = [str(tmp_path / "imgs"), "--model", str(b0_small_dir), "-b", "2", "-j", "0", "--shard-size", "2"]
+    assert run(["embed", *common, "--output-dir", str(tmp_path / "one")]).exit_code == 1
+    res = effnet("embed", *common, "--output-dir", str(tmp_path / "two"), "--devices", "cpu:2")
+    assert res.returncode == 1, res.stderr.decode()
+    assert res.stderr.decode().count("img005.png: ") == 1  # the failure is reported once, by the parent
+    names = sorted(p.name for p in (tmp_path / "two").glob("emb_*.npy"))
+    assert names == [f"emb_p00{i}of002_0000{k}.npy" for i in range(2) for k in range(3)]
+
+    one_array, one_records = read_embeddings(tmp_path / "one")
+    two_array, two_records = read_embeddings(tmp_path / "two")
+    assert two_records == one_records
+    np.testing.assert_allclose(two_array, one_array, rtol=0, atol=1e-6)
+
+
+def _spawned_children(parent: int) -> list[int]:
+    """Pids of ``parent``'s multiprocessing-spawn children (the device workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"spawn_main" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_a_killed_worker_fails_the_run_in_one_line_and_resume_recovers(b0_small_dir: Path, tmp_path: Path) -> None:
+    _images(tmp_path / "imgs", 12)
+    common = [str(tmp_path / "imgs"), "--model", str(b0_small_dir), "-b", "2", "-j", "0", "--shard-size", "2"]
+    assert run(["embed", *common, "--output-dir", str(tmp_path / "ref")]).exit_code == 0
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "effnet_cli", "embed", *common, "--output-dir", str(out),
+                             "--devices", "cpu:2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        workers = _spawned_children(proc.pid)
+        time.sleep(0.05)
+    assert len(workers) == 2
+    os.kill(min(workers), signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 1
+    assert len(lines) == 1 and "was killed by SIGKILL" in lines[0] and "--resume" in lines[0], lines
+
+    resumed = effnet("embed", *common, "--output-dir", str(out), "--devices", "cpu:2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    ref_array, ref_records = read_embeddings(tmp_path / "ref")
+    array, records = read_embeddings(out)
+    assert records == ref_records
+    np.testing.assert_allclose(array, ref_array, rtol=0, atol=1e-6)

@@ -1,0 +1,98 @@
+"""``--engine ray``: a local Ray on the CPU gives the local engine's embeddings, predictions and error records.
+
+One Ray session serves the whole module (starting one costs several seconds);
+the CLI finds it already connected and leaves it running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from effnet_cli.shards import read_embeddings, read_predictions
+from tests.cli_helpers import run
+
+# Ray Data warns about its own deprecated settings whenever a dataset copies its context.
+pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray with 4 logical CPUs on this 2-core machine: two model actors plus room for decode tasks."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    started = time.monotonic()
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # as the CLI does: no C++ notices in the output
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+    sys.stderr.write(f"\n[test_ray] Ray session open for {time.monotonic() - started:.1f}s\n")
+
+
+def _inputs(photos: list[Path], tmp_path: Path) -> list[str]:
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(photos[0].read_bytes()[:3000])  # a JPEG cut short: decodes to an error, not a failed job
+    return [str(photos[0]), str(corrupt), *map(str, photos[1:]), str(tmp_path / "missing.jpg")]
+
+
+def test_ray_embeddings_and_errors_equal_the_local_engine(ray_session, b0_small_dir: Path, photos: list[Path],
+                                                          tmp_path: Path) -> None:
+    inputs = _inputs(photos, tmp_path)
+    common = [*inputs, "--model", str(b0_small_dir), "--shard-size", "3", "-j", "0"]
+    local = run(["embed", *common, "--output-dir", str(tmp_path / "local")])
+    remote = run(["embed", *common, "--output-dir", str(tmp_path / "ray"), "--engine", "ray", "--ray-actors", "2",
+                  "-b", "2"])
+    assert local.exit_code == remote.exit_code == 1, remote.stderr
+    assert f"{tmp_path / 'corrupt.jpg'}: truncated JPEG" in remote.stderr
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == \
+           sorted(p.name for p in (tmp_path / "local").iterdir())  # the same shard layout
+
+    local_array, local_records = read_embeddings(tmp_path / "local")
+    ray_array, ray_records = read_embeddings(tmp_path / "ray")
+    assert ray_records == local_records  # same rows, same paths, same error reasons, word for word
+    assert [r["error"] for r in ray_records if r["error"]] == ["truncated JPEG", "no such file"]
+    np.testing.assert_allclose(ray_array, local_array, rtol=1e-5, atol=1e-5)
+
+
+def test_ray_classify_over_awkward_files_with_a_partition_and_resume(ray_session, b0_small_dir: Path,
+                                                                    photos: list[Path], tmp_path: Path) -> None:
+    from tests.test_reliability import build_corpus
+
+    good, bad = build_corpus(tmp_path / "corpus", photos[2])
+    others = [str(p) for p in sorted([*good, *bad], key=str) if "\n" not in p.name]
+    # Position 1 is in partition 1/2: the name with a line break (which Ray's URL parsing would mangle)
+    # goes through Ray too, with a bomb, a truncated file, a missing one...
+    inputs = [others[0], str(tmp_path / "corpus" / "line\nbreak.jpg"), *others[1:]]
+    common = [*inputs, "--model", str(b0_small_dir), "-k", "3", "--shard-size", "3", "--shard", "1/2", "-j", "0"]
+    local = run(["classify", *common, "--output-dir", str(tmp_path / "local")])
+    out = tmp_path / "ray"
+    remote = run(["classify", *common, "--output-dir", str(out), "--engine", "ray", "--ray-actors", "2"])
+    assert local.exit_code == remote.exit_code == 1, remote.stderr
+    again = run(["classify", *common, "--output-dir", str(out), "--engine", "ray", "--resume"])
+    assert again.exit_code == 1 and "already finished" in again.stderr
+
+    want = read_predictions(tmp_path / "local", complete=False)
+    got = read_predictions(out, complete=False)
+    assert [r["index"] for r in got] == list(range(1, len(inputs), 2))  # partition 1 of 2: odd positions only
+    assert [(r["path"], r.get("error")) for r in got] == [(r["path"], r.get("error")) for r in want]
+    mine = set(inputs[1::2])
+    assert {r["path"] for r in got if "error" in r} == {str(p) for p in bad} & mine
+    assert all(bad[Path(r["path"])] in r["error"] for r in got if "error" in r)
+    for a, b in zip(want, got):
+        if "predictions" in a:
+            assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+            np.testing.assert_allclose([p["score"] for p in a["predictions"]],
+                                       [p["score"] for p in b["predictions"]], rtol=1e-5)
+
+
+def test_missing_ray_is_one_line_and_exit_2(monkeypatch, b0_small_dir: Path, photos: list[Path], tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as without the extra
+    res = run(["embed", str(photos[0]), "--model", str(b0_small_dir), "--output-dir", str(tmp_path / "o"),
+               "--engine", "ray"])
+    assert res.exit_code == 2
+    assert res.stderr.strip().count("\n") == 0 and "install effnet-cli[ray]" in res.stderr
