@@ -13,7 +13,6 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +145,8 @@ class BlockSpec:
 
 @lru_cache(maxsize=1)
 def _imagenet_labels() -> tuple[str, ...]:
+    from importlib import resources  # imported here: `effnet --help` never needs it
+
     text = resources.files("effnet_cli.resources").joinpath("imagenet1k_labels.json").read_text("utf-8")
     return tuple(json.loads(text))
 

@@ -17,7 +17,7 @@ from effnet_cli.cli import classify, config_cmd, convert, embed
 app = typer.Typer(
     name="effnet",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )

@@ -51,7 +51,7 @@ FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table for rea
 ImageSizeOpt = Annotated[Optional[int], typer.Option(
     "--image-size", "-s", min=1,
     # Rich would read a bare [default: ...] as a markup tag and drop it, hence the backslash.
-    help="Input side in pixels for resolutions and MACs. \\[default: the config's image_size]",
+    help="Input side in pixels for resolutions and MACs. [default: the config's image_size]",
     show_default=False)]
 
 

@@ -36,11 +36,11 @@ Inputs = Annotated[list[str], typer.Argument(
 Null = Annotated[bool, typer.Option("--null", "-0", help="With -, paths on stdin are NUL-separated (find -print0).",
                                     rich_help_panel=INPUT_PANEL)]
 MaxPixels = Annotated[Optional[int], typer.Option(
-    "--max-pixels", help="Refuse images with more pixels than this (decompression bombs). \\[default: 89478485]",
+    "--max-pixels", help="Refuse images with more pixels than this (decompression bombs). [default: 89478485]",
     rich_help_panel=INPUT_PANEL, show_default=False)]
 VariantOpt = Annotated[Optional[Variant], typer.Option(
     "--variant", help=f"Published variant. b0-b7 come from the Hugging Face hub; lite0 ships with effnet. "
-                      f"\\[default: {DEFAULT_VARIANT}]", rich_help_panel=MODEL_PANEL, show_default=False,
+                      f"[default: {DEFAULT_VARIANT}]", rich_help_panel=MODEL_PANEL, show_default=False,
     case_sensitive=False)]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Hub repository id or local directory (config.json + model.safetensors).",
@@ -54,7 +54,7 @@ DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Compute dtype (float16
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.",
                                         rich_help_panel=RUN_PANEL)]
 Workers = Annotated[Optional[int], typer.Option(
-    "--workers", "-j", min=0, help="Decode processes (0 decodes in the main process). \\[default: cores, at most 4]",
+    "--workers", "-j", min=0, help="Decode processes (0 decodes in the main process). [default: cores, at most 4]",
     rich_help_panel=RUN_PANEL, show_default=False)]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model (slow start, faster after).",
                                        rich_help_panel=RUN_PANEL)]
@@ -67,7 +67,7 @@ FastDecode = Annotated[bool, typer.Option(
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no per-file error lines.",
                                      rich_help_panel=RUN_PANEL)]
 Progress = Annotated[Optional[bool], typer.Option(
-    "--progress/--no-progress", help="Progress bar on stderr. \\[default: when stderr is a terminal]",
+    "--progress/--no-progress", help="Progress bar on stderr. [default: when stderr is a terminal]",
     rich_help_panel=RUN_PANEL, show_default=False)]
 
 # Sharded outputs, partitions, several devices, Ray (see docs/scaling.md).
@@ -75,7 +75,7 @@ OutputDir = Annotated[Optional[Path], typer.Option(
     "--output-dir", help="Write fixed-size shard files (with completion markers) to this directory.",
     rich_help_panel=SCALE_PANEL, show_default=False)]
 ShardSize = Annotated[Optional[int], typer.Option(
-    "--shard-size", min=1, help="Inputs per shard file, with --output-dir. \\[default: 10000]",
+    "--shard-size", min=1, help="Inputs per shard file, with --output-dir. [default: 10000]",
     rich_help_panel=SCALE_PANEL, show_default=False)]
 Shard = Annotated[Optional[str], typer.Option(
     "--shard", help="Process only partition I of N: the inputs whose position in the input list is I mod N "
@@ -87,12 +87,12 @@ Devices = Annotated[Optional[str], typer.Option(
     rich_help_panel=SCALE_PANEL, show_default=False)]
 EngineOpt = Annotated[EngineKind, typer.Option(
     "--engine", help="local, or ray: Ray Data on the cluster at --ray-address / $RAY_ADDRESS, else a local Ray "
-                     "(needs effnet-cli\\[ray] and --output-dir).", rich_help_panel=SCALE_PANEL)]
+                     "(needs effnet-cli[ray] and --output-dir).", rich_help_panel=SCALE_PANEL)]
 RayAddress = Annotated[Optional[str], typer.Option(
-    "--ray-address", help="Ray cluster to join with --engine ray. \\[default: $RAY_ADDRESS, else start a local Ray]",
+    "--ray-address", help="Ray cluster to join with --engine ray. [default: $RAY_ADDRESS, else start a local Ray]",
     rich_help_panel=SCALE_PANEL, show_default=False)]
 RayActors = Annotated[Optional[int], typer.Option(
-    "--ray-actors", min=1, help="Model actors with --engine ray. \\[default: one per GPU in the cluster, "
+    "--ray-actors", min=1, help="Model actors with --engine ray. [default: one per GPU in the cluster, "
                                 "else half its CPUs]", rich_help_panel=SCALE_PANEL, show_default=False)]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run of the same command instead of starting over.")]

@@ -11,13 +11,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-import click
 import typer
 
-# Typer >= 0.20 vendors its own click; older releases raise click's classes. Accept both.
-_EXIT = tuple({typer.Exit, click.exceptions.Exit})
-_ABORT = tuple({typer.Abort, click.exceptions.Abort})
-_USAGE = tuple({getattr(typer, "TyperException", click.ClickException), click.ClickException})
+# Typer >= 0.20 vendors its own click and raises TyperException; older releases raise
+# click's own classes. Import click only for those, keeping `effnet --help` fast.
+if hasattr(typer, "TyperException"):
+    _EXIT, _ABORT, _USAGE = (typer.Exit,), (typer.Abort,), (typer.TyperException,)
+else:  # pragma: no cover - depends on the installed typer
+    import click
+
+    _EXIT, _ABORT, _USAGE = (click.exceptions.Exit,), (click.exceptions.Abort,), (click.ClickException,)
 from rich.console import Console
 from rich.table import Table
 
