@@ -99,3 +99,14 @@ def b0_small_dir(b0_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     processor = EfficientNetImageProcessor.from_json_file(b0_dir / "preprocessor_config.json")
     processor.replace(size={"height": 64, "width": 64}).to_json_file(directory / "preprocessor_config.json")
     return directory
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module: busy 2-core machines make its OpenMP threads wait on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -32,13 +32,7 @@ ESPRESSO = 967
 MISSILES = {657, 744}  # missile; projectile, missile
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Busy 2-core machines make torch's OpenMP threads wait on each other; one thread is fast and steady.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

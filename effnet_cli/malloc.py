@@ -1,0 +1,70 @@
+"""glibc malloc tuning, process-wide: what the inference process and the decode workers each need.
+
+glibc serves allocations above its mmap threshold with a fresh ``mmap`` and
+returns them on free. By default that threshold *adapts*: each freed mmapped
+block raises it to that block's size (up to 32 MiB), so later blocks of that
+size come from the heap instead, and the heap only shrinks from its top. The
+two kinds of process here want opposite fixed settings:
+
+* the model process reuses the same few large activation buffers every batch,
+  so it keeps freed memory (:func:`keep_freed_memory`) instead of
+  page-faulting it in again, zero-filled, on each forward pass;
+* a decode worker allocates a fresh decoded image and a batch tensor between
+  long-lived small objects; with the adaptive threshold those land in the heap
+  and fragment it, and a worker grew by about one batch tensor per batch
+  (docs/benchmarks.md). A fixed threshold (:func:`return_freed_memory`) hands
+  every large block back to the system when it is freed.
+
+Both return False (and change nothing) where the C library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+__all__ = ["keep_freed_memory", "return_freed_memory"]
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers (malloc.h)
+# Bytes below which the model process keeps freed blocks for reuse instead of returning them.
+_KEEP_FREED_BYTES = 1 << 30
+# glibc's initial mmap threshold; setting it explicitly is what turns the adaptation off.
+_DEFAULT_MMAP_THRESHOLD = 128 * 1024
+
+
+def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return all([bool(mallopt(param, value)) for param, value in settings])
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc reuse freed activation buffers instead of returning them to the OS each batch.
+
+    With the mmap and trim thresholds at 1 GiB, the second batch reuses the
+    first one's memory instead of page-faulting its large activations in again,
+    zero-filled by the kernel page by page (b0, batch 16: about 1.2-1.5× faster
+    on 2 cores). The price is memory: freed blocks stay in the process, and
+    serving large tensors from the heap fragments it, so the peak grows by a
+    few percent for b0 and up to ~1.9× for b7 at batch 16
+    (docs/benchmarks.md). Process-wide, so only the
+    :class:`~effnet_cli.inference.Engine` calls it, on CPU, at its first model
+    call; cached, so repeated calls are free.
+    """
+    return _mallopt(((_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES), (_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES)))
+
+
+@functools.lru_cache(maxsize=1)
+def return_freed_memory() -> bool:
+    """Fix glibc's mmap threshold at its initial 128 KiB, so large freed blocks go back to the system.
+
+    What the decode workers run at start-up: their memory then stays flat
+    however many images they decode.
+    """
+    return _mallopt(((_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD),))
