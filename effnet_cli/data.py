@@ -21,6 +21,7 @@ are made, so discovery and decoding stay cheap to import.
 
 from __future__ import annotations
 
+import functools
 import glob
 import inspect
 import multiprocessing
@@ -570,16 +571,18 @@ def _decode(
         except Exception as exc:
             raise DecodeError(_decode_failure(exc, fmt, head, size)) from None
 
-        try:
-            shown = ImageOps.exif_transpose(img)
-        except Exception:  # broken EXIF: keep the pixels as stored
-            shown = img
+        shown = img
+        # exif_transpose returns a full copy even when there is nothing to turn: ask first.
+        if _exif_orientation(img) in range(2, 9):
+            try:
+                shown = ImageOps.exif_transpose(img)
+            except Exception:  # broken EXIF: keep the pixels as stored
+                pass
         try:
             rgb = _to_rgb(shown, background)
         except ValueError as exc:
             raise DecodeError(f"unsupported colour mode {img.mode} ({_short(exc)})") from None
-    if rgb is img:
-        rgb = img.copy()  # detach from the file handle we are about to close
+    # The pixels are loaded into memory, so the image outlives the file handle closed here.
     return rgb
 
 
@@ -711,15 +714,24 @@ def _assemble(span: range, outcomes: Iterable[_Outcome]) -> Batch:
     return Batch(indices=indices, pixel_values=pixel_values, errors=errors, span=span)
 
 
-def _worker_init(_worker_id: int) -> None:
-    """Keep each decode worker to one intra-op thread.
+def _worker_init(_worker_id: int, nice: int = 0) -> None:
+    """Keep each decode worker to one intra-op thread, at ``nice`` lower priority.
 
     Workers and the model share the same few cores; torch's default of one
-    thread per core in every process would oversubscribe them badly.
+    thread per core in every process would oversubscribe them badly. Why the
+    priority: see ``worker_nice`` in :func:`iter_batches`.
     """
     import torch
 
+    from effnet_cli.malloc import return_freed_memory
+
     torch.set_num_threads(1)
+    return_freed_memory()  # flat memory however many images a worker decodes
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:  # not allowed here: decoding still works, only less politely
+            pass
 
 
 def _identity(batch: Batch) -> Batch:
@@ -800,11 +812,12 @@ class _LoaderThread(threading.Thread):
     and carry on with a new loader.
     """
 
-    def __init__(self, dataset: _BatchDataset, workers: int, prefetch: int) -> None:
+    def __init__(self, dataset: _BatchDataset, workers: int, prefetch: int, nice: int = 0) -> None:
         super().__init__(name="effnet-batch-loader", daemon=True)
         self.dataset = dataset
         self.workers = workers
         self.prefetch = prefetch
+        self.nice = nice
         # Bounded: together with the loader's own prefetch this caps the
         # number of decoded-but-unconsumed batches however many inputs there are.
         self.out: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
@@ -829,7 +842,7 @@ class _LoaderThread(threading.Thread):
             num_workers=self.workers,
             collate_fn=_identity,
             prefetch_factor=self.prefetch,
-            worker_init_fn=_worker_init,
+            worker_init_fn=functools.partial(_worker_init, nice=self.nice),
             # Not a limit on how long a batch may take (a timeout just means
             # "ask again"), but how often torch checks that its workers are
             # alive: without it, a dead worker is noticed only every 5 s.
@@ -889,6 +902,7 @@ def iter_batches(
     open_kwargs: dict[str, Any] | None = None,
     start: int = 0,
     prefetch: int = 2,
+    worker_nice: int = 0,
 ) -> Iterator[Batch]:
     """Decode, preprocess and stack ``paths[start:]`` in batches, in input order.
 
@@ -903,6 +917,13 @@ def iter_batches(
     worker that dies costs only the input that killed it ("decoder process
     crashed"). ``workers == 0`` decodes in the calling thread, one batch at a
     time, with no overlap (simplest to debug; a crash there is the process's).
+
+    ``worker_nice`` lowers the workers' scheduling priority by that much. Use
+    it when the consumer computes on the same CPU cores: a CPU model's
+    threads wait for each other at the end of every op, so a worker that
+    preempts one of them stalls them all; a niced worker runs in the gaps
+    (while the model waits for its next batch) instead, which made the whole
+    pipeline about 1.3× faster on 2 cores (docs/benchmarks.md).
 
     Closing the generator early (``break``) stops the workers.
     """
@@ -924,7 +945,7 @@ def iter_batches(
             yield dataset[b]
         return
 
-    thread = _LoaderThread(dataset, workers, prefetch)
+    thread = _LoaderThread(dataset, workers, prefetch, worker_nice)
     thread.start()
     try:
         while True:

@@ -22,9 +22,14 @@ import torch
 from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
 from effnet_cli.errors import InputError
 from effnet_cli.hub import _dtype, load_pretrained
-from effnet_cli.optimize import optimize, resolve_device
+from effnet_cli.optimize import keep_freed_memory, optimize, resolve_device
 
 POOLS = ("mean", "max")
+
+# Reduced-size JPEG decoding stops at this multiple of the resize target (see Engine.open_kwargs).
+DRAFT_MARGIN = 1.5
+# Scheduling priority (nice) of the decode workers when the model runs on the CPU (see iter_batches).
+WORKER_NICE = 19
 
 
 @dataclass
@@ -102,6 +107,11 @@ class Engine:
         self.output_dtype = requested
         self.processor = processor
         self.config = model.config
+        # Each forward frees and re-allocates activation buffers of tens of MB; by default glibc returns
+        # them to the OS and page-faults them in again every batch (docs/benchmarks.md). Set at the first
+        # model call, not here, so that the decode workers (forked when batching starts) keep glibc's
+        # defaults: they allocate little, and would only hold on to freed memory.
+        self._keep_freed_memory = fast and self.device.type == "cpu"
         self.model = (optimize(model, device=self.device, dtype=self.dtype, compile=compile) if fast
                       else model.to(device=self.device, dtype=self.dtype).eval())
         self.labels = [self.config.id2label.get(i, f"LABEL_{i}") for i in range(self.config.num_labels)]
@@ -123,15 +133,18 @@ class Engine:
 
     @property
     def open_kwargs(self) -> dict[str, Any]:
-        """Decoder options: the pixel limit, and reduced-size JPEG decoding down to the model's input size."""
+        """Decoder options: the pixel limit, and reduced-size JPEG decoding down to 1.5× the resize target."""
         kwargs: dict[str, Any] = {"max_pixels": self.max_pixels}
         size = self.processor.size
         if self.draft and self.processor.do_resize:
-            # PIL's draft keeps both sides at least this large, so the resize never upsamples.
+            # PIL's draft keeps both sides at least this large. Decoding right down to the resize target
+            # lets the DCT's crude scaling replace the resize's filter, which flipped close top-1 calls
+            # on the sample photos; with DRAFT_MARGIN the resize still does the last 1.5× or more
+            # (tests/test_optimize.py; the agreement with full decoding is measured in docs/benchmarks.md).
             if "height" in size:
-                kwargs["draft_size"] = (size["width"], size["height"])
+                kwargs["draft_size"] = (round(DRAFT_MARGIN * size["width"]), round(DRAFT_MARGIN * size["height"]))
             elif "shortest_edge" in size:
-                kwargs["draft_size"] = (size["shortest_edge"], size["shortest_edge"])
+                kwargs["draft_size"] = (round(DRAFT_MARGIN * size["shortest_edge"]),) * 2
         return kwargs
 
     @property
@@ -140,6 +153,8 @@ class Engine:
         return np.float16 if self.output_dtype == torch.float16 else np.float32
 
     def _to_device(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self._keep_freed_memory:
+            keep_freed_memory()  # once per process (cached)
         x = pixel_values
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
@@ -195,8 +210,10 @@ class Engine:
 
     def batches(self, paths: Sequence[str], *, batch_size: int, workers: int, start: int = 0) -> Iterator[Any]:
         """Decoded, preprocessed batches of ``paths`` in input order (see :func:`effnet_cli.data.iter_batches`)."""
+        # On the CPU the decode workers compete with the model's threads: they run niced, in the gaps.
         return iter_batches(paths, self.transform, batch_size=batch_size, workers=workers,
-                            open_kwargs=self.open_kwargs, start=start)
+                            open_kwargs=self.open_kwargs, start=start,
+                            worker_nice=WORKER_NICE if self.device.type == "cpu" else 0)
 
 
 def classify_paths(engine: Engine, paths: Sequence[str], *, top_k: int = 5, threshold: float = 0.0,

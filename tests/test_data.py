@@ -16,6 +16,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -636,6 +637,36 @@ def test_workers_and_in_process_agree(tmp_path):
     _, rows2, err2 = collect(iter_batches(paths, to_tensor32, batch_size=3, workers=2))
     assert err0 == err2 and rows0.keys() == rows2.keys()
     assert all(torch.equal(rows0[i], rows2[i]) for i in rows0)
+
+
+def niceness_of_this_process(_image) -> torch.Tensor:
+    """A transform that reports the scheduling priority of the process it runs in."""
+    return torch.full((3, 2, 2), float(os.nice(0)))
+
+
+def test_workers_run_at_the_asked_lower_priority(tmp_path):
+    paths, _ = make_inputs(tmp_path)
+    own = os.nice(0)
+    _, rows, _ = collect(iter_batches(paths, niceness_of_this_process, batch_size=4, workers=2, worker_nice=5))
+    assert {float(r[0, 0, 0]) for r in rows.values()} == {float(min(own + 5, 19))}
+    _, rows, _ = collect(iter_batches(paths, niceness_of_this_process, batch_size=4, workers=1))
+    assert {float(r[0, 0, 0]) for r in rows.values()} == {float(own)}
+    assert os.nice(0) == own  # the calling process keeps its priority
+
+
+def test_engine_nices_its_workers_on_cpu_only(monkeypatch):
+    from effnet_cli import inference
+
+    calls = []
+    monkeypatch.setattr(inference, "iter_batches", lambda *a, **kw: calls.append(kw["worker_nice"]) or iter(()))
+    engine = inference.Engine.__new__(inference.Engine)
+    engine.processor = SimpleNamespace(preprocess_pil=to_tensor32, do_resize=False, size={})
+    engine.max_pixels, engine.draft = None, False
+    for device, want in (("cpu", inference.WORKER_NICE), ("cuda", 0)):
+        engine.device = torch.device(device)
+        list(engine.batches([], batch_size=1, workers=1))
+        assert calls.pop() == want
+    assert inference.WORKER_NICE > 0
 
 
 def test_start_resumes_at_a_position(tmp_path):
