@@ -1,0 +1,262 @@
+"""One contender of the benchmark, run alone in this process so its memory peak is its own.
+
+    python benchmarks/contenders.py forward --lib effnet --variant b0 --batch 16 --warmup 2 --iters 10
+    python benchmarks/contenders.py e2e --lib timm --variant b0 --batch 16 --workers 2 --list paths.txt
+
+``forward`` times the model alone on a fixed random batch and prints one JSON
+line (images/s from the median iteration, peak RSS). ``e2e`` classifies the
+listed images (decode, preprocess, model, top-5) and prints one JSON record
+per image as soon as it is known, which the parent timestamps; ``effnet
+classify`` itself is run by the parent as the real CLI. Every contender gets
+the same weights (benchmarks/prepare.py) and torch's default thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import prepare  # noqa: E402
+
+LIBS = ("effnet", "effnet-engine", "torchvision", "transformers", "timm")
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-set high-water mark in MB.
+
+    VmHWM belongs to the address space made at exec, so unlike ``ru_maxrss`` it does
+    not start from the parent's size at fork.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------ forward
+def build_forward(lib: str, variant: str) -> tuple[Callable[[Any], Any], bool]:
+    """(model call returning logits, whether it wants channels-last input)."""
+    import torch
+
+    if lib in ("effnet", "effnet-engine"):
+        from effnet_cli import load_pretrained
+        from effnet_cli.optimize import keep_freed_memory, optimize
+
+        if lib == "effnet-engine":
+            keep_freed_memory()  # what the Engine (and so `effnet classify`) adds on CPU
+        model, _ = load_pretrained(str(prepare.effnet_dir(variant)))
+        fast = optimize(model)
+        return (lambda x: fast(x).logits), True
+    if lib == "torchvision":
+        model = prepare.torchvision_model(variant).to(memory_format=torch.channels_last)
+        return model, True
+    if lib == "timm":
+        model = prepare.timm_model(variant).to(memory_format=torch.channels_last)
+        return model, True
+    if lib == "transformers":
+        from transformers import EfficientNetForImageClassification
+
+        model = EfficientNetForImageClassification.from_pretrained(prepare.hf_dir(variant)).eval()
+        return (lambda x: model(pixel_values=x).logits), False
+    raise SystemExit(f"unknown lib {lib}")
+
+
+def run_forward(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    size = prepare.VARIANTS[args.variant][0]
+    call, channels_last = build_forward(args.lib, args.variant)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, size, size, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            call(x)
+        for _ in range(args.iters):
+            start = time.perf_counter()
+            call(x)
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"lib": args.lib, "variant": args.variant, "size": size, "batch": args.batch, "warmup": args.warmup,
+            "iters": args.iters, "images_per_s": args.batch / median, "times_s": times,
+            "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(), "channels_last": channels_last}
+
+
+# ------------------------------------------------------------------ end to end
+def _emit(path: str, scores: list[float], labels: list[Any]) -> None:
+    sys.stdout.write(json.dumps({"path": path, "labels": labels, "scores": scores}) + "\n")
+
+
+def _rgb_loader(path: str) -> Any:
+    from PIL import Image
+
+    with open(path, "rb") as fh:
+        return Image.open(fh).convert("RGB")
+
+
+class _Files:
+    """A list of image paths as a torch Dataset of transformed tensors (what timm's inference script does)."""
+
+    def __init__(self, paths: list[str], transform: Any) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.transform(_rgb_loader(self.paths[i]))
+
+
+def _loop_dataloader(model: Any, transform: Any, paths: list[str], batch: int, workers: int) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_Files(paths, transform), batch_size=batch, num_workers=workers, shuffle=False)
+    done = 0
+    with torch.inference_mode():
+        for x in loader:
+            probs = model(x.contiguous(memory_format=torch.channels_last)).softmax(-1)
+            scores, idx = probs.topk(5, dim=-1)
+            for s, i in zip(scores.tolist(), idx.tolist()):
+                _emit(paths[done], s, i)
+                done += 1
+            sys.stdout.flush()
+
+
+def run_e2e(args: argparse.Namespace) -> None:
+    paths = Path(args.list).read_text().splitlines()
+    if args.lib == "transformers":
+        from transformers import pipeline
+
+        pipe = pipeline("image-classification", model=str(prepare.hf_dir(args.variant)), device="cpu")
+        # A generator streams results as batches finish instead of returning one list at the end.
+        results = pipe((p for p in paths), batch_size=args.batch, top_k=5)
+        for path, preds in zip(paths, results):
+            _emit(path, [p["score"] for p in preds], [p["label"] for p in preds])
+            sys.stdout.flush()
+    elif args.lib == "timm":
+        import torch
+        from timm.data import create_transform, resolve_data_config
+
+        model = prepare.timm_model(args.variant).to(memory_format=torch.channels_last)
+        transform = create_transform(**resolve_data_config({}, model=model))
+        _loop_dataloader(model, transform, paths, args.batch, args.workers)
+    elif args.lib == "torchvision":
+        import torch
+        import torchvision
+
+        model = prepare.torchvision_model(args.variant).to(memory_format=torch.channels_last)
+        enum_name = f"EfficientNet_{args.variant.upper()}_Weights"
+        transform = getattr(torchvision.models, enum_name).IMAGENET1K_V1.transforms()  # a preset: no download
+        _loop_dataloader(model, transform, paths, args.batch, args.workers)
+    else:
+        raise SystemExit(f"e2e: unknown lib {args.lib} (effnet runs as the real CLI)")
+    sys.stderr.write(json.dumps({"peak_rss_mb": peak_rss_mb()}) + "\n")
+
+
+def run_decode(args: argparse.Namespace) -> dict[str, Any]:
+    """effnet's decode pipeline alone (workers, draft decoding, preprocessing, batching): no model."""
+    from effnet_cli.data import default_workers
+    from effnet_cli.inference import Engine
+
+    engine = Engine.from_pretrained(str(prepare.effnet_dir(args.variant)), device="cpu")
+    paths = Path(args.list).read_text().splitlines()
+    workers = default_workers()
+    start, count = None, 0
+    for i, batch in enumerate(engine.batches(paths, batch_size=args.batch, workers=workers)):
+        if i == 0:
+            start = time.perf_counter()  # after the workers started and delivered a first batch
+            continue
+        count += len(batch.indices)
+    return {"variant": args.variant, "workers": workers, "images": count,
+            "images_per_s": count / (time.perf_counter() - start)}
+
+
+def run_draft(args: argparse.Namespace) -> dict[str, Any]:
+    """Top-1 with draft decoding at several margins against a full decode, with the bundled Lite0 (real weights)."""
+    import effnet_cli.inference as inference
+    from effnet_cli import load_pretrained
+    from effnet_cli.data import open_image
+    from effnet_cli.inference import Engine, classify_paths
+
+    model, processor = load_pretrained("lite0")
+    samples = sorted(str(p) for p in prepare.SAMPLES.glob("*.jpg"))
+    paths = samples + Path(args.list).read_text().splitlines()
+
+    def top1(engine: Engine) -> list[tuple[int, float]]:
+        out = []
+        for results in classify_paths(engine, paths, top_k=2, batch_size=16, workers=0):
+            for r in results:
+                out.append((r.predictions[0].index, r.predictions[0].score - r.predictions[1].score))
+        return out
+
+    full = top1(Engine(model, processor, device="cpu", draft=False))
+    rows = []
+    for margin in args.margins:
+        inference.DRAFT_MARGIN = margin
+        engine = Engine(model, processor, device="cpu", draft=True)
+        kwargs = engine.open_kwargs
+        start = time.perf_counter()
+        for path in paths:
+            open_image(path, **kwargs)
+        decode_ms = (time.perf_counter() - start) / len(paths) * 1e3
+        got = top1(engine)
+        flips = [(Path(paths[i]).name, full[i][1], i < len(samples)) for i in range(len(paths))
+                 if got[i][0] != full[i][0]]
+        rows.append({"margin": margin, "draft_size": list(kwargs["draft_size"]), "decode_ms": decode_ms,
+                     "images": len(paths), "flips": len(flips), "flipped": flips,
+                     "max_gap": max((g for _, g, _ in flips), default=None)})
+    full_start = time.perf_counter()
+    for path in paths:
+        open_image(path)
+    return {"full_decode_ms": (time.perf_counter() - full_start) / len(paths) * 1e3, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    fwd = sub.add_parser("forward")
+    fwd.add_argument("--lib", choices=LIBS, required=True)
+    fwd.add_argument("--variant", choices=sorted(prepare.VARIANTS), required=True)
+    fwd.add_argument("--batch", type=int, required=True)
+    fwd.add_argument("--warmup", type=int, default=2)
+    fwd.add_argument("--iters", type=int, default=10)
+    e2e = sub.add_parser("e2e")
+    e2e.add_argument("--lib", choices=LIBS, required=True)
+    e2e.add_argument("--variant", choices=sorted(prepare.VARIANTS), required=True)
+    e2e.add_argument("--batch", type=int, default=16)
+    e2e.add_argument("--workers", type=int, default=2)
+    e2e.add_argument("--list", required=True, help="file with one image path per line")
+    dec = sub.add_parser("decode")
+    dec.add_argument("--variant", choices=sorted(prepare.VARIANTS), required=True)
+    dec.add_argument("--batch", type=int, default=16)
+    dec.add_argument("--list", required=True, help="file with one image path per line")
+    draft = sub.add_parser("draft")
+    draft.add_argument("--list", required=True, help="file with one image path per line")
+    draft.add_argument("--margins", type=float, nargs="+", default=[2.0, 1.5, 1.0])
+    args = parser.parse_args()
+    if args.what == "forward":
+        print(json.dumps(run_forward(args)))
+    elif args.what == "decode":
+        print(json.dumps(run_decode(args)))
+    elif args.what == "draft":
+        print(json.dumps(run_draft(args)))
+    else:
+        run_e2e(args)
+
+
+if __name__ == "__main__":
+    main()
