@@ -58,8 +58,9 @@ def variants(model: Any, x: Any, *, compile: bool) -> list[tuple[str, Callable[[
     folded = _folded(model)
     no_pad = _fused(model, onednn=False, fold_padding=True, in_place=False)
     in_place = _fused(model, onednn=False, fold_padding=True, in_place=True)
-    fast = optimize(model)
-    fast_bf16 = optimize(model, dtype="bfloat16")
+    # The allocator setting is this process's choice (--keep-freed-memory), not optimize()'s.
+    fast = optimize(model, keep_freed_memory=False)
+    fast_bf16 = optimize(model, dtype="bfloat16", keep_freed_memory=False)
     xb = xc.to(torch.bfloat16)
     out: list[tuple[str, Callable[[], Any], str]] = [
         ("eager, contiguous (the plain model)", lambda: model(x).logits, ""),
@@ -85,7 +86,7 @@ def variants(model: Any, x: Any, *, compile: bool) -> list[tuple[str, Callable[[
                 print(json.dumps({"name": "torch.jit", "error": f"{type(exc).__name__}: {exc}"[:200]}))
     if compile:
         start = time.perf_counter()
-        compiled = optimize(model, compile=True)
+        compiled = optimize(model, compile=True, keep_freed_memory=False)
         with torch.inference_mode():
             compiled(xc)
         took = time.perf_counter() - start

@@ -51,12 +51,11 @@ def build_forward(lib: str, variant: str) -> tuple[Callable[[Any], Any], bool]:
 
     if lib in ("effnet", "effnet-engine"):
         from effnet_cli import load_pretrained
-        from effnet_cli.optimize import keep_freed_memory, optimize
+        from effnet_cli.optimize import optimize
 
-        if lib == "effnet-engine":
-            keep_freed_memory()  # what the Engine (and so `effnet classify`) adds on CPU
         model, _ = load_pretrained(str(prepare.effnet_dir(variant)))
-        fast = optimize(model)
+        # "effnet-engine": optimize() as the CLI runs it; "effnet": leaving glibc's allocator at its defaults.
+        fast = optimize(model, keep_freed_memory=lib == "effnet-engine")
         return (lambda x: fast(x).logits), True
     if lib == "torchvision":
         model = prepare.torchvision_model(variant).to(memory_format=torch.channels_last)

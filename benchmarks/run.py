@@ -200,7 +200,7 @@ def _contender_json(args: list[str]) -> dict[str, Any] | None:
 def run_sustained(quick: bool) -> dict[str, Any]:
     """effnet classify in steady state against effnet's own forward and decode, measured in interleaved pairs.
 
-    The machine's speed drifts over minutes, so each pair measures the Engine's forward (b0, batch 16), the
+    The machine's speed drifts over minutes, so each pair measures optimize()'s forward (b0, batch 16), the
     decode pipeline alone and the CLI back to back, and the ratio is taken within the pair.
     """
     paths = [str(p) for p in prepare.camera_passes(256, 2 if quick else PASSES)]
@@ -290,7 +290,7 @@ def _cli_patched(constants: dict[str, int]) -> list[str]:
 
 
 def run_under_load(quick: bool) -> list[dict[str, Any]]:
-    """Model forward (Engine, b0, batch 16) while another program keeps one core busy."""
+    """Model forward (optimize(), b0, batch 16) while another program keeps one core busy."""
     wait_for_quiet()
     hog = subprocess.Popen([PY, "-c", "while True: pass"])
     rows = []

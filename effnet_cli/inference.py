@@ -22,7 +22,7 @@ import torch
 from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
 from effnet_cli.errors import InputError
 from effnet_cli.hub import _dtype, load_pretrained
-from effnet_cli.optimize import keep_freed_memory, optimize, resolve_device
+from effnet_cli.optimize import optimize, resolve_device
 
 POOLS = ("mean", "max")
 
@@ -107,11 +107,6 @@ class Engine:
         self.output_dtype = requested
         self.processor = processor
         self.config = model.config
-        # Each forward frees and re-allocates activation buffers of tens of MB; by default glibc returns
-        # them to the OS and page-faults them in again every batch (docs/benchmarks.md). Set at the first
-        # model call, not here, so that the decode workers (forked when batching starts) keep glibc's
-        # defaults: they allocate little, and would only hold on to freed memory.
-        self._keep_freed_memory = fast and self.device.type == "cpu"
         self.model = (optimize(model, device=self.device, dtype=self.dtype, compile=compile) if fast
                       else model.to(device=self.device, dtype=self.dtype).eval())
         self.labels = [self.config.id2label.get(i, f"LABEL_{i}") for i in range(self.config.num_labels)]
@@ -153,8 +148,6 @@ class Engine:
         return np.float16 if self.output_dtype == torch.float16 else np.float32
 
     def _to_device(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self._keep_freed_memory:
-            keep_freed_memory()  # once per process (cached)
         x = pixel_values
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)

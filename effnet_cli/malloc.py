@@ -7,7 +7,8 @@ size come from the heap instead, and the heap only shrinks from its top. The
 two kinds of process here want opposite fixed settings:
 
 * the model process reuses the same few large activation buffers every batch,
-  so it keeps freed memory (:func:`keep_freed_memory`) instead of
+  so it keeps freed memory (:func:`keep_freed_memory`, which
+  :func:`effnet_cli.optimize` calls on the CPU) instead of
   page-faulting it in again, zero-filled, on each forward pass;
 * a decode worker allocates a fresh decoded image and a batch tensor between
   long-lived small objects; with the adaptive threshold those land in the heap
@@ -53,18 +54,18 @@ def keep_freed_memory() -> bool:
     on 2 cores). The price is memory: freed blocks stay in the process, and
     serving large tensors from the heap fragments it, so the peak grows by a
     few percent for b0 and up to ~1.9× for b7 at batch 16
-    (docs/benchmarks.md). Process-wide, so only the
-    :class:`~effnet_cli.inference.Engine` calls it, on CPU, at its first model
-    call; cached, so repeated calls are free.
+    (docs/benchmarks.md). Process-wide: :func:`effnet_cli.optimize` calls it
+    for models on the CPU unless told not to; cached, so repeated calls are free.
     """
     return _mallopt(((_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES), (_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES)))
 
 
 @functools.lru_cache(maxsize=1)
 def return_freed_memory() -> bool:
-    """Fix glibc's mmap threshold at its initial 128 KiB, so large freed blocks go back to the system.
+    """Fix glibc's mmap and trim thresholds at their initial 128 KiB, so freed memory goes back to the system.
 
-    What the decode workers run at start-up: their memory then stays flat
-    however many images they decode.
+    What the decode workers run at start-up (undoing :func:`keep_freed_memory`
+    if they were forked from a process that set it): their memory then stays
+    flat however many images they decode.
     """
-    return _mallopt(((_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD),))
+    return _mallopt(((_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _DEFAULT_MMAP_THRESHOLD)))

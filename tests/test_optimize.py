@@ -178,6 +178,18 @@ def test_bfloat16_runs_close():
     assert relative_error(got, want) < 5e-2  # bfloat16 keeps 8 bits of mantissa: opt-in, never the default
 
 
+def test_optimize_sets_the_allocator_on_cpu_unless_told_not_to(monkeypatch):
+    import effnet_cli.optimize as module
+
+    calls = []
+    monkeypatch.setattr(module, "_keep_freed_memory", lambda: calls.append(1))
+    model = random_model(seed=6)
+    optimize(model, keep_freed_memory=False)
+    assert calls == []
+    optimize(model)
+    assert calls == [1]
+
+
 def test_keep_freed_memory_is_idempotent():
     first = keep_freed_memory()
     assert keep_freed_memory() == first
