@@ -188,7 +188,6 @@ def run_draft(args: argparse.Namespace) -> dict[str, Any]:
     """Top-1 with draft decoding at several margins against a full decode, with the bundled Lite0 (real weights)."""
     import effnet_cli.inference as inference
     from effnet_cli import load_pretrained
-    from effnet_cli.data import open_image
     from effnet_cli.inference import Engine, classify_paths
 
     model, processor = load_pretrained("lite0")
@@ -208,20 +207,27 @@ def run_draft(args: argparse.Namespace) -> dict[str, Any]:
         inference.DRAFT_MARGIN = margin
         engine = Engine(model, processor, device="cpu", draft=True)
         kwargs = engine.open_kwargs
-        start = time.perf_counter()
-        for path in paths:
-            open_image(path, **kwargs)
-        decode_ms = (time.perf_counter() - start) / len(paths) * 1e3
+        decode_ms = _decode_ms(paths, kwargs)
         got = top1(engine)
         flips = [(Path(paths[i]).name, full[i][1], i < len(samples)) for i in range(len(paths))
                  if got[i][0] != full[i][0]]
         rows.append({"margin": margin, "draft_size": list(kwargs["draft_size"]), "decode_ms": decode_ms,
                      "images": len(paths), "flips": len(flips), "flipped": flips,
                      "max_gap": max((g for _, g, _ in flips), default=None)})
-    full_start = time.perf_counter()
-    for path in paths:
-        open_image(path)
-    return {"full_decode_ms": (time.perf_counter() - full_start) / len(paths) * 1e3, "rows": rows}
+    return {"full_decode_ms": _decode_ms(paths, {}), "rows": rows}
+
+
+def _decode_ms(paths: list[str], kwargs: dict[str, Any], passes: int = 3) -> float:
+    """Milliseconds per image to decode ``paths`` with ``open_image(**kwargs)``: the best of ``passes``."""
+    from effnet_cli.data import open_image
+
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        for path in paths:
+            open_image(path, **kwargs)
+        best = min(best, (time.perf_counter() - start) / len(paths) * 1e3)
+    return best
 
 
 def main() -> None:
