@@ -253,10 +253,11 @@ def render(results: dict[str, Any]) -> str:
             ceiling = statistics.median(1 / (1 + p["forward"] / p["decode"]) for p in pairs)
             add(f"On this machine decoding and preprocessing a camera JPEG costs about {100 * cost:.0f}% of what b0's "
                 f"forward pass costs per image (median of the pairs), about half of it in libjpeg itself, which "
-                f"reduced-size decoding only partly avoids. With both sharing the same 2 cores, b0 end to end cannot exceed "
-                f"about {100 * ceiling:.0f}% of its forward rate even with perfect scheduling (the ceiling column), "
-                f"so the 80% target is out of reach for b0 here; on a GPU, or with more cores than the model uses, "
-                f"decoding moves off the model's critical path. For b7 decoding is a rounding error.")
+                f"reduced-size decoding only partly avoids. With both sharing the same 2 cores, that puts b0's end to "
+                f"end rate at about {100 * ceiling:.0f}% of its forward rate even with perfect scheduling (the "
+                f"ceiling column; an estimate from rates timed separately, so a single pair can land above it), "
+                f"short of the 80% target; on a GPU, or with more cores than the model uses, decoding moves off "
+                f"the model's critical path. For b7 decoding is a rounding error.")
         add("")
 
     draft = results.get("draft")
@@ -404,10 +405,13 @@ PROSE = """\
   priority (nice 19) when the model is on the CPU: the model's OpenMP threads wait for each other at the end
   of every op, so a worker that preempts one of them stalls the whole team (the model's time per batch rose
   from ~160 to 240-320 ms with workers at normal priority), while a niced worker decodes in the gaps, mostly
-  while the model waits for its next batch. One model thread is slower; 0 workers loses the overlap. Idle
-  OpenMP threads also spin before sleeping (`GOMP_SPINCOUNT` rows, and the table under load): libgomp reads
-  that variable once, when torch is loaded, so only the CLI's entry point could set it; it did not pay in
-  steady state, so it is not set.
+  while the model waits for its next batch. On 2 cores that makes the niced workers behave much like
+  `--workers 0` (decoding between forward passes), and in steady state the two measure alike within this
+  machine's noise; the workers still decode ahead while the model starts up, and use any core the model
+  leaves idle. Idle OpenMP threads also spin before sleeping (`GOMP_SPINCOUNT` rows, and the table under
+  load): libgomp reads that variable once, when torch is loaded, so only the CLI's entry point could set it.
+  Its effect in steady state was not consistent (faster than the defaults in this run, slower in an earlier
+  run of the same benchmark: 63-66 against 73-78 images/s), so it is not set.
 * **JPEG draft mode** (kept, the default for `classify`; `--full-decode` turns it off; `embed` decodes fully
   unless `--fast-decode`). libjpeg decodes at 1/2, 1/4 or 1/8 scale via the DCT, with a faster IDCT and
   plain chroma upsampling, but never below 1.5× the resize target (`effnet_cli.inference.DRAFT_MARGIN`), so
