@@ -923,7 +923,7 @@ def iter_batches(
     threads wait for each other at the end of every op, so a worker that
     preempts one of them stalls them all; a niced worker runs in the gaps
     (while the model waits for its next batch) instead, which made the whole
-    pipeline about 1.3× faster on 2 cores (docs/benchmarks.md).
+    pipeline 1.15-1.5× faster in steady state on 2 cores (docs/benchmarks.md).
 
     Closing the generator early (``break``) stops the workers.
     """
