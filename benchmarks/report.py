@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 LIB_LABELS = {
@@ -51,6 +52,14 @@ def _e2e_lookup(rows: list[dict[str, Any]], variant: str, lib: str) -> float | N
         if row["variant"] == variant and row["lib"] == lib:
             return row["steady_images_per_s"]
     return None
+
+
+def _table(titles: Sequence[str], align: str, rows: Iterable[Sequence[Any]]) -> list[str]:
+    """A markdown table: one ``align`` letter per column, ``l`` (left) or ``r`` (right)."""
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c) for c in cells) + " |"
+
+    return [line(titles), line("---:" if a == "r" else "---" for a in align), *(line(row) for row in rows)]
 
 
 def _pct(a: float | None, b: float | None) -> str:
@@ -146,10 +155,7 @@ def render(results: dict[str, Any]) -> str:
     add("")
     add("## Targets")
     add("")
-    add("| target | measured | |")
-    add("| --- | --- | --- |")
-    for target, measured, verdict in targets(results):
-        add(f"| {target} | {measured} | {verdict} |")
+    lines.extend(_table(("target", "measured", ""), "lll", targets(results)))
     add("")
 
     fwd = results.get("forward")
@@ -176,16 +182,17 @@ def render(results: dict[str, Any]) -> str:
             add(f"**{variant} at {size}×{size}, batch {batch}** ({r0['warmup']} warm-up + {r0['iters']} timed "
                 f"iterations{f', {reps} repeats' if reps > 1 else ''})")
             add("")
-            add("| library | images/s | peak RSS (MB) | `optimize()` ÷ this | default allocator ÷ this |")
-            add("| --- | ---: | ---: | ---: | ---: |")
+            cells = []
             for row in rows:
                 label = LIB_LABELS[row["lib"]]
                 if row["lib"] in ("torchvision", "timm"):
                     arch = TIMM_ARCH[variant] if row["lib"] == "timm" else f"efficientnet_{variant}"
                     label = label.replace("`efficientnet_*`", f"`{arch}`") if row["lib"] == "torchvision" \
                         else f"timm `{arch}`, channels-last, eager"
-                add(f"| {label} | {_f(row['images_per_s'])} | {_f(row['peak_rss_mb'], 0)} | "
-                    f"{_ratio(base_eng, row['images_per_s'])} | {_ratio(base_opt, row['images_per_s'])} |")
+                cells.append((label, _f(row["images_per_s"]), _f(row["peak_rss_mb"], 0),
+                              _ratio(base_eng, row["images_per_s"]), _ratio(base_opt, row["images_per_s"])))
+            lines.extend(_table(("library", "images/s", "peak RSS (MB)", "`optimize()` ÷ this",
+                                 "default allocator ÷ this"), "lrrrr", cells))
             add("")
 
     e2e = results.get("e2e")
@@ -210,15 +217,13 @@ def render(results: dict[str, Any]) -> str:
             ours = _e2e_lookup(e2e, variant, "effnet")
             add(f"**{variant}, {rows[0]['images']} images**")
             add("")
-            add("| contender | images/s | runs | wall (s) | first batch at (s) | peak RSS (MB) | tree PSS (MB) | "
-                "effnet ÷ this |")
-            add("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-            for row in rows:
-                flag = "" if row["ok"] else " (failed)"
-                runs = ", ".join(_f(r) for r in row.get("runs", [row["steady_images_per_s"]]))
-                add(f"| {E2E_LABELS[row['lib']]}{flag} | {_f(row['steady_images_per_s'])} | {runs} | {_f(row['wall_s'])} | "
-                    f"{_f(row['first_batch_s'])} | {_f(row['peak_rss_mb'], 0)} | {_f(row['peak_tree_pss_mb'], 0)} | "
-                    f"{_ratio(ours, row['steady_images_per_s'])} |")
+            lines.extend(_table(
+                ("contender", "images/s", "runs", "wall (s)", "first batch at (s)", "peak RSS (MB)", "tree PSS (MB)",
+                 "effnet ÷ this"), "lrlrrrrr",
+                ((E2E_LABELS[row["lib"]] + ("" if row["ok"] else " (failed)"), _f(row["steady_images_per_s"]),
+                  ", ".join(_f(r) for r in row.get("runs", [row["steady_images_per_s"]])), _f(row["wall_s"]),
+                  _f(row["first_batch_s"]), _f(row["peak_rss_mb"], 0), _f(row["peak_tree_pss_mb"], 0),
+                  _ratio(ours, row["steady_images_per_s"])) for row in rows)))
             add("")
 
     sus = results.get("sustained")
@@ -234,13 +239,13 @@ def render(results: dict[str, Any]) -> str:
             "workers, draft decoding and preprocessing, no model), and the CLI. *ceiling* is what the 2 cores "
             "could give if decoding and the model shared them perfectly, 1 / (1/forward + 1/decode).")
         add("")
-        add("| pair | forward (images/s) | decode alone (images/s) | `effnet classify` (images/s) | classify ÷ forward "
-            "| ceiling ÷ forward |")
-        add("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        cells = []
         for i, p in enumerate(sus["pairs"], 1):
             ceiling = 1 / (1 / p["forward"] + 1 / p["decode"]) if p.get("forward") and p.get("decode") else None
-            add(f"| {i} | {_f(p['forward'])} | {_f(p['decode'])} | {_f(p['classify'])} | "
-                f"{_pct(p['classify'], p['forward'])} | {_pct(ceiling, p['forward'])} |")
+            cells.append((i, _f(p["forward"]), _f(p["decode"]), _f(p["classify"]), _pct(p["classify"], p["forward"]),
+                          _pct(ceiling, p["forward"])))
+        lines.extend(_table(("pair", "forward (images/s)", "decode alone (images/s)", "`effnet classify` (images/s)",
+                             "classify ÷ forward", "ceiling ÷ forward"), "rrrrrr", cells))
         b7 = sus.get("b7") or {}
         add("")
         if b7.get("forward"):
@@ -271,13 +276,12 @@ def render(results: dict[str, Any]) -> str:
             "(one thread, decode only, best of 3 passes). *top-2 gap* is the largest difference between the top two "
             "probabilities (on the full decode) among the images whose top-1 changed: only near-ties flip.")
         add("")
-        add("| margin | decodes at least (px) | decode (ms/image) | top-1 changed | largest top-2 gap among them | "
-            "sample photos changed |")
-        add("| ---: | ---: | ---: | ---: | ---: | --- |")
-        for row in draft["rows"]:
-            names = [name for name, _, is_sample in row["flipped"] if is_sample]
-            add(f"| {row['margin']:g}× | {row['draft_size'][0]} | {_f(row['decode_ms'], 2)} | "
-                f"{row['flips']} of {row['images']} | {_f(row['max_gap'], 3)} | {', '.join(names) or 'none'} |")
+        lines.extend(_table(
+            ("margin", "decodes at least (px)", "decode (ms/image)", "top-1 changed", "largest top-2 gap among them",
+             "sample photos changed"), "rrrrrl",
+            ((f"{row['margin']:g}×", row["draft_size"][0], _f(row["decode_ms"], 2), f"{row['flips']} of {row['images']}",
+              _f(row["max_gap"], 3), ", ".join(name for name, _, is_sample in row["flipped"] if is_sample) or "none")
+             for row in draft["rows"])))
         add("")
 
     cli = results.get("cli")
@@ -292,11 +296,9 @@ def render(results: dict[str, Any]) -> str:
             "whose preprocessing resizes to 64 px so that 10,000 files take seconds, batch 64, default workers): "
             "results stream out batch by batch and nothing accumulates.")
         add("")
-        add("| files | peak RSS, main process (MB) | peak PSS, all processes (MB) | wall (s) |")
-        add("| ---: | ---: | ---: | ---: |")
-        for row in cli["memory"]:
-            add(f"| {row['files']:,} | {_f(row['peak_rss_mb'], 0)} | {_f(row['peak_tree_pss_mb'], 0)} | "
-                f"{_f(row['wall_s'])} |")
+        lines.extend(_table(("files", "peak RSS, main process (MB)", "peak PSS, all processes (MB)", "wall (s)"), "rrrr",
+                            ((f"{row['files']:,}", _f(row["peak_rss_mb"], 0), _f(row["peak_tree_pss_mb"], 0),
+                              _f(row["wall_s"])) for row in cli["memory"])))
         add("")
 
     ab = results.get("ablation")
@@ -312,28 +314,27 @@ def render(results: dict[str, Any]) -> str:
         add("")
         plain = {r["name"]: r for r in ab["forward"] if not r["keep_freed_memory"]}
         kept = {r["name"]: r for r in ab["forward"] if r["keep_freed_memory"]}
-        add("| step | images/s | × step before | with allocator setting | × step before | max rel. diff |")
-        add("| --- | ---: | ---: | ---: | ---: | ---: |")
+        cells = []
         prev_a = prev_b = None
-        names = list(dict.fromkeys(list(plain) + list(kept)))
-        for name in names:
+        for name in dict.fromkeys(list(plain) + list(kept)):
             a = plain.get(name, {}).get("images_per_s")
             b = kept.get(name, {}).get("images_per_s")
             diff = (plain.get(name) or kept.get(name)).get("max_rel_diff")
             chained = name.startswith("+") or name.startswith("eager")
-            add(f"| {name} | {_f(a)} | {_ratio(a, prev_a) if chained and prev_a else ''} | {_f(b)} | "
-                f"{_ratio(b, prev_b) if chained and prev_b else ''} | {diff:.1e} |")
+            cells.append((name, _f(a), _ratio(a, prev_a) if chained and prev_a else "", _f(b),
+                          _ratio(b, prev_b) if chained and prev_b else "", f"{diff:.1e}"))
             if chained:
                 prev_a, prev_b = a, b
+        lines.extend(_table(("step", "images/s", "× step before", "with allocator setting", "× step before",
+                             "max rel. diff"), "lrrrrr", cells))
         add("")
         if ab.get("e2e"):
             add("**End to end**, `effnet classify` in steady state with b0 (the 1,024 linked camera JPEG paths, "
                 "images/s over the middle half of the records, median of the repeats, variants interleaved):")
             add("")
-            add("| setting | images/s | runs |")
-            add("| --- | ---: | --- |")
-            for row in ab["e2e"]:
-                add(f"| {row['name']} | {_f(row['images_per_s'])} | {', '.join(_f(r) for r in row['runs'])} |")
+            lines.extend(_table(("setting", "images/s", "runs"), "lrl",
+                                ((row["name"], _f(row["images_per_s"]), ", ".join(_f(r) for r in row["runs"]))
+                                 for row in ab["e2e"])))
             add("")
         if ab.get("under_load"):
             add("**Model forward while another program keeps one of the cores busy** (a Python busy loop; `optimize()`, "
@@ -341,10 +342,8 @@ def render(results: dict[str, Any]) -> str:
                 "idle one spins for a while before sleeping, and with a core taken that spinning starves the "
                 "thread everyone waits for:")
             add("")
-            add("| setting | images/s |")
-            add("| --- | ---: |")
-            for row in ab["under_load"]:
-                add(f"| {row['name']} | {_f(row['images_per_s'])} |")
+            lines.extend(_table(("setting", "images/s"), "lr",
+                                ((row["name"], _f(row["images_per_s"])) for row in ab["under_load"])))
             add("")
     add(PROSE)
     dist = results.get("disturbance")
