@@ -43,10 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effnet_cli import malloc
 from effnet_cli.config import tf_same_padding
 from effnet_cli.malloc import keep_freed_memory
-
-_keep_freed_memory = keep_freed_memory  # the name optimize()'s keyword argument shadows
 from effnet_cli.model import (
     EfficientNetDepthwiseLayer,
     EfficientNetEmbeddings,
@@ -335,7 +334,7 @@ def optimize(model: EfficientNetPreTrainedModel, device: str | torch.device | No
     fast = fold_batch_norms(copy.deepcopy(model).eval())
     target = resolve_device(device) if device is not None else model.device
     if keep_freed_memory and target.type == "cpu":
-        _keep_freed_memory()
+        malloc.keep_freed_memory()  # through the module: the keyword argument shadows the name here
     fast = fast.to(device=target, dtype=_dtype(dtype))
     fuse_model(fast)  # after the move: the fused path is chosen per call from the input's device and dtype
     fast = fast.to(memory_format=torch.channels_last)
@@ -358,10 +357,8 @@ class _CallableModule(types.ModuleType):
     works either way.
     """
 
-    def __call__(self, model: EfficientNetPreTrainedModel, device: str | torch.device | None = None,
-                 dtype: str | torch.dtype | None = None, *, compile: bool = False,
-                 keep_freed_memory: bool = True) -> EfficientNetPreTrainedModel:
-        return optimize(model, device, dtype, compile=compile, keep_freed_memory=keep_freed_memory)
+    # Calling the module calls optimize itself, with its signature and docstring.
+    __call__ = staticmethod(optimize)
 
 
 sys.modules[__name__].__class__ = _CallableModule

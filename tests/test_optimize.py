@@ -179,10 +179,10 @@ def test_bfloat16_runs_close():
 
 
 def test_optimize_sets_the_allocator_on_cpu_unless_told_not_to(monkeypatch):
-    import effnet_cli.optimize as module
+    from effnet_cli import malloc
 
     calls = []
-    monkeypatch.setattr(module, "_keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(malloc, "keep_freed_memory", lambda: calls.append(1))
     model = random_model(seed=6)
     optimize(model, keep_freed_memory=False)
     assert calls == []
