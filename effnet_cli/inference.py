@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
 from effnet_cli.errors import InputError
 from effnet_cli.hub import _dtype, load_pretrained
 from effnet_cli.optimize import optimize, resolve_device
+from effnet_cli.results import EmbedBatch, Prediction, Result
 
 POOLS = ("mean", "max")
 
@@ -30,45 +30,6 @@ POOLS = ("mean", "max")
 DRAFT_MARGIN = 1.5
 # Scheduling priority (nice) of the decode workers when the model runs on the CPU (see iter_batches).
 WORKER_NICE = 19
-
-
-@dataclass
-class Prediction:
-    """One class of an image's top-k."""
-
-    rank: int
-    index: int
-    label: str
-    score: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON record form: rank, index, label, score."""
-        return {"rank": self.rank, "index": self.index, "label": self.label, "score": self.score}
-
-
-@dataclass
-class Result:
-    """What happened to one input: predictions (classify), a feature row (embed), or an error."""
-
-    position: int  # index in the input list
-    path: str
-    predictions: list[Prediction] | None = None
-    row: int | None = None  # embed: row of this input's features in the output array
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the input produced a result."""
-        return self.error is None
-
-
-@dataclass
-class EmbedBatch:
-    """Results of one batch of ``embed``: records in input order and the feature rows of the good ones."""
-
-    results: list[Result]
-    features: np.ndarray  # len(ok results) × D, float32 (or float16)
-    stats: dict[str, float] = field(default_factory=dict)
 
 
 def read_labels(path: str | Path) -> list[str]:

@@ -254,7 +254,7 @@ def _expected_shape(engine: Any) -> tuple[int, ...]:
 def _ordered_batches(kind: str, todo: list[str], early: dict[int, str], results: Iterator[dict[str, np.ndarray]],
                      index_of: dict[str, int]) -> Iterator[Any]:
     """Merge Ray's results with the pre-checked errors and yield them in input order, as local batches do."""
-    from effnet_cli.inference import EmbedBatch, Prediction, Result
+    from effnet_cli.results import EmbedBatch, Prediction, Result
 
     pending: dict[int, tuple[str | None, Any]] = {pos: (reason, None) for pos, reason in early.items()}
     next_pos = 0

@@ -1,6 +1,6 @@
 """Output records and files: JSON/JSONL/CSV/TSV predictions, .npy features with a manifest.
 
-Writers take :class:`effnet_cli.inference.Result` objects in input order and
+Writers take :class:`effnet_cli.results.Result` objects in input order and
 never hold the whole run in memory. Files are written atomically: to a
 temporary name beside the target, renamed into place when complete, so an
 interrupted run never leaves a truncated file under the real name.
@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from effnet_cli.inference import Result
+from effnet_cli.results import Result
 
 MACHINE_FORMATS = ("json", "jsonl", "csv", "tsv")
 _NPY_HEADER_BYTES = 128  # fixed, so the row count can be rewritten in place when the array grows

@@ -27,7 +27,7 @@ from rich.table import Table
 from effnet_cli.errors import ConfigError, EffnetError, InputError
 
 if TYPE_CHECKING:
-    from effnet_cli.inference import Result
+    from effnet_cli.results import Result
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
