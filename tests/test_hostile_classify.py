@@ -239,3 +239,10 @@ def test_closed_pipe_is_a_quiet_success(b0_small_dir: Path, tmp_path: Path, fmt:
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 0, err.decode()
     assert len(first) == 100 and err == b""
+
+
+def test_records_do_not_import_the_inference_stack() -> None:
+    """Writing records (and reading them back) stays light: no torch, no Rich."""
+    code = "import sys, effnet_cli.records; print('torch' in sys.modules, 'rich' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
