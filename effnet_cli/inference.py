@@ -120,8 +120,7 @@ class Engine:
     @torch.inference_mode()
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Classifier logits (float32, on the CPU) for N×3×H×W pixel values."""
-        if not hasattr(self.model, "classifier"):
-            raise InputError("This checkpoint has no classification head; use `effnet embed` instead.")
+        require_classifier(self)
         return self.model(self._to_device(pixel_values)).logits.float().cpu()
 
     def topk(self, pixel_values: torch.Tensor, k: int, *, threshold: float = 0.0,
@@ -170,10 +169,22 @@ class Engine:
                             worker_nice=WORKER_NICE if self.device.type == "cpu" else 0)
 
 
+def require_classifier(engine: Engine) -> None:
+    """Refuse to classify with a model that has no classification head (``num_labels`` 0).
+
+    ``effnet convert`` keeps headless checkpoints headless on purpose; a softmax
+    over their pooled features would look like predictions and mean nothing.
+    """
+    if not hasattr(engine.model, "classifier") or not engine.config.num_labels:
+        raise InputError("This model has no classification head (num_labels is 0), so it cannot classify; "
+                         "use `effnet embed` for its features.")
+
+
 def classify_paths(engine: Engine, paths: Sequence[str], *, top_k: int = 5, threshold: float = 0.0,
                    labels: Sequence[str] | None = None, batch_size: int = 16, workers: int = 0,
                    ) -> Iterator[list[Result]]:
     """Classify every path; yields one list of :class:`Result` per batch, in input order."""
+    require_classifier(engine)
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}.")
     if labels is not None and len(labels) < engine.config.num_labels:

@@ -1,4 +1,4 @@
-"""Output records and files: JSON/JSONL/CSV/TSV predictions, .npy features with a manifest.
+""".npy features with a manifest, and atomic files (classify's stdout records live in effnet_cli.records).
 
 Writers take :class:`effnet_cli.results.Result` objects in input order and
 never hold the whole run in memory. Files are written atomically: to a
@@ -8,67 +8,17 @@ interrupted run never leaves a truncated file under the real name.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
+from effnet_cli.records import MACHINE_FORMATS, RecordWriter, classify_record  # noqa: F401 (re-exported for shards)
 from effnet_cli.results import Result
 
-MACHINE_FORMATS = ("json", "jsonl", "csv", "tsv")
 _NPY_HEADER_BYTES = 128  # fixed, so the row count can be rewritten in place when the array grows
-
-
-def classify_record(result: Result) -> dict[str, Any]:
-    """The JSON record of one classified input: path and predictions, or path and error."""
-    if result.error is not None:
-        return {"path": result.path, "error": result.error}
-    return {"path": result.path, "predictions": [p.to_dict() for p in result.predictions or []]}
-
-
-class RecordWriter:
-    """Streams classify records to a text stream as json, jsonl, csv or tsv.
-
-    Each call to :meth:`write` flushes, so a pipeline sees results batch by batch.
-    ``json`` writes one array, opened on the first record and closed by :meth:`close`.
-    """
-
-    def __init__(self, stream: IO[str], fmt: str) -> None:
-        if fmt not in MACHINE_FORMATS:
-            raise ValueError(f"unknown format {fmt!r}")
-        self.stream, self.fmt, self.count = stream, fmt, 0
-        self._csv = None
-        if fmt in ("csv", "tsv"):
-            self._csv = csv.writer(stream, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
-            self._csv.writerow(["path", "rank", "index", "label", "score", "error"])
-
-    def write(self, results: Iterable[Result]) -> None:
-        """Write the records of one batch and flush."""
-        for result in results:
-            if self.fmt == "jsonl":
-                self.stream.write(json.dumps(classify_record(result), ensure_ascii=False) + "\n")
-            elif self.fmt == "json":
-                self.stream.write(("[\n" if self.count == 0 else ",\n")
-                                  + json.dumps(classify_record(result), ensure_ascii=False))
-            else:
-                assert self._csv is not None
-                if result.error is not None:
-                    self._csv.writerow([result.path, "", "", "", "", result.error])
-                for p in result.predictions or []:
-                    self._csv.writerow([result.path, p.rank, p.index, p.label, f"{p.score:.6f}", ""])
-            self.count += 1
-        self.stream.flush()
-
-    def close(self) -> None:
-        """Finish the document (closes the JSON array)."""
-        if self.fmt == "json":
-            self.stream.write("[]\n" if self.count == 0 else "\n]\n")
-        self.stream.flush()
 
 
 def _npy_header(dtype: np.dtype, rows: int, cols: int) -> bytes:

@@ -34,6 +34,8 @@ def make_hostile_corpus(directory: Path, image: bytes) -> list[str]:
     paths = []
     for raw in HOSTILE_NAMES.values():
         target = os.path.join(os.fsencode(directory), raw)
+        # A name with "/" (the closing tag) is a path: its first part is a directory.
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "wb") as fh:
             fh.write(image)
         paths.append(os.fsdecode(target))

@@ -20,6 +20,7 @@ from effnet_cli.cli.render import (
     render_table,
     report_failure,
     stdout_console,
+    utf8_stdout,
 )
 from effnet_cli.errors import InputError
 
@@ -78,8 +79,8 @@ def classify(
     worker died), 2 usage error.
     """
     from effnet_cli.cli import sharded
-    from effnet_cli.inference import classify_paths, read_labels
-    from effnet_cli.writers import RecordWriter
+    from effnet_cli.inference import classify_paths, read_labels, require_classifier
+    from effnet_cli.records import RecordWriter
 
     sharded.check_options(output_dir=output_dir, shard_size=shard_size, devices=devices, engine=engine_kind,
                           ray_address=ray_address, ray_actors=ray_actors, device=device)
@@ -94,6 +95,7 @@ def classify(
         elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
         engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
                              full_decode, max_pixels, quiet)
+        require_classifier(engine)
         if names is not None and len(names) < engine.config.num_labels:
             raise InputError(f"The labels file has {len(names)} names but the model has "
                              f"{engine.config.num_labels} classes.")
@@ -109,7 +111,10 @@ def classify(
                            workers=workers, quiet=quiet, show=progress_enabled(progress, quiet))
     paths = partition.select(paths)
     engine = load_engine(variant, model, revision, device, dtype, compile, full_decode, max_pixels, quiet)
+    require_classifier(engine)
     fmt = (format or (Format.table if sys.stdout.isatty() else Format.jsonl)).value
+    if fmt != "table":
+        utf8_stdout()
     console = stdout_console() if fmt == "table" else None
     writer = None if fmt == "table" else RecordWriter(sys.stdout, fmt)
     failed = 0
