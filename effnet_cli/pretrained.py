@@ -35,6 +35,13 @@ _IGNORED = frozenset({
 })
 
 
+class MismatchedSizesError(WeightsError, RuntimeError):
+    """A checkpoint tensor has another shape than the model's, and ``ignore_mismatched_sizes`` is off.
+
+    Also a ``RuntimeError``, which is what transformers raises here, so ``except`` clauses written for it still work.
+    """
+
+
 @dataclass
 class LoadingInfo:
     """What ``from_pretrained`` did with each tensor, as transformers' ``output_loading_info`` reports it."""
@@ -162,7 +169,7 @@ def load_into(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch.Te
     if info.mismatched_keys and not ignore_mismatched_sizes:
         shown = "; ".join(f"{k}: checkpoint {tuple(old)}, model {tuple(new)}"
                           for k, old, new in sorted(info.mismatched_keys))
-        raise WeightsError(f"{source} does not fit this model's config ({shown}); pass ignore_mismatched_sizes=True "
+        raise MismatchedSizesError(f"{source} does not fit this model's config ({shown}); pass ignore_mismatched_sizes=True "
                            "to initialise those tensors afresh, e.g. for a new num_labels.")
     mismatched = {k for k, _, _ in info.mismatched_keys}
     usable = {k: v for k, v in state_dict.items() if k in expected and k not in mismatched}
