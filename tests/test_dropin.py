@@ -82,6 +82,20 @@ def test_mutated_config_builds_a_model_that_saves_and_reloads_in_both_libraries(
             _close(again(_x()).logits, expected)
 
 
+@pytest.mark.parametrize("given", [
+    {"num_labels": 3},
+    {"id2label": {0: "cat", 1: "dog"}},
+    {"id2label": {"0": "cat", "1": "dog"}, "label2id": {"cat": 0, "dog": 1}},
+    {"num_labels": 3, "id2label": {0: "cat", 1: "dog"}},  # disagreeing: num_labels wins in both
+])
+def test_label_arguments_give_the_same_labels(given: dict) -> None:
+    made = {lib: mod.EfficientNetConfig(**TINY, **given) for lib, mod in LIBS.items()}
+    ours, ref = made["effnet"], made["transformers"]
+    assert (ours.num_labels, ours.id2label) == (ref.num_labels, ref.id2label)
+    # transformers leaves label2id unset when only id2label is given; effnet derives it (docs/transformers.md).
+    assert ours.label2id == (ref.label2id if ref.label2id is not None else {v: k for k, v in ref.id2label.items()})
+
+
 def test_setting_id2label_keeps_label2id_in_step() -> None:
     """effnet also rewrites label2id (transformers leaves it stale); docs/transformers.md lists it."""
     config = effnet_cli.EfficientNetConfig(**TINY)

@@ -262,7 +262,7 @@ def test_other_modes_become_rgb_like_the_reference(backend, mode):
 def test_grey_and_rgba_arrays_match_the_same_pil_image(backend):
     processor = EfficientNetImageProcessor(size=128, backend=backend)
     grey = photos()[1].convert("L")
-    expected = processor(grey).pixel_values
+    expected = processor(grey, do_convert_rgb=True).pixel_values
     assert torch.equal(processor(np.asarray(grey)).pixel_values, expected)
     assert torch.equal(processor(np.asarray(grey)[..., None]).pixel_values, expected)
     opaque = np.concatenate([np.asarray(photos()[2]), np.full((*photos()[2].size[::-1], 1), 255, np.uint8)], axis=2)
