@@ -529,12 +529,12 @@ class EfficientNetConfig:
         return out
 
     def to_json_string(self, use_diff: bool = True) -> str:
-        """config.json text, sorted and indented like transformers writes it.
+        """config.json text, sorted, indented and ASCII-escaped like transformers writes it.
 
         ``use_diff`` is accepted for transformers' signature; the text is always the full config.
         """
         try:
-            return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+            return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
         except TypeError as exc:
             raise ConfigError(f"The config holds a value JSON cannot store: {exc}.") from None
 

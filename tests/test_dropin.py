@@ -224,6 +224,16 @@ def test_config_json_has_the_same_content_as_the_references(tmp_path) -> None:
     assert written["effnet"] == written["transformers"]
 
 
+def test_config_json_read_from_transformers_is_written_back_byte_for_byte(tmp_path) -> None:
+    labels = {0: "crème brûlée", 1: "dog", 2: "bird"}
+    reference = transformers.EfficientNetConfig(**TINY, id2label=labels, label2id={v: k for k, v in labels.items()},
+                                                hidden_size=37, output_hidden_states=True)
+    reference.save_pretrained(tmp_path / "ref")
+    ours = effnet_cli.EfficientNetConfig.from_pretrained(tmp_path / "ref")
+    ours.save_pretrained(tmp_path / "ours")
+    assert (tmp_path / "ours" / "config.json").read_bytes() == (tmp_path / "ref" / "config.json").read_bytes()
+
+
 def test_effnet_config_keeps_typed_validation() -> None:
     with pytest.raises(effnet_cli.ConfigError, match="hidden_act"):
         effnet_cli.EfficientNetConfig(**TINY, hidden_act="tanhh")
@@ -352,6 +362,20 @@ def test_loading_info_for_a_head_added_or_dropped_matches_the_reference(checkpoi
         assert torch.equal(added.classifier.bias.detach(), torch.zeros(2))
     assert infos["effnet"] == infos["transformers"]
     assert infos["effnet"][0]["unexpected_keys"] == {"classifier.weight", "classifier.bias"}
+
+
+def test_checkpoint_without_step_counters_keeps_its_statistics() -> None:
+    """Older torch checkpoints lack num_batches_tracked: reported missing, the loaded statistics kept."""
+    model = randomize(effnet_cli.EfficientNetForImageClassification(effnet_cli.EfficientNetConfig(**TINY)), 1)
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    results = {}
+    for lib, mod in LIBS.items():
+        loaded, info = mod.EfficientNetForImageClassification.from_pretrained(
+            None, config=mod.EfficientNetConfig(**TINY), state_dict=state, output_loading_info=True)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+        results[lib] = info["missing_keys"]
+    assert results["effnet"] == results["transformers"]
+    assert len(results["effnet"]) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
 @pytest.mark.parametrize("lib", LIBS)
