@@ -398,6 +398,26 @@ def test_from_pretrained_none_with_config_and_state_dict(lib: str, checkpoint) -
         _close(model(_x()).logits, expected)
 
 
+@pytest.mark.parametrize("lib", LIBS)
+def test_hub_keywords_keep_working_with_the_fine_tuning_ones(lib: str, checkpoint, tmp_path) -> None:
+    """revision / cache_dir / local_files_only on an offline hub cache, together with a head swap."""
+    from tests.test_hub import COMMIT, _hub_cache
+
+    directory, saved = checkpoint
+    cache = _hub_cache(tmp_path, directory, repo="someone/tiny-efficientnet") / "hub"
+    mod = LIBS[lib]
+    for revision in ("main", COMMIT):
+        model = mod.EfficientNetForImageClassification.from_pretrained(
+            "someone/tiny-efficientnet", revision=revision, cache_dir=cache, local_files_only=True,
+            num_labels=3, ignore_mismatched_sizes=True)
+        assert model.config.num_labels == 3
+        stem = "efficientnet.embeddings.convolution.weight"
+        assert torch.equal(model.state_dict()[stem], saved[stem])
+    config = mod.EfficientNetConfig.from_pretrained("someone/tiny-efficientnet", cache_dir=cache,
+                                                    local_files_only=True)
+    assert config.num_labels == 5
+
+
 def _train_step(model, optimiser, seed: int) -> None:
     x = _x(4, seed=seed)
     labels = torch.tensor([0, 1, 2, 1])
