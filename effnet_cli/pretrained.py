@@ -187,6 +187,11 @@ def _initialise(model: EfficientNetPreTrainedModel, keys: set[str]) -> None:
     with torch.no_grad():
         for name, module in model.named_modules():
             if name in owners:
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    # The reference's _init_weights first runs transformers' generic init (one normal
+                    # draw per weight), then its own: draw both, so that a seeded head swap gives
+                    # the reference's values, not only their distribution.
+                    nn.init.normal_(module.weight, mean=0.0, std=model.config.initializer_range)
                 model._init_weights(module)
             if name in counters or (name in owners and isinstance(module, nn.BatchNorm2d)):
                 module.num_batches_tracked.zero_()

@@ -343,6 +343,16 @@ def test_head_swap_with_ignore_mismatched_sizes(lib: str, checkpoint) -> None:
     assert abs(weight.mean().item()) < 0.003
 
 
+def test_seeded_head_swap_gives_the_same_head_in_both_libraries(checkpoint) -> None:
+    heads = {}
+    for lib, mod in LIBS.items():
+        torch.manual_seed(123)
+        model = mod.EfficientNetForImageClassification.from_pretrained(checkpoint[0], num_labels=3,
+                                                                       ignore_mismatched_sizes=True)
+        heads[lib] = model.classifier.weight.detach()
+    assert torch.equal(heads["effnet"], heads["transformers"])
+
+
 @pytest.mark.parametrize("lib", LIBS)
 def test_head_shape_mismatch_without_the_flag_is_an_error(lib: str, checkpoint) -> None:
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
@@ -479,3 +489,22 @@ def test_fine_tuning_round_trip_between_the_libraries(trainer: str, checkpoint, 
     stem = "efficientnet.embeddings.convolution.weight"
     assert not torch.allclose(model.state_dict()[stem], saved[stem])  # training moved the body too
     _close(again, trained)
+
+
+def test_the_same_seeded_fine_tuning_gives_the_same_model_in_both_libraries(checkpoint) -> None:
+    """Seeded head swap, three training steps (effnet with checkpointing, transformers without), same logits."""
+    directory, _ = checkpoint
+    logits = {}
+    for lib, mod in LIBS.items():
+        torch.manual_seed(1)
+        model = mod.EfficientNetForImageClassification.from_pretrained(directory, num_labels=3,
+                                                                       ignore_mismatched_sizes=True)
+        if model.supports_gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for step in range(3):
+            _train_step(model, optimiser, seed=step)
+        with torch.no_grad():
+            logits[lib] = model.eval()(_x(3, seed=9)).logits
+    _close(logits["effnet"], logits["transformers"], rel=1e-5)
