@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +140,7 @@ def from_pretrained(cls: type[EfficientNetPreTrainedModel], name_or_path: str | 
 def _is_config_key(config: EfficientNetConfig, key: str) -> bool:
     # transformers hands keyword arguments the config knows to the config. Unknown keys would go
     # to the model's constructor, which takes none, so they are an error there too.
-    return hasattr(config, key) or key in ("num_labels", "id2label", "label2id")
+    return key in {f.name for f in fields(config)} - {"extra"} or key in config.extra
 
 
 def load_into(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch.Tensor], *,

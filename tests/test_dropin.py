@@ -359,6 +359,12 @@ def test_head_shape_mismatch_without_the_flag_is_an_error(lib: str, checkpoint) 
         LIBS[lib].EfficientNetForImageClassification.from_pretrained(checkpoint[0], num_labels=3)
 
 
+@pytest.mark.parametrize("lib", LIBS)
+def test_keywords_neither_library_knows_are_a_type_error(lib: str, checkpoint) -> None:
+    with pytest.raises(TypeError, match="num_lables"):
+        LIBS[lib].EfficientNetForImageClassification.from_pretrained(checkpoint[0], num_lables=3)
+
+
 def test_loading_info_for_a_head_added_or_dropped_matches_the_reference(checkpoint, tmp_path) -> None:
     directory, _ = checkpoint
     infos = {}
