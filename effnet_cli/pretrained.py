@@ -117,17 +117,20 @@ def from_pretrained(cls: type[EfficientNetPreTrainedModel], name_or_path: str | 
         model = cls(config)  # no time spent on a random init that the weights replace
     model = model.to_empty(device="cpu")
     info = load_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, source=where)
-    if info.missing_keys:
+    fresh = sorted(k for k in info.missing_keys if not k.endswith(".num_batches_tracked"))
+    if fresh:
         warnings.warn(f"Some weights of {cls.__name__} were not in {where} and were newly initialised: "
-                      f"{', '.join(sorted(info.missing_keys))}. Train the model before using it.", stacklevel=3)
+                      f"{', '.join(fresh)}. Train the model before using it.", stacklevel=3)
     if info.mismatched_keys:
         shown = ", ".join(f"{k} {tuple(old)} -> {tuple(new)}" for k, old, new in sorted(info.mismatched_keys))
         warnings.warn(f"Some weights of {cls.__name__} had other shapes in {where} and were newly initialised: "
                       f"{shown}. Train the model before using it.", stacklevel=3)
 
     wanted = dtype if dtype is not None else torch_dtype
-    if wanted == "auto":
-        wanted = config.extra.get("dtype") or config.extra.get("torch_dtype")
+    if wanted is None or wanted == "auto":
+        # transformers 5's default: the checkpoint's own dtype, from config.json or else its first float tensor.
+        wanted = (config.extra.get("dtype") or config.extra.get("torch_dtype")
+                  or next((t.dtype for t in state_dict.values() if t.is_floating_point()), None))
     target_device = device if device is not None else (device_map if isinstance(device_map, (str, torch.device))
                                                        and device_map != "auto" else None)
     if wanted is not None or target_device is not None:

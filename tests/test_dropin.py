@@ -402,6 +402,17 @@ def test_dtype_spellings(lib: str, spelling: str, checkpoint) -> None:
 
 
 @pytest.mark.parametrize("lib", LIBS)
+def test_a_half_precision_checkpoint_loads_in_its_own_dtype_unless_told(lib: str, checkpoint, tmp_path) -> None:
+    mod = LIBS[lib]
+    mod.EfficientNetForImageClassification.from_pretrained(checkpoint[0]).half().save_pretrained(tmp_path)
+    cls = mod.EfficientNetForImageClassification
+    assert cls.from_pretrained(tmp_path).dtype == torch.float16  # transformers 5's default, dtype="auto"
+    assert cls.from_pretrained(tmp_path, dtype="auto").dtype == torch.float16
+    assert cls.from_pretrained(tmp_path, dtype=torch.float32).dtype == torch.float32
+    assert cls.from_pretrained(checkpoint[0]).dtype == torch.float32
+
+
+@pytest.mark.parametrize("lib", LIBS)
 def test_from_pretrained_none_with_config_and_state_dict(lib: str, checkpoint) -> None:
     directory, saved = checkpoint
     mod = LIBS[lib]
