@@ -17,6 +17,7 @@ _LAZY = {
     "EfficientNetConfig": "effnet_cli.config",
     "EfficientNetModel": "effnet_cli.model",
     "EfficientNetForImageClassification": "effnet_cli.model",
+    "EfficientNetPreTrainedModel": "effnet_cli.model",
     "EfficientNetImageProcessor": "effnet_cli.processor",
     "load_pretrained": "effnet_cli.hub",
     "optimize": "effnet_cli.optimize",
@@ -43,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         WeightsError,
     )
     from effnet_cli.hub import load_pretrained
-    from effnet_cli.model import EfficientNetForImageClassification, EfficientNetModel
+    from effnet_cli.model import EfficientNetForImageClassification, EfficientNetModel, EfficientNetPreTrainedModel
     from effnet_cli.optimize import optimize
     from effnet_cli.processor import EfficientNetImageProcessor
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from effnet_cli.errors import ConfigError
 
@@ -192,11 +192,77 @@ class EfficientNetConfig:
     padding_mode: str = "fixed"  # see PADDING_MODES: which padding the weights were trained with
     use_squeeze_excite: bool = True  # Lite drops squeeze-excite (bad for quantisation)
     fix_stem_and_head: bool = False  # Lite keeps stem/head widths and first/last stage depths unscaled
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # unknown config.json keys, written back
+    output_hidden_states: bool = False  # forward's default when the argument is not given, as in transformers
+    return_dict: bool = True  # forward's default: an output mapping (True) or a plain tuple (False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # unknown keys, readable as attributes, written back
+
+    model_type: ClassVar[str] = "efficientnet"  # what config.json's "model_type" says
+    _ready: ClassVar[bool] = False  # set per instance once __post_init__ is done: assignments then keep labels consistent
 
     def __post_init__(self) -> None:
         self._normalise_labels()
         self.validate()
+        object.__setattr__(self, "_ready", True)
+
+    # ------------------------------------------------------------ attributes
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assign a field, keeping the label fields consistent; unknown names are kept in :attr:`extra`.
+
+        As in transformers: ``num_labels = n`` (a new count) resets ``id2label`` to
+        ``LABEL_0`` … and ``label2id`` to its inverse; ``id2label = {...}`` sets
+        ``num_labels`` (and ``label2id``) from it; any other name becomes an extra
+        key that reads back as an attribute and is written to config.json.
+        """
+        if name in _FIELD_NAMES or name.startswith("_") or hasattr(type(self), name):
+            if not self._ready or name not in ("num_labels", "id2label", "label2id"):
+                object.__setattr__(self, name, value)
+            else:
+                self._set_label_field(name, value)
+        else:
+            self.extra[name] = value
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: the unknown keys given to the constructor or read from config.json.
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _set_label_field(self, name: str, value: Any) -> None:
+        if name == "num_labels":
+            _check_int("num_labels", value, minimum=0)
+            if int(value) != len(self.id2label):
+                labels = {i: f"LABEL_{i}" for i in range(int(value))}
+                object.__setattr__(self, "id2label", labels)
+                object.__setattr__(self, "label2id", {v: k for k, v in labels.items()})
+            object.__setattr__(self, "num_labels", int(value))
+        elif name == "id2label":
+            if not isinstance(value, dict):
+                raise ConfigError(f"id2label must map integer class indices to names, got {value!r}.")
+            try:
+                labels = {int(k): str(v) for k, v in value.items()}
+            except (TypeError, ValueError):
+                raise ConfigError("id2label must map integer class indices to names.") from None
+            object.__setattr__(self, "id2label", labels)
+            object.__setattr__(self, "num_labels", len(labels))
+            object.__setattr__(self, "label2id", {v: k for k, v in labels.items()})
+        else:
+            if not isinstance(value, dict):
+                raise ConfigError(f"label2id must map names to integer class indices, got {value!r}.")
+            try:
+                object.__setattr__(self, "label2id", {str(k): int(v) for k, v in value.items()})
+            except (TypeError, ValueError):
+                raise ConfigError("label2id must map names to integer class indices.") from None
+
+    @property
+    def use_return_dict(self) -> bool:
+        """transformers' older spelling of :attr:`return_dict`."""
+        return bool(self.return_dict)
+
+    def update(self, values: dict[str, Any]) -> None:
+        """Assign every key of ``values`` as an attribute (labels kept consistent, unknown keys kept)."""
+        for key, value in values.items():
+            setattr(self, key, value)
 
     # ----------------------------------------------------------------- labels
     def _normalise_labels(self) -> None:
@@ -444,15 +510,15 @@ class EfficientNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json content; readable by transformers' EfficientNetConfig."""
-        out: dict[str, Any] = {"model_type": "efficientnet"}
+        out: dict[str, Any] = {"model_type": self.model_type}
         out.update(self.extra)
         for f in fields(self):
             if f.name in ("extra", "num_labels", "id2label", "label2id", "problem_type"):
                 continue
             value = getattr(self, f.name)
-            # Extensions are written only when they differ from the reference, so a
-            # config of a reference model stays byte-comparable with the hub's.
-            if f.name in ("padding_mode", "use_squeeze_excite", "fix_stem_and_head") and value == f.default:
+            # Extensions, and the run-time switches transformers omits at their defaults, are
+            # written only when they differ, so a reference model's config stays byte-comparable.
+            if f.name in _WRITTEN_WHEN_CHANGED and value == f.default:
                 continue
             out[f.name] = list(value) if isinstance(value, (list, tuple)) else value
         out["num_hidden_layers"] = self.num_hidden_layers
@@ -462,13 +528,73 @@ class EfficientNetConfig:
             out["problem_type"] = self.problem_type
         return out
 
-    def to_json_string(self) -> str:
-        """config.json text, sorted and indented like transformers writes it."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """config.json text, sorted, indented and ASCII-escaped like transformers writes it.
 
-    def to_json_file(self, path: str | Path) -> None:
+        ``use_diff`` is accepted for transformers' signature; the text is always the full config.
+        """
+        try:
+            return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        except TypeError as exc:
+            raise ConfigError(f"The config holds a value JSON cannot store: {exc}.") from None
+
+    def to_json_file(self, path: str | Path, use_diff: bool = True) -> None:
         """Write config.json."""
         Path(path).write_text(self.to_json_string(), encoding="utf-8")
+
+    def save_pretrained(self, directory: str | Path, **kwargs: Any) -> None:
+        """Write ``config.json`` into ``directory`` (created if needed), as transformers does."""
+        directory = Path(directory)
+        if directory.is_file():
+            raise ConfigError(f"{directory} is a file; save_pretrained wants a directory.")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.to_json_file(directory / "config.json")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, revision: str | None = None,
+                        cache_dir: str | Path | None = None, local_files_only: bool | None = None,
+                        **changes: Any) -> EfficientNetConfig:
+        """Read the config of a directory, a config.json file, a variant name or a hub id.
+
+        Keyword arguments other than the download options are assigned afterwards
+        (``num_labels=3`` resizes the labels, unknown keys are kept), as in transformers.
+        """
+        path = Path(str(name_or_path)).expanduser()
+        if path.is_file():
+            config = cls.from_json_file(path)
+        else:
+            from effnet_cli.hub import resolve_files  # the hub machinery is only needed for names
+
+            directory = path if path.is_dir() else resolve_files(
+                name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)[0]
+            config = cls.from_json_file(directory / "config.json")
+        config.update(changes)
+        return config
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(EfficientNetConfig))
+# Written to config.json only when set to something else than their default.
+_WRITTEN_WHEN_CHANGED = frozenset({"padding_mode", "use_squeeze_excite", "fix_stem_and_head",
+                                   "output_hidden_states", "return_dict"})
+_dataclass_init = EfficientNetConfig.__init__
+
+
+def _init_accepting_unknown_keys(self: EfficientNetConfig, *args: Any, **kwargs: Any) -> None:
+    """The dataclass constructor, plus transformers' rule that unknown keyword arguments become attributes."""
+    unknown = {k: kwargs.pop(k) for k in list(kwargs) if k not in _FIELD_NAMES}
+    unknown.pop("num_hidden_layers", None)  # derived from num_block_repeats
+    if unknown.get("model_type", "efficientnet") != "efficientnet":
+        raise ConfigError(f"model_type is {unknown['model_type']!r}: not an EfficientNet config.")
+    unknown.pop("model_type", None)
+    if "torch_dtype" in unknown:  # transformers' older spelling
+        unknown.setdefault("dtype", unknown.pop("torch_dtype"))
+    if unknown.get("dtype") is not None and not isinstance(unknown["dtype"], str):
+        unknown["dtype"] = str(unknown["dtype"]).removeprefix("torch.")  # JSON-writable, as transformers stores it
+    _dataclass_init(self, *args, **kwargs)
+    self.extra.update(unknown)
+
+
+EfficientNetConfig.__init__ = _init_accepting_unknown_keys  # type: ignore[method-assign]
 
 
 def _check_int(name: str, value: Any, *, minimum: int | None = None, what: str = "") -> None:

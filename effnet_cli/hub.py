@@ -301,6 +301,7 @@ def load_directory(directory: Path, *, model_class: type | None = None
 def load_pretrained(name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
                     local_files_only: bool | None = None, device: str | torch.device | None = None,
                     dtype: str | torch.dtype | None = None, model_class: type | None = None,
+                    torch_dtype: str | torch.dtype | None = None,
                     ) -> tuple[EfficientNetPreTrainedModel, EfficientNetImageProcessor]:
     """Load a model and its preprocessing by variant name, hub id, or local directory.
 
@@ -310,8 +311,12 @@ def load_pretrained(name_or_path: str | Path, *, revision: str | None = None, ca
     pytorch_model.bin). Hub files go through huggingface_hub's cache
     (``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``); once cached,
     no network is used. The model is returned in eval mode; where the weights
-    came from is in ``model.source`` (for the hub, the exact commit).
+    came from is in ``model.source`` (for the hub, the exact commit). ``torch_dtype``
+    is transformers' older spelling of ``dtype``. Unlike ``from_pretrained``, any
+    tensor that does not fit the model is an error here.
     """
+    if dtype is None:
+        dtype = torch_dtype
     directory, source = resolve_files(name_or_path, revision=revision, cache_dir=cache_dir,
                                       local_files_only=local_files_only)
     model, processor = load_directory(directory, model_class=model_class)

@@ -11,6 +11,8 @@ Shapes in comments: N batch, C channels, H×W spatial size.
 
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -39,29 +41,65 @@ def activation(name: str) -> nn.Module:
 
 
 # ------------------------------------------------------------------- outputs
-class ModelOutput:
-    """Outputs readable as attributes, by key, or by position (None fields skipped), like the reference's."""
+class ModelOutput(OrderedDict):
+    """Model outputs as the reference returns them: an ordered mapping of the fields that are set.
+
+    A field is readable as an attribute (``out.logits``), by key (``out["logits"]``)
+    or by position over the non-None fields (``out[0]``, ``out[1:]``), so code
+    written for either ``return_dict`` setting works. Iterating yields the keys;
+    ``None`` fields are absent from the mapping (``"loss" in out`` is False when
+    no labels were given) but still readable as attributes.
+    """
+
+    def __post_init__(self) -> None:
+        # Subclasses are dataclasses: the generated __init__ set the attributes, fill the mapping from them.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                super().__setitem__(f.name, value)
 
     def to_tuple(self) -> tuple[Any, ...]:
         """The non-None fields in order, as ``return_dict=False`` gives them."""
-        return tuple(v for v in (getattr(self, f.name) for f in fields(self)) if v is not None)
-
-    def keys(self) -> list[str]:
-        """Names of the non-None fields."""
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+        return tuple(self.values())
 
     def __getitem__(self, key: int | slice | str) -> Any:
         if isinstance(key, str):
-            return getattr(self, key)
+            return super().__getitem__(key)
         return self.to_tuple()[key]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Keep attribute and mapping views in step, as the reference does.
+        if name in self.keys() and value is not None:
+            super().__setitem__(name, value)
+        super().__setattr__(name, value)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        super().__setattr__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError(f"{type(self).__name__} fields cannot be deleted; set them to None instead.")
+
+    def setdefault(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} has a fixed set of fields.")
+
+    def pop(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} fields cannot be removed.")
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(f"{type(self).__name__} has a fixed set of fields; assign them one by one.")
+
+    def __reduce__(self) -> Any:
+        # Pickle (DataLoader workers, torch.save) as the dataclass it is, not as a plain OrderedDict.
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass
 class EfficientNetModelOutput(ModelOutput):
     """Base-model outputs: the head's feature map, its pooled vector and (optionally) every block's output."""
 
-    last_hidden_state: torch.Tensor  # N×hidden_dim×h×w
-    pooler_output: torch.Tensor  # N×hidden_dim
+    last_hidden_state: torch.Tensor | None = None  # N×hidden_dim×h×w
+    pooler_output: torch.Tensor | None = None  # N×hidden_dim
     hidden_states: tuple[torch.Tensor, ...] | None = None  # stem, then one per block
 
 
@@ -230,15 +268,53 @@ class EfficientNetEncoder(nn.Module):
                                      momentum=config.batch_norm_momentum)
         self.top_activation = activation(config.hidden_act)
 
+        self.gradient_checkpointing = False
+        self.checkpoint_kwargs: dict[str, Any] = {}
+
     def forward(self, x: torch.Tensor, output_hidden_states: bool = False
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         states = (x,) if output_hidden_states else None
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            x = _checkpointed(block, x, self.checkpoint_kwargs) if checkpointing else block(x)
             if states is not None:
                 states += (x,)
         x = self.top_activation(self.top_bn(self.top_conv(x)))  # N×hidden_dim×h×w
         return x, states
+
+
+def _checkpointed(block: nn.Module, x: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+    """Run ``block`` without keeping its activations; they are recomputed in the backward pass.
+
+    The recomputation must not move the batch-norm running statistics a second
+    time, or a checkpointed training run would drift from a plain one: they are
+    restored after it.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        return contextlib.nullcontext(), _frozen_running_stats(block)
+
+    kwargs = {"use_reentrant": False, **options}
+    if not kwargs["use_reentrant"]:
+        kwargs.setdefault("context_fn", contexts)
+    return checkpoint(block, x, **kwargs)
+
+
+@contextlib.contextmanager
+def _frozen_running_stats(module: nn.Module):
+    # The recomputation must save the same tensors as the first pass, so the norms run
+    # unchanged (batch statistics, as in training) and their buffers are put back afterwards.
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, (mean, var, count) in zip(norms, saved):
+                norm.running_mean.copy_(mean)
+                norm.running_var.copy_(var)
+                norm.num_batches_tracked.copy_(count)
 
 
 # -------------------------------------------------------------------- models
@@ -247,19 +323,55 @@ class EfficientNetPreTrainedModel(nn.Module):
 
     base_model_prefix = "efficientnet"
     main_input_name = "pixel_values"
+    config_class = EfficientNetConfig
+    supports_gradient_checkpointing = True  # over the MBConv blocks; the reference has none for EfficientNet
 
     def __init__(self, config: EfficientNetConfig) -> None:
         super().__init__()
+        config.validate()  # the config may have been changed since it was built
         self.config = config
 
     def _init_weights(self, module: nn.Module) -> None:
-        # The reference's init: N(0, initializer_range) weights, zero biases, fresh running stats.
+        # The reference's init: N(0, initializer_range) weights (batch-norm scales included),
+        # zero biases, fresh running stats.
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.BatchNorm2d)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
             if isinstance(module, nn.BatchNorm2d):
                 module.reset_running_stats()
+
+    # ------------------------------------------------------ checkpointing
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (training only).
+
+        Same gradients as without it, for less memory. ``gradient_checkpointing_kwargs``
+        go to ``torch.utils.checkpoint.checkpoint`` (``use_reentrant`` defaults to False).
+        """
+        for module in self.modules():
+            if isinstance(module, EfficientNetEncoder):
+                module.gradient_checkpointing = True
+                module.checkpoint_kwargs = dict(gradient_checkpointing_kwargs or {})
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep activations again (the default)."""
+        for module in self.modules():
+            if isinstance(module, EfficientNetEncoder):
+                module.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether :meth:`gradient_checkpointing_enable` is in effect."""
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    # transformers 5 spells these "activation checkpointing" too.
+    activation_checkpointing_enable = gradient_checkpointing_enable
+    activation_checkpointing_disable = gradient_checkpointing_disable
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        """Alias of :attr:`is_gradient_checkpointing`."""
+        return self.is_gradient_checkpointing
 
     def post_init(self) -> None:
         """Initialise every weight as the reference does."""
@@ -279,18 +391,33 @@ class EfficientNetPreTrainedModel(nn.Module):
         """Number of parameters (buffers excluded), as the paper and the reference count them."""
         return sum(p.numel() for p in self.parameters())
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors``: a directory both effnet and transformers load."""
+    def save_pretrained(self, directory: str | Path, **kwargs: Any) -> None:
+        """Write ``config.json`` and ``model.safetensors``: a directory both effnet and transformers load.
+
+        transformers' other keywords (``safe_serialization``, ``max_shard_size``…) are accepted
+        and change nothing: the weights are always one safetensors file.
+        """
         from effnet_cli.hub import save_pretrained
 
+        if kwargs.get("push_to_hub"):
+            raise ValueError("push_to_hub is not supported; upload the saved directory with `hf upload`.")
         save_pretrained(self, directory)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> EfficientNetPreTrainedModel:
-        """Load weights by variant name, hub id or directory (see :func:`effnet_cli.load_pretrained`)."""
-        from effnet_cli.hub import load_model
+    def from_pretrained(cls, name_or_path: str | Path | None, **kwargs: Any
+                        ) -> EfficientNetPreTrainedModel | tuple[EfficientNetPreTrainedModel, dict[str, Any]]:
+        """Load weights by variant name, hub id or directory, with transformers' keywords.
 
-        return load_model(name_or_path, model_class=cls, **kwargs)
+        ``num_labels=N`` (``id2label=``, ``label2id=``) with ``ignore_mismatched_sizes=True``
+        swaps in a new head initialised as the reference does; ``output_loading_info=True``
+        also returns ``{"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"}``;
+        ``dtype=``/``torch_dtype=``, ``device=``, ``revision=``, ``cache_dir=``,
+        ``local_files_only=``; ``from_pretrained(None, config=..., state_dict=...)`` builds
+        from weights in memory. See :mod:`effnet_cli.pretrained`.
+        """
+        from effnet_cli.pretrained import from_pretrained
+
+        return from_pretrained(cls, name_or_path, **kwargs)
 
 
 class EfficientNetModel(EfficientNetPreTrainedModel):
@@ -322,12 +449,17 @@ class EfficientNetModel(EfficientNetPreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, **kwargs: Any) -> EfficientNetModelOutput | tuple:
+        # As the reference: an argument left at None falls back to the config.
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if return_dict is None:
+            return_dict = self.config.return_dict
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
         x = self.embeddings(pixel_values)
         x, states = self.encoder(x, output_hidden_states=bool(output_hidden_states))
         out = EfficientNetModelOutput(last_hidden_state=x, pooler_output=self.pool(x), hidden_states=states)
-        return out if return_dict is not False else out.to_tuple()
+        return out if return_dict else out.to_tuple()
 
 
 class EfficientNetForImageClassification(EfficientNetPreTrainedModel):
@@ -344,11 +476,13 @@ class EfficientNetForImageClassification(EfficientNetPreTrainedModel):
     def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
                 **kwargs: Any) -> ImageClassifierOutput | tuple:
+        if return_dict is None:
+            return_dict = self.config.return_dict
         base = self.efficientnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(base.pooler_output))  # N×num_labels
         loss = None if labels is None else classification_loss(logits, labels, self.config)
         out = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=base.hidden_states)
-        return out if return_dict is not False else out.to_tuple()
+        return out if return_dict else out.to_tuple()
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: EfficientNetConfig) -> torch.Tensor:

@@ -116,6 +116,7 @@ _DEFAULTS: dict[str, Any] = {
     "image_mean": (0.5, 0.5, 0.5),
     "image_std": (0.5, 0.5, 0.5),
     "include_top": True,
+    "do_convert_rgb": None,
 }
 
 # The size dictionaries the reference can resize to. It also accepts {"longest_edge"} and
@@ -141,6 +142,10 @@ def _parse_bool(name: str, value: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise ConfigError(f"{name} must be true or false, got {value!r}.")
+
+
+def _parse_optional_bool(name: str, value: Any) -> bool | None:
+    return None if value is None else _parse_bool(name, value)
 
 
 def _parse_size(name: str, value: Any, default_to_square: bool = True) -> dict[str, int]:
@@ -222,6 +227,7 @@ _PARSERS = {
     "image_std": _parse_channels,
     "include_top": _parse_bool,
     "backend": _parse_backend,
+    "do_convert_rgb": _parse_optional_bool,
 }
 
 
@@ -264,6 +270,26 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _pil_as_is(image: Image.Image, backend: str) -> torch.Tensor:
+    """A PIL image's own values (palette indices, 16-bit levels, alpha...) as C×H×W, without RGB conversion.
+
+    What the reference does with ``do_convert_rgb`` off. One channel is kept as one
+    (normalisation then broadcasts it to three); the channel counts the reference
+    cannot normalise are refused here with a sentence instead of its shape error.
+    """
+    array = np.array(image)
+    tensor = torch.from_numpy(array)
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    channels = tensor.shape[0]
+    usable = (3,) if backend == "pil" else (1, 3)
+    if channels not in usable:
+        raise InputError(
+            f"A {image.mode} image has {channels} channel(s) and do_convert_rgb is off, so the "
+            f"{backend} reference cannot normalise it; pass do_convert_rgb=True to convert it to RGB."
+        )
+    return tensor  # bilevel images stay bool: torchvision's resize then rounds them back to 0/1, as in the reference
 
 
 def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -464,8 +490,13 @@ class EfficientNetImageProcessor:
     ``"pil"``: ``EfficientNetImageProcessorPil``); it is a runtime choice and, as in
     transformers, not written to the file.
 
-    Keys this class does not know (``processor_class``, ``do_convert_rgb``, …) are kept so
-    that :meth:`to_dict` gives them back; they do not change the numbers.
+    ``do_convert_rgb`` has the reference's meaning and default (None, i.e. off): PIL images
+    of other modes are then read as they are (palette indices, 0/1 bilevel pixels, 16-bit
+    levels); with True they are converted to RGB first (transparency over white). The
+    command line's loader always converts (see :meth:`preprocess_pil`).
+
+    Keys this class does not know (``processor_class``, …) are kept so that :meth:`to_dict`
+    gives them back; they do not change the numbers.
     """
 
     do_resize: bool  # resize to `size` first; off, images keep their size (then crop or not)
@@ -480,6 +511,7 @@ class EfficientNetImageProcessor:
     image_mean: tuple[float, float, float]  # RGB means in the rescaled range
     image_std: tuple[float, float, float]  # RGB stds; the hub files store sqrt(ImageNet std), see include_top
     include_top: bool  # divide by image_std once more (Keras EfficientNet's extra rescaling layer)
+    do_convert_rgb: bool | None  # convert PIL images to RGB first; None/False reads their values as they are
     backend: str  # "torchvision" or "pil": which transformers implementation to match exactly
 
     def __init__(
@@ -497,6 +529,7 @@ class EfficientNetImageProcessor:
         image_mean: float | Sequence[float] | None = None,
         image_std: float | Sequence[float] | None = None,
         include_top: bool | None = None,
+        do_convert_rgb: bool | None = None,
         backend: Backend = "torchvision",
         default_to_square: bool = True,
         **extra: Any,
@@ -522,6 +555,7 @@ class EfficientNetImageProcessor:
             "image_mean": image_mean,
             "image_std": image_std,
             "include_top": include_top,
+            "do_convert_rgb": do_convert_rgb,
         }
         if _is_int(size) and not _parse_bool("default_to_square", default_to_square):
             given["size"] = {"shortest_edge": int(size)}
@@ -562,6 +596,8 @@ class EfficientNetImageProcessor:
                 "size": dict(self.size),
             }
         )
+        if self.do_convert_rgb is not None:  # the reference writes it only when set
+            config["do_convert_rgb"] = self.do_convert_rgb
         return config
 
     @classmethod
@@ -613,11 +649,18 @@ class EfficientNetImageProcessor:
             raise ConfigError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}).") from error
         return cls.from_dict(config, **overrides)
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``preprocessor_config.json`` into ``directory`` (created if needed), beside the weights."""
+    def save_pretrained(self, directory: str | os.PathLike[str], **kwargs: Any) -> list[str]:
+        """Write ``preprocessor_config.json`` into ``directory`` (created if needed), beside the weights.
+
+        Returns the list of files written, as transformers does.
+        """
+        if kwargs.get("push_to_hub"):
+            raise ConfigError("push_to_hub is not supported; upload the saved directory with `hf upload`.")
         directory = Path(directory)
+        if directory.is_file():
+            raise ConfigError(f"{directory} is a file; save_pretrained wants a directory.")
         directory.mkdir(parents=True, exist_ok=True)
-        return self.to_json_file(directory / PREPROCESSOR_CONFIG_NAME)
+        return [str(self.to_json_file(directory / PREPROCESSOR_CONFIG_NAME))]
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], **overrides: Any) -> EfficientNetImageProcessor:
@@ -731,8 +774,8 @@ class EfficientNetImageProcessor:
                 raise and ``None`` gives a list of 3×H×W arrays.
             input_data_format: ``"channels_first"`` or ``"channels_last"`` for arrays whose
                 layout cannot be guessed (e.g. 3×H×3).
-            overrides: fields to change for this call only, e.g. ``do_center_crop=True``
-                (``do_convert_rgb`` is accepted and ignored: images always become RGB).
+            overrides: fields to change for this call only, e.g. ``do_center_crop=True`` or
+                ``do_convert_rgb=True``.
 
         Raises:
             InputError: an image cannot be used (type, shape, value range) or return_tensors is unknown.
@@ -740,8 +783,6 @@ class EfficientNetImageProcessor:
         """
         if return_tensors not in ("pt", "np", None):
             raise InputError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
-        # transformers callers may pass do_convert_rgb; images always become RGB here, so it is moot.
-        overrides.pop("do_convert_rgb", None)
         unknown = sorted(set(overrides) - set(_PARSERS))
         if unknown:
             raise InputError(f"Unknown preprocessing option(s) {unknown}; the options are {sorted(_PARSERS)}.")
@@ -763,16 +804,20 @@ class EfficientNetImageProcessor:
 
         The same numbers as ``self(image).pixel_values[0]`` (it is the same code, without
         the batching): resize on 8-bit pixels, then crop and one multiply-add per pixel with
-        precomputed per-channel constants.
+        precomputed per-channel constants. Unlike ``__call__`` it always converts to RGB
+        (the reference's ``do_convert_rgb=True``), whatever ``do_convert_rgb`` says: the
+        command line classifies photos, never palette indices.
         """
         if not isinstance(image, Image.Image):
             raise InputError(f"preprocess_pil takes a PIL image, got {type(image).__name__}.")
-        return self._process_one(image, None)
+        return self._process_one(image, None, to_rgb=True)
 
-    def _process_one(self, image: ImageLike, data_format: str | None) -> torch.Tensor:
+    def _process_one(self, image: ImageLike, data_format: str | None, to_rgb: bool = False) -> torch.Tensor:
         """The whole pipeline for one image, in the reference's order."""
-        if isinstance(image, Image.Image):
-            pixels: Image.Image | torch.Tensor = _pil_to_rgb(image)
+        if isinstance(image, Image.Image) and image.mode != "RGB" and not (to_rgb or self.do_convert_rgb):
+            pixels: Image.Image | torch.Tensor = _pil_as_is(image, self.backend)
+        elif isinstance(image, Image.Image):
+            pixels = _pil_to_rgb(image)
         else:
             pixels = _array_to_rgb(image, data_format, self.backend)
             if pixels.is_floating_point() and self.do_rescale and _in_unit_range(pixels):
@@ -803,6 +848,8 @@ class EfficientNetImageProcessor:
         )
         # One pass over the pixels, into a fresh contiguous C×H×W buffer (the input may be a view).
         out = pixels.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        if out.shape[0] == 1:  # one channel read as is: normalising broadcasts it to three, as in the reference
+            return out * scale + shift
         return out.mul_(scale).add_(shift)
 
 

@@ -234,9 +234,9 @@ def test_preprocess_pil_equals_call(backend):
         single = processor.preprocess_pil(photo)
         assert single.shape == (3, 301, 299) and single.dtype == torch.float32 and single.is_contiguous()
         assert torch.equal(single, processor(photo).pixel_values[0])
-    # Non-RGB images are converted on this path too.
+    # Non-RGB images are converted on this path whatever do_convert_rgb says (the CLI classifies photos).
     grey = photos()[1].convert("L")
-    assert torch.equal(processor.preprocess_pil(grey), processor(grey).pixel_values[0])
+    assert torch.equal(processor.preprocess_pil(grey), processor(grey, do_convert_rgb=True).pixel_values[0])
     # Decode workers receive the bound method pickled.
     in_worker = pickle.loads(pickle.dumps(processor.preprocess_pil))
     assert torch.equal(in_worker(photos()[2]), processor.preprocess_pil(photos()[2]))
@@ -253,7 +253,8 @@ def test_other_modes_become_rgb_like_the_reference(backend, mode):
         image.putalpha(alpha)
     reference = REFERENCES[backend](**CASES["hub_include_top"], resample=2, do_convert_rgb=True)
     expected = reference(image, return_tensors="np")["pixel_values"]
-    got = EfficientNetImageProcessor(**CASES["hub_include_top"], resample=2, backend=backend)(image).pixel_values
+    got = EfficientNetImageProcessor(**CASES["hub_include_top"], resample=2, backend=backend,
+                                     do_convert_rgb=True)(image).pixel_values
     assert max_diff(got, expected) <= EXACT
 
 
@@ -261,7 +262,7 @@ def test_other_modes_become_rgb_like_the_reference(backend, mode):
 def test_grey_and_rgba_arrays_match_the_same_pil_image(backend):
     processor = EfficientNetImageProcessor(size=128, backend=backend)
     grey = photos()[1].convert("L")
-    expected = processor(grey).pixel_values
+    expected = processor(grey, do_convert_rgb=True).pixel_values
     assert torch.equal(processor(np.asarray(grey)).pixel_values, expected)
     assert torch.equal(processor(np.asarray(grey)[..., None]).pixel_values, expected)
     opaque = np.concatenate([np.asarray(photos()[2]), np.full((*photos()[2].size[::-1], 1), 255, np.uint8)], axis=2)

@@ -1,0 +1,200 @@
+"""``from_pretrained`` with transformers' keywords: head swaps, loading reports, dtypes, in-memory weights.
+
+:func:`effnet_cli.load_pretrained` (the CLI's loader) refuses any checkpoint that
+does not fit the model exactly. Fine-tuning code written for transformers asks
+for more: a new head (``num_labels=N, ignore_mismatched_sizes=True``), a base
+checkpoint under a classifier, a report of what was and was not loaded
+(``output_loading_info=True``), weights already in memory
+(``from_pretrained(None, config=..., state_dict=...)``). This module gives those
+the reference's semantics: tensors that are missing, or whose shape changed with
+``ignore_mismatched_sizes``, are initialised as the reference initialises them and
+named in the report; a shape mismatch without that flag is an error.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from effnet_cli.config import EfficientNetConfig
+from effnet_cli.errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:
+    from effnet_cli.model import EfficientNetPreTrainedModel
+
+# transformers keywords that change nothing for a local, single-device, eager model.
+_IGNORED = frozenset({
+    "trust_remote_code", "low_cpu_mem_usage", "use_safetensors", "attn_implementation", "token",
+    "force_download", "proxies", "subfolder", "_from_auto", "weights_only", "key_mapping",
+})
+
+
+class MismatchedSizesError(WeightsError, RuntimeError):
+    """A checkpoint tensor has another shape than the model's, and ``ignore_mismatched_sizes`` is off.
+
+    Also a ``RuntimeError``, which is what transformers raises here, so ``except`` clauses written for it still work.
+    """
+
+
+@dataclass
+class LoadingInfo:
+    """What ``from_pretrained`` did with each tensor, as transformers' ``output_loading_info`` reports it."""
+
+    missing_keys: set[str] = field(default_factory=set)  # in the model, not in the checkpoint: initialised
+    unexpected_keys: set[str] = field(default_factory=set)  # in the checkpoint, not in the model: ignored
+    mismatched_keys: set[tuple[str, torch.Size, torch.Size]] = field(default_factory=set)  # (key, checkpoint, model)
+    error_msgs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict transformers 5 returns beside the model."""
+        return {"missing_keys": set(self.missing_keys), "unexpected_keys": set(self.unexpected_keys),
+                "mismatched_keys": set(self.mismatched_keys), "error_msgs": list(self.error_msgs)}
+
+
+def from_pretrained(cls: type[EfficientNetPreTrainedModel], name_or_path: str | Path | None, *,
+                    config: EfficientNetConfig | str | Path | None = None,
+                    state_dict: dict[str, torch.Tensor] | None = None,
+                    ignore_mismatched_sizes: bool = False, output_loading_info: bool = False,
+                    dtype: str | torch.dtype | None = None, torch_dtype: str | torch.dtype | None = None,
+                    device: str | torch.device | None = None, device_map: str | torch.device | None = None,
+                    revision: str | None = None, cache_dir: str | Path | None = None,
+                    local_files_only: bool | None = None, **kwargs: Any
+                    ) -> EfficientNetPreTrainedModel | tuple[EfficientNetPreTrainedModel, dict[str, Any]]:
+    """Build ``cls`` from a checkpoint (directory, variant name, hub id) or from ``config`` + ``state_dict``.
+
+    Other keyword arguments are config changes applied before the model is built
+    (``num_labels``, ``id2label``, ``label2id``, ``output_hidden_states``...), as in
+    transformers. The model comes back in eval mode.
+    """
+    from effnet_cli.hub import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, _dtype, read_state_dict, resolve_files
+
+    for key in _IGNORED & set(kwargs):
+        kwargs.pop(key)
+    source: dict[str, str] = {"source": "memory"}
+    directory = None
+    if name_or_path is not None:
+        directory, source = resolve_files(name_or_path, revision=revision, cache_dir=cache_dir,
+                                          local_files_only=local_files_only)
+    if isinstance(config, (str, Path)):
+        config = EfficientNetConfig.from_pretrained(config, revision=revision, cache_dir=cache_dir,
+                                                    local_files_only=local_files_only)
+    elif config is None:
+        if directory is None:
+            raise ConfigError("from_pretrained(None, ...) needs config= (and state_dict=) to build the model.")
+        try:
+            config = EfficientNetConfig.from_json_file(directory / CONFIG_NAME)
+        except ConfigError as exc:
+            raise ConfigError(f"{directory / CONFIG_NAME}: {exc}") from None
+    elif not isinstance(config, EfficientNetConfig):
+        raise ConfigError(f"config must be an EfficientNetConfig or a path, got {type(config).__name__}.")
+    else:
+        config = copy.deepcopy(config)  # the caller's object stays as it was
+    unknown = sorted(k for k in kwargs if not _is_config_key(config, k))
+    if unknown:
+        raise TypeError(f"from_pretrained() got unexpected keyword argument(s) {', '.join(unknown)}.")
+    config.update(kwargs)
+
+    if state_dict is None:
+        if directory is None:
+            raise WeightsError("from_pretrained(None, ...) needs state_dict= with the weights.")
+        weights = directory / SAFETENSORS_NAME
+        if not weights.is_file():
+            weights = directory / PICKLE_NAME
+        if not weights.is_file():
+            raise WeightsError(f"{directory} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}.")
+        state_dict = read_state_dict(weights)
+        where = str(weights)
+    else:
+        where = "state_dict"
+
+    with torch.device("meta"):
+        model = cls(config)  # no time spent on a random init that the weights replace
+    model = model.to_empty(device="cpu")
+    info = load_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, source=where)
+    fresh = sorted(k for k in info.missing_keys if not k.endswith(".num_batches_tracked"))
+    if fresh:
+        warnings.warn(f"Some weights of {cls.__name__} were not in {where} and were newly initialised: "
+                      f"{', '.join(fresh)}. Train the model before using it.", stacklevel=3)
+    if info.mismatched_keys:
+        shown = ", ".join(f"{k} {tuple(old)} -> {tuple(new)}" for k, old, new in sorted(info.mismatched_keys))
+        warnings.warn(f"Some weights of {cls.__name__} had other shapes in {where} and were newly initialised: "
+                      f"{shown}. Train the model before using it.", stacklevel=3)
+
+    wanted = dtype if dtype is not None else torch_dtype
+    if wanted is None or wanted == "auto":
+        # transformers 5's default: the checkpoint's own dtype, from config.json or else its first float tensor.
+        wanted = (config.extra.get("dtype") or config.extra.get("torch_dtype")
+                  or next((t.dtype for t in state_dict.values() if t.is_floating_point()), None))
+    target_device = device if device is not None else (device_map if isinstance(device_map, (str, torch.device))
+                                                       and device_map != "auto" else None)
+    if wanted is not None or target_device is not None:
+        model = model.to(device=target_device, dtype=_dtype(wanted))
+    model.eval()
+    model.source = source
+    return (model, info.to_dict()) if output_loading_info else model
+
+
+def _is_config_key(config: EfficientNetConfig, key: str) -> bool:
+    # transformers hands keyword arguments the config knows to the config. Unknown keys would go
+    # to the model's constructor, which takes none, so they are an error there too.
+    return key in {f.name for f in fields(config)} - {"extra"} or key in config.extra
+
+
+def load_into(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch.Tensor], *,
+              ignore_mismatched_sizes: bool = False, source: str = "checkpoint") -> LoadingInfo:
+    """Copy ``state_dict`` into ``model``; initialise (as the reference does) what it lacks.
+
+    A base-model checkpoint fits a classifier and vice versa (the ``efficientnet.``
+    prefix is added or dropped, as in transformers). A tensor whose shape differs
+    is an error unless ``ignore_mismatched_sizes``, then it is initialised afresh.
+    """
+    expected = model.state_dict()
+    prefix = model.base_model_prefix + "."
+    wants_prefix = any(k.startswith(prefix) for k in expected)
+    has_prefix = any(k.startswith(prefix) for k in state_dict)
+    if wants_prefix and not has_prefix:
+        state_dict = {prefix + k: v for k, v in state_dict.items()}
+    elif has_prefix and not wants_prefix:
+        state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+    info = LoadingInfo(
+        missing_keys=set(expected) - set(state_dict),
+        unexpected_keys=set(state_dict) - set(expected),
+    )
+    for key in sorted(set(expected) & set(state_dict)):
+        if tuple(expected[key].shape) != tuple(state_dict[key].shape):
+            info.mismatched_keys.add((key, state_dict[key].shape, expected[key].shape))
+    if info.mismatched_keys and not ignore_mismatched_sizes:
+        shown = "; ".join(f"{k}: checkpoint {tuple(old)}, model {tuple(new)}"
+                          for k, old, new in sorted(info.mismatched_keys))
+        raise MismatchedSizesError(f"{source} does not fit this model's config ({shown}); pass ignore_mismatched_sizes=True "
+                           "to initialise those tensors afresh, e.g. for a new num_labels.")
+    mismatched = {k for k, _, _ in info.mismatched_keys}
+    usable = {k: v for k, v in state_dict.items() if k in expected and k not in mismatched}
+    model.load_state_dict(usable, strict=False)
+    _initialise(model, info.missing_keys | mismatched)
+    return info
+
+
+def _initialise(model: EfficientNetPreTrainedModel, keys: set[str]) -> None:
+    """Run the reference's per-module init on every module that owns one of ``keys``, in module order."""
+    # A checkpoint from an older torch lacks only the norms' step counters: those start at zero
+    # without re-initialising the weights and statistics that were loaded.
+    owners = {key.rpartition(".")[0] for key in keys if not key.endswith(".num_batches_tracked")}
+    counters = {key.rpartition(".")[0] for key in keys if key.endswith(".num_batches_tracked")}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name in owners:
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    # The reference's _init_weights first runs transformers' generic init (one normal
+                    # draw per weight), then its own: draw both, so that a seeded head swap gives
+                    # the reference's values, not only their distribution.
+                    nn.init.normal_(module.weight, mean=0.0, std=model.config.initializer_range)
+                model._init_weights(module)
+            if name in counters or (name in owners and isinstance(module, nn.BatchNorm2d)):
+                module.num_batches_tracked.zero_()
