@@ -467,8 +467,10 @@ class EfficientNetConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     def to_json_file(self, path: str | Path) -> None:
-        """Write config.json."""
-        Path(path).write_text(self.to_json_string(), encoding="utf-8")
+        """Write config.json atomically (through :mod:`effnet_cli.output`)."""
+        from effnet_cli.output import write_text
+
+        write_text(path, self.to_json_string())
 
 
 def _check_int(name: str, value: Any, *, minimum: int | None = None, what: str = "") -> None:
