@@ -34,6 +34,8 @@ def make_hostile_corpus(directory: Path, image: bytes) -> list[str]:
     paths = []
     for raw in HOSTILE_NAMES.values():
         target = os.path.join(os.fsencode(directory), raw)
+        # "[/x]" holds a slash, which no file name can: that path runs through a folder "markup [".
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "wb") as fh:
             fh.write(image)
         paths.append(os.fsdecode(target))

@@ -97,32 +97,34 @@ def embed(
     if per_file is not None and resume:
         raise InputError("--resume works with -o; --per-file runs write each file atomically and can simply be rerun.")
     stage = _parse_features(features)
-    paths = gather_inputs(inputs, null)
-    show = progress_enabled(progress, quiet)
-    # Workers and Ray actors load their own copies on their devices; this one checks the options and
-    # serves the decode settings, so it stays on the CPU when they exist.
-    elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
-    engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
-                         not fast_decode, max_pixels, quiet)
-    dim = engine.feature_dim(stage)  # a bad stage number is a usage error, before any work
-    run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size)
-    if per_file is not None:
-        run["workers"] = resolve_workers(workers)
-        return _embed_per_file(engine, partition.select(paths), per_file, run, quiet, show)
-    name = sharded.model_name(variant, model)
-    spec = sharded.engine_spec(engine, name, dtype, compile)
-    settings = sharded.run_settings(engine, name, spec.revision, dtype, not fast_decode,
-                                    features=features or "head", pool=pool, normalize=normalize, dim=dim)
-    if output_dir is not None:
-        job = sharded.make_job("embed", paths, partition, output_dir, shard_size, settings, resume, meta)
-    else:
-        # -o is the one-shard case of the same machinery: same partials, markers, settings check and lock.
-        from effnet_cli.shards import ShardJob
+    # The output's lock first: a second run on the same output is refused before it reads or loads anything.
+    with sharded.output_lock("embed", output=output, output_dir=output_dir, per_file=per_file, partition=partition):
+        paths = gather_inputs(inputs, null)
+        show = progress_enabled(progress, quiet)
+        # Workers and Ray actors load their own copies on their devices; this one checks the options and
+        # serves the decode settings, so it stays on the CPU when they exist.
+        elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
+        engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
+                             not fast_decode, max_pixels, quiet)
+        dim = engine.feature_dim(stage)  # a bad stage number is a usage error, before any work
+        run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size)
+        if per_file is not None:
+            run["workers"] = resolve_workers(workers)
+            return _embed_per_file(engine, partition.select(paths), per_file, run, quiet, show)
+        name = sharded.model_name(variant, model)
+        spec = sharded.engine_spec(engine, name, dtype, compile)
+        settings = sharded.run_settings(engine, name, spec.revision, dtype, not fast_decode,
+                                        features=features or "head", pool=pool, normalize=normalize, dim=dim)
+        if output_dir is not None:
+            job = sharded.make_job("embed", paths, partition, output_dir, shard_size, settings, resume, meta)
+        else:
+            # -o is the one-shard case of the same machinery: same partials, markers, settings check and lock.
+            from effnet_cli.shards import ShardJob
 
-        job = ShardJob(kind="embed", directory=output.parent, paths=partition.select(paths), total=len(paths),
-                       partition=partition, settings=settings, resume=resume, single=output)
-    return sharded.run(job, engine, spec, run, devices=devices, engine_kind=engine_kind, ray_address=ray_address,
-                       ray_actors=ray_actors, workers=workers, quiet=quiet, show=show)
+            job = ShardJob(kind="embed", directory=output.parent, paths=partition.select(paths), total=len(paths),
+                           partition=partition, settings=settings, resume=resume, single=output)
+        return sharded.run(job, engine, spec, run, devices=devices, engine_kind=engine_kind, ray_address=ray_address,
+                           ray_actors=ray_actors, workers=workers, quiet=quiet, show=show)
 
 
 def _embed_per_file(engine, paths: list[str], directory: Path, run: dict, quiet: bool, show: bool) -> int:
@@ -132,14 +134,14 @@ def _embed_per_file(engine, paths: list[str], directory: Path, run: dict, quiet:
     import numpy as np
 
     from effnet_cli.inference import embed_paths
-    from effnet_cli.output import OutputLock, make_dir, write_bytes
+    from effnet_cli.output import make_dir, write_bytes
     from effnet_cli.pathtext import path_fields
     from effnet_cli.writers import manifest_record, per_file_targets
 
     targets = per_file_targets(directory, paths)  # two inputs for one file: refused before anything is written
     make_dir(directory)
     records, failed = [], 0
-    with OutputLock(directory / ".lock_per_file", directory), progress_bar(len(paths), show, "embed") as advance:
+    with progress_bar(len(paths), show, "embed") as advance:
         for batch in embed_paths(engine, paths, **run):
             base = min((r.row for r in batch.results if r.row is not None), default=0)
             for result in batch.results:

@@ -80,6 +80,18 @@ def engine_spec(engine: Any, name: str, dtype: DType, compile: bool) -> Any:
                       draft=engine.draft, max_pixels=engine.max_pixels)
 
 
+def output_lock(kind: str, *, output: Path | None = None, output_dir: Path | None = None,
+                per_file: Path | None = None, partition: Partition = Partition()) -> Any:
+    """The lock of the output a command names, to hold for the whole run (see :mod:`effnet_cli.output.lock`)."""
+    from effnet_cli.shards import hold_lock, lock_path
+
+    if output is not None:
+        return hold_lock(lock_path(kind, output.parent, partition, output), output)
+    if per_file is not None:
+        return hold_lock(per_file.with_name(f".{per_file.name}.lock"), per_file)
+    return hold_lock(lock_path(kind, output_dir, partition), output_dir)
+
+
 def meta_format_of(meta_format: str | None, output_dir: Path | None) -> str:
     """``--meta-format``, checked before any work: parquet (the default) needs pyarrow."""
     from effnet_cli.shards import check_meta_format

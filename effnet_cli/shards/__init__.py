@@ -35,7 +35,13 @@ Modules: :mod:`.partition` (which inputs), :mod:`.job` (file names),
 callbacks.
 """
 
-from effnet_cli.shards.job import DEFAULT_SHARD_SIZE, META_FORMATS, Shard, ShardJob
+from effnet_cli.shards.job import (
+    DEFAULT_SHARD_SIZE,
+    META_FORMATS,
+    Shard,
+    ShardJob,
+    lock_path,
+)
 from effnet_cli.shards.partition import Partition, parse_shard
 from effnet_cli.shards.plan import Plan, Summary, Todo, plan_shards
 from effnet_cli.shards.read import read_embeddings, read_jsonl, read_predictions
@@ -43,6 +49,7 @@ from effnet_cli.shards.run import (
     check_meta_format,
     classify_into_shards,
     embed_into_shards,
+    hold_lock,
     lock_output,
     parquet_available,
 )
@@ -74,6 +81,8 @@ __all__ = [
     "read_predictions",
     "read_jsonl",
     "lock_output",
+    "hold_lock",
+    "lock_path",
     "parquet_available",
     "check_meta_format",
 ]

@@ -27,7 +27,7 @@ from typing import Any
 from effnet_cli.errors import InputError
 from effnet_cli.shards.partition import Partition
 
-__all__ = ["DEFAULT_SHARD_SIZE", "MARKER_FORMAT", "META_FORMATS", "KINDS", "ShardJob", "Shard"]
+__all__ = ["DEFAULT_SHARD_SIZE", "MARKER_FORMAT", "META_FORMATS", "KINDS", "ShardJob", "Shard", "lock_path"]
 
 # 10 000 rows of 1280 float32 features is ~50 MB: big enough that a million
 # images make a hundred files, small enough that a redone shard costs minutes.
@@ -36,6 +36,13 @@ DEFAULT_SHARD_SIZE = 10_000
 MARKER_FORMAT = "effnet-shards/2"
 META_FORMATS = ("parquet", "jsonl")
 KINDS = {"embed": "emb", "classify": "pred"}  # command -> stem of its data files and markers
+
+
+def lock_path(kind: str, directory: Path, partition: Partition, single: Path | None = None) -> Path:
+    """The lock file of an output: ``.OUT.npy.lock`` beside ``-o``, ``DIR/.lock_emb[_p001of004]`` in a directory."""
+    if single is not None:
+        return Path(single).with_name(f".{Path(single).name}.lock")
+    return Path(directory) / f".lock_{KINDS[kind]}_{partition.tag}".rstrip("_")
 
 
 @dataclass
@@ -104,9 +111,7 @@ class ShardJob:
 
     def lock_path(self) -> Path:
         """The lock file of this job's output (one per partition in a shared directory)."""
-        if self.single is not None:
-            return self.single.with_name(f".{self.single.name}.lock")
-        return self.directory / f".lock_{self.stem}_{self.partition.tag}".rstrip("_")
+        return lock_path(self.kind, self.directory, self.partition, self.single)
 
     def marker(self, number: int) -> Path:
         """The completion marker of shard ``number``."""

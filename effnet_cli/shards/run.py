@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from effnet_cli.errors import InputError
@@ -11,7 +14,7 @@ from effnet_cli.shards.job import ShardJob
 from effnet_cli.shards.plan import Plan, Summary, plan_shards
 from effnet_cli.shards.writer import FailureFn, ProgressFn, write_shards
 
-__all__ = ["embed_into_shards", "classify_into_shards", "lock_output", "parquet_available", "check_meta_format"]
+__all__ = ["embed_into_shards", "classify_into_shards", "lock_output", "hold_lock", "parquet_available", "check_meta_format"]
 
 
 def parquet_available() -> bool:
@@ -30,12 +33,30 @@ def check_meta_format(meta_format: str) -> None:
         raise InputError("--meta-format parquet needs pyarrow (pip install pyarrow); or pass --meta-format jsonl.")
 
 
-def lock_output(job: ShardJob) -> OutputLock:
-    """The lock of ``job``'s output (its file, or its partition of the directory); use as a context manager."""
+_HELD: set[Path] = set()  # lock files this process holds, so an early lock is not taken twice
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path, output: Path) -> Iterator[None]:
+    """Hold the lock file ``path`` of ``output`` for the block (a no-op when this process already holds it)."""
     from effnet_cli.output.atomic import make_dir
 
-    make_dir(job.directory)
-    return OutputLock(job.lock_path(), job.output)
+    path = Path(os.path.abspath(path))
+    if path in _HELD:
+        yield
+        return
+    make_dir(path.parent)
+    with OutputLock(path, output):
+        _HELD.add(path)
+        try:
+            yield
+        finally:
+            _HELD.discard(path)
+
+
+def lock_output(job: ShardJob) -> contextlib.AbstractContextManager[None]:
+    """The lock of ``job``'s output (its file, or its partition of the directory), as a context manager."""
+    return hold_lock(job.lock_path(), job.output)
 
 
 def _run(engine: Any, job: ShardJob, batches_for: Callable[[list[str]], Any], on_plan: Callable[[Plan], None] | None,

@@ -30,6 +30,7 @@ from effnet_cli.output.npy import NpyAppender
 from effnet_cli.pathtext import path_fields, split_records
 from effnet_cli.shards.job import MARKER_FORMAT, ShardJob
 from effnet_cli.shards.plan import Plan, Summary, Todo, recorded_settings
+from effnet_cli.writers import classify_record
 
 __all__ = ["ShardWriter", "write_shards", "write_embed_shards", "write_classify_shards"]
 
@@ -129,8 +130,6 @@ class ShardWriter:
                     record["error"] = result.error
                 self.rows += result.error is None
             else:
-                from effnet_cli.writers import classify_record
-
                 fields = {k: v for k, v in classify_record(result).items() if k != "path"}
                 record = {"index": index, **path_fields(path), **fields}
             self.failures += result.error is not None
