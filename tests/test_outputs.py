@@ -141,6 +141,17 @@ def test_hostile_names_through_output_dir(b0_small_dir: Path, hostile: list[str]
     assert [by_index[i] for i in sorted(by_index)] == hostile
 
 
+def test_hostile_names_through_classify_output_dir(b0_small_dir: Path, hostile: list[str], tmp_path: Path) -> None:
+    from effnet_cli.shards import read_predictions
+
+    out = tmp_path / "preds"
+    _assert_clean(run(["classify", *hostile, "--model", str(b0_small_dir), "-j", "0", "--output-dir", str(out)]))
+    records = read_predictions(out)
+    assert [r["path"] for r in records] == hostile and all(len(r["predictions"]) == 5 for r in records)
+    raw = _jsonl(next(out.glob("pred_*.jsonl")))
+    assert [path_from_fields(r) for r in raw] == hostile
+
+
 # ------------------------------------------------------------------ settings (2, 11) and SIGKILL
 
 
