@@ -1,8 +1,7 @@
 """The output layer: any file name, a killed or doubled run, another umask — nothing lost, mixed or clobbered.
 
-Each test is a reproduction a careful user hit (the numbers in the names refer
-to the list in docs/failures.md, "Writing outputs"), run through the real
-commands.
+Each test is a failure a careful user hit, run through the real commands; the
+rules they check are in docs/failures.md, "Writing outputs".
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ def _lines(path: Path) -> int:
         return 0
 
 
-# ------------------------------------------------------------------ hostile names (1, 7)
+# ------------------------------------------------------------------ any file name
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +135,11 @@ def test_hostile_names_through_output_dir(b0_small_dir: Path, hostile: list[str]
     reader = EmbeddingReader(str(out), file_format="parquet_npy", meta_columns=["path", "path_bytes", "index"],
                              metadata_folder=str(out))
     (embeddings, meta), = list(reader(batch_size=100, show_progress=False))
-    by_index = dict(zip(meta["index"], (path_from_fields({"path": p, "path_bytes": b})
-                                        for p, b in zip(meta["path"], meta["path_bytes"]))))
+    paths = [path_from_fields({"path": p, "path_bytes": b}) for p, b in zip(meta["path"], meta["path_bytes"],
+                                                                             strict=True)]
+    by_index = dict(zip(meta["index"], paths, strict=True))
     assert [by_index[i] for i in sorted(by_index)] == hostile
+    assert embeddings.shape == (len(hostile), 1280)
 
 
 def test_hostile_names_through_classify_output_dir(b0_small_dir: Path, hostile: list[str], tmp_path: Path) -> None:
@@ -152,7 +153,7 @@ def test_hostile_names_through_classify_output_dir(b0_small_dir: Path, hostile: 
     assert [path_from_fields(r) for r in raw] == hostile
 
 
-# ------------------------------------------------------------------ settings (2, 11) and SIGKILL
+# ------------------------------------------------------------------ the settings check, after SIGKILL
 
 
 def test_resume_after_sigkill_refuses_changed_settings_and_finishes_identically(b0_small_dir: Path,
@@ -212,7 +213,7 @@ def test_meta_format_parquet_without_pyarrow_is_one_line(b0_small_dir: Path, pho
     assert res.exit_code == 2 and "--meta-format jsonl" in res.stderr and "pyarrow" in res.stderr
 
 
-# ------------------------------------------------------------------ one writer at a time (3)
+# ------------------------------------------------------------------ one writer at a time, no symlinks
 
 
 def test_two_concurrent_writers_one_proceeds_the_other_is_refused_at_once(b0_small_dir: Path,
@@ -277,7 +278,7 @@ def test_temporary_files_are_created_exclusively(tmp_path: Path, monkeypatch: py
     assert target.read_text() == "{}\n" and victim.read_text() == "precious\n" and planted.is_symlink()
 
 
-# ------------------------------------------------------------------ convert --overwrite (4)
+# ------------------------------------------------------------------ convert --overwrite
 
 
 def test_convert_overwrite_refuses_a_directory_with_files_it_did_not_write(tmp_path: Path) -> None:
@@ -299,7 +300,7 @@ def test_convert_overwrite_refuses_a_directory_with_files_it_did_not_write(tmp_p
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
 
 
-# ------------------------------------------------------------------ --per-file collisions (6)
+# ------------------------------------------------------------------ --per-file collisions
 
 
 def test_per_file_refuses_two_inputs_for_one_file(b0_small_dir: Path, photos: list[Path], tmp_path: Path,
@@ -314,7 +315,7 @@ def test_per_file_refuses_two_inputs_for_one_file(b0_small_dir: Path, photos: li
     assert not (tmp_path / "work" / "feats").exists()  # refused before anything was written
 
 
-# ------------------------------------------------------------------ modes (10)
+# ------------------------------------------------------------------ modes
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
