@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from effnet_cli.errors import InputError
-from effnet_cli.output.npy import NpyAppender
 from effnet_cli.pathtext import display_path, path_fields
 from effnet_cli.results import Result
 
 MACHINE_FORMATS = ("json", "jsonl", "csv", "tsv")
 NAME_MAX = 255  # bytes in one file name on every common Linux filesystem
-__all__ = ["MACHINE_FORMATS", "classify_record", "RecordWriter", "NpyAppender", "manifest_record",
+__all__ = ["MACHINE_FORMATS", "classify_record", "RecordWriter", "manifest_record",
            "per_file_target", "per_file_targets"]
 
 

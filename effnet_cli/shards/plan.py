@@ -192,6 +192,8 @@ def _recover(job: ShardJob, shard: Shard) -> Todo:
     if marker.get("paths_sha256") != shard.fingerprint():
         raise InputError(f"{display_path(partials['marker'])} was written for other inputs; resume needs the "
                          f"same input list, or use another output.")
+    if any(os.path.islink(p) for p in partials.values()):
+        return Todo(shard)  # not ours: never read or written through; the shard starts over
     try:
         lines = _complete_lines(partials["records"])
     except OSError:
