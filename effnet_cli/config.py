@@ -539,8 +539,10 @@ class EfficientNetConfig:
             raise ConfigError(f"The config holds a value JSON cannot store: {exc}.") from None
 
     def to_json_file(self, path: str | Path, use_diff: bool = True) -> None:
-        """Write config.json."""
-        Path(path).write_text(self.to_json_string(), encoding="utf-8")
+        """Write config.json atomically (through :mod:`effnet_cli.output`)."""
+        from effnet_cli.output import write_text
+
+        write_text(path, self.to_json_string())
 
     def save_pretrained(self, directory: str | Path, **kwargs: Any) -> None:
         """Write ``config.json`` into ``directory`` (created if needed), as transformers does."""

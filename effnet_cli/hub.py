@@ -151,15 +151,17 @@ def load_weights(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch
 def save_pretrained(model: EfficientNetPreTrainedModel, directory: str | Path,
                     processor: EfficientNetImageProcessor | None = None) -> Path:
     """Write config.json, model.safetensors and (when given) preprocessor_config.json to ``directory``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    from effnet_cli.output import make_dir, write_bytes, write_text
+
+    directory = make_dir(directory)
     config = dict(model.config.to_dict())
     config.setdefault("architectures", [type(model).__name__])
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", "utf-8")
+    write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
+    # Through the output layer (atomic, umask modes), not safetensors' own file writer.
+    write_bytes(directory / SAFETENSORS_NAME, save(tensors, metadata={"format": "pt"}))
     if processor is not None:
         processor.to_json_file(directory / PROCESSOR_NAME)
     return directory

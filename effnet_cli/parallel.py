@@ -10,7 +10,7 @@ per-input failures through a queue, so the parent shows one progress bar.
 
 A worker that dies (out of memory, a driver fault, SIGKILL) costs only its
 unfinished shard: the others finish, the run ends with a
-:class:`WorkerError`, and ``--resume`` redoes exactly the unfinished shards.
+:class:`WorkerError`, and ``--resume`` finishes exactly the unfinished shards.
 Nothing here prints.
 """
 

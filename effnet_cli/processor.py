@@ -28,7 +28,6 @@ import copy
 import json
 import math
 import os
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -622,16 +621,9 @@ class EfficientNetImageProcessor:
         """Write :meth:`to_json_string` to ``path`` atomically (a reader never sees half a file)."""
         path = Path(path)
         text = self.to_json_string()
-        # A unique sibling, then a rename; open() rather than mkstemp so the file gets the
-        # usual umask permissions instead of mkstemp's owner-only ones.
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(temporary, "x", encoding="utf-8") as stream:
-                stream.write(text)
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        from effnet_cli.output import write_text
+
+        write_text(path, text)
         return path
 
     @classmethod

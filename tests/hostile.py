@@ -34,7 +34,7 @@ def make_hostile_corpus(directory: Path, image: bytes) -> list[str]:
     paths = []
     for raw in HOSTILE_NAMES.values():
         target = os.path.join(os.fsencode(directory), raw)
-        # A name with "/" (the closing tag) is a path: its first part is a directory.
+        # "[/x]" holds a slash, which no file name can: that path runs through a folder "markup [".
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "wb") as fh:
             fh.write(image)

@@ -27,7 +27,7 @@ from effnet_cli.convert import (  # noqa: E402
     read_checkpoint,
     source_module,
 )
-from effnet_cli.errors import ConfigError, WeightsError  # noqa: E402
+from effnet_cli.errors import ConfigError, InputError, WeightsError  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -419,6 +419,11 @@ def test_output_directory_is_written_atomically(torchvision_b0, tmp_path):
     with pytest.raises(WeightsError, match="not empty"):
         convert_checkpoint(path, out)
     assert (out / "notes.txt").read_text() == "mine"
-    convert_checkpoint(path, out, overwrite=True)
+    with pytest.raises(InputError, match="notes.txt"):  # --overwrite never deletes a file convert did not write
+        convert_checkpoint(path, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    convert_checkpoint(path, out)  # an empty directory is filled
+    convert_checkpoint(path, out, overwrite=True)  # one holding only convert's own files is replaced
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directories left behind

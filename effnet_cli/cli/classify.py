@@ -101,9 +101,9 @@ def classify(
                              f"{engine.config.num_labels} classes.")
         name = sharded.model_name(variant, model)
         spec = sharded.engine_spec(engine, name, dtype, compile)
-        settings = {"model": name, "revision": spec.revision, "top_k": top_k, "threshold": threshold,
-                    "labels": str(labels.resolve()) if labels is not None else None, "dtype": dtype.value,
-                    "decode": "full" if full_decode else "reduced", "max_pixels": engine.max_pixels}
+        settings = sharded.run_settings(engine, name, spec.revision, dtype, full_decode, top_k=top_k,
+                                        threshold=threshold,
+                                        labels=str(labels.resolve()) if labels is not None else None)
         job = sharded.make_job("classify", paths, partition, output_dir, shard_size, settings, resume)
         return sharded.run(job, engine, spec,
                            dict(top_k=top_k, threshold=threshold, labels=names, batch_size=batch_size),

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -226,14 +225,10 @@ def print_scaling(console: Console, phi: float, config: EfficientNetConfig) -> N
 
 
 def write_json_atomic(target: Path, text: str) -> None:
-    """Write ``text`` through a temporary file and a rename, so an interrupted save leaves no half file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write ``text`` through the output layer: atomic, and with the umask's mode."""
+    from effnet_cli.output import write_text
+
+    write_text(target, text)
 
 
 def output_path(output: Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,10 +11,8 @@ import typer
 from effnet_cli.cli import options as opt
 from effnet_cli.cli.common import gather_inputs, load_engine, resolve_workers
 from effnet_cli.cli.render import (
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
-    error_line,
     progress_bar,
     progress_enabled,
     report_failure,
@@ -45,6 +42,7 @@ def embed(
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise each row.")] = False,
     resume: opt.Resume = False,
     output_dir: opt.OutputDir = None,
+    meta_format: opt.MetaFormat = None,
     shard_size: opt.ShardSize = None,
     shard: opt.Shard = None,
     devices: opt.Devices = None,
@@ -91,6 +89,7 @@ def embed(
     sharded.check_options(output_dir=output_dir, shard_size=shard_size, devices=devices, engine=engine_kind,
                           ray_address=ray_address, ray_actors=ray_actors, device=device)
     partition = sharded.partition_of(shard)
+    meta = sharded.meta_format_of(meta_format, output_dir)
     if pool not in POOLS:
         raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}.")
     if output is not None and output.suffix != ".npy":
@@ -98,123 +97,49 @@ def embed(
     if per_file is not None and resume:
         raise InputError("--resume works with -o; --per-file runs write each file atomically and can simply be rerun.")
     stage = _parse_features(features)
-    paths = gather_inputs(inputs, null)
-    show = progress_enabled(progress, quiet)
-    if output_dir is not None:
+    # The output's lock first: a second run on the same output is refused before it reads or loads anything.
+    with sharded.output_lock("embed", output=output, output_dir=output_dir, per_file=per_file, partition=partition):
+        paths = gather_inputs(inputs, null)
+        show = progress_enabled(progress, quiet)
         # Workers and Ray actors load their own copies on their devices; this one checks the options and
         # serves the decode settings, so it stays on the CPU when they exist.
         elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
         engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
                              not fast_decode, max_pixels, quiet)
-        dim = engine.feature_dim(stage)
+        dim = engine.feature_dim(stage)  # a bad stage number is a usage error, before any work
+        run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size)
+        if per_file is not None:
+            run["workers"] = resolve_workers(workers)
+            return _embed_per_file(engine, partition.select(paths), per_file, run, quiet, show)
         name = sharded.model_name(variant, model)
         spec = sharded.engine_spec(engine, name, dtype, compile)
-        settings = {"model": name, "revision": spec.revision, "features": features or "head", "pool": pool,
-                    "normalize": normalize, "dtype": dtype.value, "dim": dim,
-                    "decode": "fast" if fast_decode else "exact", "max_pixels": engine.max_pixels}
-        job = sharded.make_job("embed", paths, partition, output_dir, shard_size, settings, resume)
-        return sharded.run(job, engine, spec, dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size),
-                           devices=devices, engine_kind=engine_kind, ray_address=ray_address, ray_actors=ray_actors,
-                           workers=workers, quiet=quiet, show=show)
-    paths = partition.select(paths)
-    engine = load_engine(variant, model, revision, device, dtype, compile, not fast_decode, max_pixels, quiet)
-    engine.feature_dim(stage)  # a bad stage number is a usage error, before any work
-    run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size, workers=resolve_workers(workers))
-    if per_file is not None:
-        return _embed_per_file(engine, paths, per_file, run, quiet, show)
-    return _embed_to_array(engine, paths, output, run, resume, quiet, show)
+        settings = sharded.run_settings(engine, name, spec.revision, dtype, not fast_decode,
+                                        features=features or "head", pool=pool, normalize=normalize, dim=dim)
+        if output_dir is not None:
+            job = sharded.make_job("embed", paths, partition, output_dir, shard_size, settings, resume, meta)
+        else:
+            # -o is the one-shard case of the same machinery: same partials, markers, settings check and lock.
+            from effnet_cli.shards import ShardJob
 
-
-def _embed_to_array(engine, paths: list[str], output: Path, run: dict, resume: bool, quiet: bool, show: bool) -> int:
-    from effnet_cli.inference import embed_paths
-    from effnet_cli.writers import NpyAppender, manifest_record
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    manifest = output.with_suffix(".jsonl")
-    part_npy, part_manifest = output.with_name(output.name + ".partial"), manifest.with_name(manifest.name + ".partial")
-    dim = engine.feature_dim(run["stage"])
-    out_dtype = engine.output_numpy_dtype
-
-    start, rows, failed = 0, 0, 0
-    if resume and part_manifest.exists() and part_npy.exists():
-        start, rows, failed = _recover(paths, part_manifest, part_npy, dim)
-    elif resume and output.exists() and manifest.exists() and not part_manifest.exists():
-        done = _read_manifest(manifest)
-        if [r["path"] for r in done] == list(paths):
-            if not quiet:
-                error_line(f"{output} is already complete; nothing to resume.")
-            return EXIT_SOME_FAILED if any(r.get("error") for r in done) else EXIT_OK
-        raise InputError(f"{output} is complete but for other inputs; remove it or drop --resume.")
-    else:
-        part_manifest.write_text("", encoding="utf-8")
-
-    array = NpyAppender(part_npy, dim, out_dtype, rows=rows)
-    try:
-        with open(part_manifest, "a", encoding="utf-8") as mf, \
-                progress_bar(len(paths), show, "embed") as advance:
-            advance(start)
-            for batch in embed_paths(engine, paths, start=start, first_row=rows, **run):
-                # Rows first, manifest second: after a kill the manifest never names a row the array lacks.
-                array.append(batch.features)
-                array.flush()
-                for result in batch.results:
-                    if not result.ok:
-                        failed += 1
-                        report_failure(result, quiet)
-                    mf.write(json.dumps(manifest_record(result), ensure_ascii=False) + "\n")
-                mf.flush()
-                os.fsync(mf.fileno())
-                advance(len(batch.results))
-    except KeyboardInterrupt:
-        array.close()
-        error_line(f"interrupted; rerun the same command with --resume to finish {output}")
-        return EXIT_INTERRUPTED
-    array.close()
-    os.replace(part_npy, output)
-    os.replace(part_manifest, manifest)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
-
-
-def _read_manifest(path: Path) -> list[dict]:
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.endswith("\n"):
-                break  # a line cut short by a kill: not a record
-            records.append(json.loads(line))
-    return records
-
-
-def _recover(paths: list[str], part_manifest: Path, part_npy: Path, dim: int) -> tuple[int, int, int]:
-    """Where an interrupted run stopped: (inputs done, rows written, failures), after trimming torn writes."""
-    import numpy as np
-
-    records = _read_manifest(part_manifest)
-    if [r["path"] for r in records] != list(paths[: len(records)]):
-        raise InputError("The interrupted run had different inputs; rerun without --resume to start over.")
-    rows = sum(1 for r in records if r.get("row") is not None)
-    try:
-        header = np.load(part_npy, mmap_mode="r")
-        have = header.shape[0] if header.ndim == 2 and header.shape[1] == dim else -1
-    except (ValueError, OSError):
-        have = -1
-    if have < rows:
-        raise InputError(f"{part_npy} does not match its manifest; rerun without --resume to start over.")
-    # Keep exactly the complete manifest lines; the array is trimmed to `rows` when reopened.
-    with open(part_manifest, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return len(records), rows, sum(1 for r in records if r.get("error"))
+            job = ShardJob(kind="embed", directory=output.parent, paths=partition.select(paths), total=len(paths),
+                           partition=partition, settings=settings, resume=resume, single=output)
+        return sharded.run(job, engine, spec, run, devices=devices, engine_kind=engine_kind, ray_address=ray_address,
+                           ray_actors=ray_actors, workers=workers, quiet=quiet, show=show)
 
 
 def _embed_per_file(engine, paths: list[str], directory: Path, run: dict, quiet: bool, show: bool) -> int:
+    """One .npy per input under ``directory`` (paths mirrored), each published atomically, then a manifest."""
     import io
 
     import numpy as np
 
     from effnet_cli.inference import embed_paths
-    from effnet_cli.writers import atomic_write_bytes, manifest_record, per_file_target
+    from effnet_cli.output import make_dir, write_bytes
+    from effnet_cli.pathtext import path_fields
+    from effnet_cli.writers import manifest_record, per_file_targets
 
-    directory.mkdir(parents=True, exist_ok=True)
+    targets = per_file_targets(directory, paths)  # two inputs for one file: refused before anything is written
+    make_dir(directory)
     records, failed = [], 0
     with progress_bar(len(paths), show, "embed") as advance:
         for batch in embed_paths(engine, paths, **run):
@@ -225,13 +150,16 @@ def _embed_per_file(engine, paths: list[str], directory: Path, run: dict, quiet:
                     report_failure(result, quiet)
                     records.append(manifest_record(result, file=None))
                     continue
-                target = per_file_target(directory, result.path)
-                target.parent.mkdir(parents=True, exist_ok=True)
+                target = targets[result.path]
+                make_dir(target.parent)
                 buf = io.BytesIO()
                 np.save(buf, batch.features[result.row - base])
-                atomic_write_bytes(target, buf.getvalue())
-                records.append(manifest_record(result, file=str(target.relative_to(directory))))
+                write_bytes(target, buf.getvalue())
+                relative = path_fields(target.relative_to(directory))
+                records.append(manifest_record(result, file=relative["path"],
+                                               **({"file_bytes": relative["path_bytes"]}
+                                                  if "path_bytes" in relative else {})))
             advance(len(batch.results))
-    atomic_write_bytes(directory / "manifest.jsonl",
-          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+        write_bytes(directory / "manifest.jsonl",
+                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
     return EXIT_SOME_FAILED if failed else EXIT_OK

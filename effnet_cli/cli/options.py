@@ -77,6 +77,10 @@ OutputDir = Annotated[Optional[Path], typer.Option(
 ShardSize = Annotated[Optional[int], typer.Option(
     "--shard-size", min=1, help="Inputs per shard file, with --output-dir. [default: 10000]",
     rich_help_panel=SCALE_PANEL, show_default=False)]
+MetaFormat = Annotated[Optional[str], typer.Option(
+    "--meta-format", help="Metadata of embed shards: parquet (needs pyarrow) or jsonl. Recorded in every marker, "
+                          "so runs sharing a directory must agree. [default: parquet]",
+    rich_help_panel=SCALE_PANEL, show_default=False)]
 Shard = Annotated[Optional[str], typer.Option(
     "--shard", help="Process only partition I of N: the inputs whose position in the input list is I mod N "
                     "(e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT).",

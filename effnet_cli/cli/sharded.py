@@ -23,7 +23,14 @@ from effnet_cli.cli.render import (
     report_failure,
 )
 from effnet_cli.errors import InputError
-from effnet_cli.shards import DEFAULT_SHARD_SIZE, Partition, ShardJob, parse_shard
+from effnet_cli.pathtext import display_path
+from effnet_cli.shards import (
+    DEFAULT_SHARD_SIZE,
+    META_FORMATS,
+    Partition,
+    ShardJob,
+    parse_shard,
+)
 
 
 def partition_of(shard: str | None) -> Partition:
@@ -73,20 +80,82 @@ def engine_spec(engine: Any, name: str, dtype: DType, compile: bool) -> Any:
                       draft=engine.draft, max_pixels=engine.max_pixels)
 
 
-def make_job(kind: str, all_paths: list[str], partition: Partition, output_dir: Path, shard_size: int | None,
-             settings: dict[str, Any], resume: bool) -> ShardJob:
-    """The shard job of this partition of ``all_paths``."""
-    from effnet_cli.shards import parquet_available
+def output_lock(kind: str, *, output: Path | None = None, output_dir: Path | None = None,
+                per_file: Path | None = None, partition: Partition = Partition()) -> Any:
+    """The lock of the output a command names, to hold for the whole run (see :mod:`effnet_cli.output.lock`)."""
+    from effnet_cli.shards import hold_lock, lock_path
 
+    if output is not None:
+        return hold_lock(lock_path(kind, output.parent, partition, output), output)
+    if per_file is not None:
+        return hold_lock(per_file.with_name(f".{per_file.name}.lock"), per_file)
+    return hold_lock(lock_path(kind, output_dir, partition), output_dir)
+
+
+def meta_format_of(meta_format: str | None, output_dir: Path | None) -> str:
+    """``--meta-format``, checked before any work: parquet (the default) needs pyarrow."""
+    from effnet_cli.shards import check_meta_format
+
+    if meta_format is None:
+        meta_format = "parquet"
+    elif output_dir is None:
+        raise InputError("--meta-format chooses the metadata of --output-dir shards; add --output-dir DIR.")
+    if meta_format not in META_FORMATS:
+        raise InputError(f"--meta-format must be one of {', '.join(META_FORMATS)}, got {meta_format!r}.")
+    if output_dir is not None:
+        check_meta_format(meta_format)
+    return meta_format
+
+
+def _weights_identity(name: str, engine: Any, revision: str | None) -> str:
+    """What identifies the weights: the hub commit, else the SHA-256 of the local checkpoint file."""
+    from effnet_cli.output.settings import file_sha256
+
+    if revision:
+        return f"revision:{revision}"
+    source = engine.source or {}
+    directory = Path(name)
+    for candidate in (directory / "model.safetensors", directory / "pytorch_model.bin"):
+        if candidate.is_file():
+            return f"sha256:{file_sha256(candidate)}"
+    return "source:" + ",".join(f"{k}={v}" for k, v in sorted(source.items()))
+
+
+def run_settings(engine: Any, name: str, revision: str | None, dtype: DType, full_decode: bool,
+                 **specific: Any) -> dict[str, Any]:
+    """The settings fingerprint of a run, stored in every partial and marker and checked on resume.
+
+    Model identity and weights (hash or hub revision), dtype, decode mode,
+    pixel limit and the processor's whole preprocessing, plus what the
+    command adds (features, pool, normalize, width ...).
+    """
+    return {"model": name, "weights": _weights_identity(name, engine, revision), "dtype": dtype.value,
+            "decode": "full" if full_decode else "reduced", "max_pixels": engine.max_pixels,
+            "preprocessing": engine.processor.to_dict(), **specific}
+
+
+def make_job(kind: str, all_paths: list[str], partition: Partition, output_dir: Path, shard_size: int | None,
+             settings: dict[str, Any], resume: bool, meta_format: str = "parquet") -> ShardJob:
+    """The shard job of this partition of ``all_paths``."""
     return ShardJob(kind=kind, directory=output_dir, paths=partition.select(all_paths), total=len(all_paths),
                     partition=partition, shard_size=shard_size or DEFAULT_SHARD_SIZE, settings=settings,
-                    resume=resume, meta_format="parquet" if parquet_available() else "jsonl")
+                    resume=resume, meta_format=meta_format)
 
 
 def run(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, Any], *, devices: str | None,
         engine_kind: EngineKind, ray_address: str | None, ray_actors: int | None, workers: int | None,
         quiet: bool, show: bool) -> int:
-    """Run ``job`` on the chosen engine with one progress bar; the exit status."""
+    """Run ``job`` on the chosen engine with one progress bar, holding the output's lock; the exit status."""
+    from effnet_cli.shards import lock_output
+
+    with lock_output(job):
+        return _run_locked(job, engine, spec, run_options, devices=devices, engine_kind=engine_kind,
+                           ray_address=ray_address, ray_actors=ray_actors, workers=workers, quiet=quiet, show=show)
+
+
+def _run_locked(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, Any], *, devices: str | None,
+                engine_kind: EngineKind, ray_address: str | None, ray_actors: int | None, workers: int | None,
+                quiet: bool, show: bool) -> int:
     from effnet_cli.data import default_workers
 
     device_list = None
@@ -122,9 +191,12 @@ def run(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, Any], *, d
                 into = shards.embed_into_shards if job.kind == "embed" else shards.classify_into_shards
                 summary = into(engine, job, run_options, on_plan=skip_kept, **report)
     except KeyboardInterrupt:
-        error_line(f"interrupted; finished shards are kept: rerun the same command with --resume to finish "
-                   f"{job.directory}")
+        error_line(f"interrupted; what was written is kept: rerun the same command with --resume to finish "
+                   f"{display_path(job.output)}")
         return EXIT_INTERRUPTED
     if summary.shards_written == 0 and summary.shards_kept and not quiet:
-        info_line(f"every shard in {job.directory} was already finished; nothing to resume.")
+        if job.single is not None:
+            info_line(f"{display_path(job.output)} is already complete; nothing to resume.")
+        else:
+            info_line(f"every shard in {display_path(job.directory)} was already finished; nothing to resume.")
     return EXIT_SOME_FAILED if summary.failures else EXIT_OK

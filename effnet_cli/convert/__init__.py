@@ -17,9 +17,7 @@ The output directory holds ``config.json``, ``model.safetensors`` and a
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from effnet_cli.convert.common import (
     compare_outputs,
     pixel_values_from_raw,
 )
-from effnet_cli.errors import ConfigError, WeightsError
+from effnet_cli.errors import ConfigError, InputError, WeightsError
 
 if TYPE_CHECKING:
     from effnet_cli.model import EfficientNetForImageClassification
@@ -269,66 +267,61 @@ def convert_checkpoint(src: str | Path, out_dir: str | Path, *, source: str | No
 
 
 def _check_destination(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a destination convert must not write: a file, a non-empty directory, or (even with
+    ``overwrite``) a directory holding anything but effnet's own model files."""
+    from effnet_cli.output import MODEL_DIR_FILES, foreign_files
+    from effnet_cli.pathtext import display_path
+
     if out_dir.exists() and not out_dir.is_dir():
-        raise WeightsError(f"{out_dir} exists and is not a directory.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise WeightsError(f"{out_dir} is not empty; choose a new output directory or allow overwriting.")
+        raise WeightsError(f"{display_path(out_dir)} exists and is not a directory.")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise WeightsError(f"{display_path(out_dir)} is not empty; choose a new output directory or allow "
+                               f"overwriting.")
+        foreign = foreign_files(out_dir)
+        if foreign:
+            shown = ", ".join(display_path(name) for name in foreign[:5]) + (
+                f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise InputError(f"{display_path(out_dir)} holds files convert did not write ({shown}); "
+                               f"--overwrite only replaces {', '.join(MODEL_DIR_FILES)}: move them away or "
+                               f"choose another directory.")
 
 
 def _write_atomically(out_dir: Path, model: EfficientNetForImageClassification, preprocessing: dict[str, Any], *, overwrite: bool) -> None:
     """Write into a hidden sibling directory, then rename it into place.
 
-    A crash or a kill leaves at most a hidden ``.NAME.tmp-*`` directory, never a
+    A crash or a kill leaves at most a hidden ``.NAME.*.tmp`` directory, never a
     half-written ``out_dir``; two processes writing the same directory end with
     one complete copy.
     """
     import json
 
     from effnet_cli.hub import PROCESSOR_NAME, save_pretrained
+    from effnet_cli.output import temp_dir, write_text
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temp_dir(out_dir)
     try:
         save_pretrained(model, tmp)
-        text = json.dumps(preprocessing, indent=2, sort_keys=True) + "\n"
-        (tmp / PROCESSOR_NAME).write_text(text, encoding="utf-8")
+        write_text(tmp / PROCESSOR_NAME, json.dumps(preprocessing, indent=2, sort_keys=True) + "\n")
         if not publish_directory(tmp, out_dir, replace=overwrite):
-            raise WeightsError(f"{out_dir} was filled by another process during the conversion; it was left as it is.")
+            raise WeightsError(f"{out_dir} was filled by another process during the conversion, or holds files "
+                               f"convert did not write; it was left as it is.")
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # our own temporary directory, nothing else
 
 
 def publish_directory(tmp: Path, final: Path, *, replace: bool) -> bool:
     """Rename a finished ``tmp`` directory to ``final``; True if ours won.
 
-    An existing empty ``final`` is replaced; an existing non-empty one is replaced
-    only with ``replace`` (moved aside first, so readers never see a mix). When
-    another process published ``final`` first and ``replace`` is false, ``tmp``
-    is left for the caller to remove and False is returned.
+    An existing empty ``final`` is replaced; an existing non-empty one only with
+    ``replace`` and only when it holds nothing but effnet's own model files
+    (moved aside first, so readers never see a mix). Otherwise ``tmp`` is left
+    for the caller to remove and False is returned.
     """
-    old = None
-    if final.is_dir():
-        if any(final.iterdir()):
-            if not replace:
-                return False
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        else:
-            try:
-                final.rmdir()
-            except OSError:
-                pass
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if final.is_dir() and any(final.iterdir()):
-            return False  # another process won the race with a complete directory
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return True
+    from effnet_cli.output import MODEL_DIR_FILES, publish_dir
+
+    return publish_dir(tmp, final, replace_own=MODEL_DIR_FILES if replace else None)
 
 
 __all__ = ["SOURCES", "ConversionReport", "VerifyResult", "convert_checkpoint", "detect_source", "read_checkpoint",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -73,6 +72,7 @@ def ensure_lite0(cache_dir: Path) -> Path:
     wins and the other's copy is discarded.
     """
     from effnet_cli.convert import convert_checkpoint, publish_directory
+    from effnet_cli.output import temp_dir
 
     source = lite0_source_file()
     cache_dir = Path(cache_dir).expanduser()
@@ -81,7 +81,7 @@ def ensure_lite0(cache_dir: Path) -> Path:
         return final
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache_dir))
+        work = temp_dir(final)  # the umask's mode, unlike mkdtemp's 0700
     except OSError as exc:
         raise WeightsError(f"Cannot write the converted Lite0 weights to {cache_dir} ({exc}); set EFFNET_CACHE.") from None
     try:

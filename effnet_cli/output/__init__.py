@@ -1,0 +1,54 @@
+"""The one layer every file effnet writes goes through.
+
+- :mod:`effnet_cli.output.atomic`: publish a file or a directory whole or not at all
+  (exclusive temporary beside the target, fsync, rename, fsync of the directory),
+  with the modes a plain ``open()`` would give (``0o666 & ~umask``).
+- :mod:`effnet_cli.output.lock`: one writer per output; a second one is refused at once.
+- :mod:`effnet_cli.output.settings`: the settings a partial or finished output was made
+  with, and the check that refuses to resume with other ones.
+- :mod:`effnet_cli.output.npy`: the growing ``.npy`` of a run in progress.
+- :mod:`effnet_cli.output.owned`: which files in a directory effnet wrote, so nothing
+  else is ever deleted.
+"""
+
+from effnet_cli.output.atomic import (
+    atomic_file,
+    create_exclusive,
+    fsync_dir,
+    make_dir,
+    open_partial,
+    publish_dir,
+    publish_file,
+    remove_own,
+    temp_dir,
+    write_bytes,
+    write_text,
+)
+from effnet_cli.output.lock import OutputBusyError, OutputLock
+from effnet_cli.output.owned import MODEL_DIR_FILES, foreign_files
+from effnet_cli.output.settings import (
+    SettingsMismatchError,
+    check_settings,
+    settings_differences,
+)
+
+__all__ = [
+    "atomic_file",
+    "create_exclusive",
+    "fsync_dir",
+    "make_dir",
+    "open_partial",
+    "publish_dir",
+    "publish_file",
+    "remove_own",
+    "temp_dir",
+    "write_bytes",
+    "write_text",
+    "MODEL_DIR_FILES",
+    "foreign_files",
+    "OutputBusyError",
+    "OutputLock",
+    "SettingsMismatchError",
+    "check_settings",
+    "settings_differences",
+]

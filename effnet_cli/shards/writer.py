@@ -1,0 +1,271 @@
+"""Writing shards: one writer for embed and classify, one loop that cuts the result stream into shards.
+
+A shard's rows go first to its partial files (array rows, then one record
+per input, each batch flushed to disk in that order, so after a kill the
+records never name a row the array lacks). When the shard is complete its
+files are published (renamed, or written atomically from the records) and
+its marker is written last; then the partials are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from effnet_cli.output.atomic import (
+    atomic_file,
+    create_exclusive,
+    open_partial,
+    publish_file,
+    temp_prefix,
+    write_bytes,
+)
+from effnet_cli.output.npy import NpyAppender
+from effnet_cli.pathtext import PATH_BYTES_FIELD, path_fields, split_records
+from effnet_cli.records import classify_record
+from effnet_cli.shards.job import MARKER_FORMAT, ShardJob
+from effnet_cli.shards.plan import Plan, Summary, Todo, recorded_settings
+
+__all__ = ["ShardWriter", "write_classify_shards", "write_embed_shards", "write_shards"]
+
+ProgressFn = Callable[[int], None]
+FailureFn = Callable[[Any], None]
+
+
+def _jsonl(records: Iterable[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+def _marker(job: ShardJob, todo: Todo, extra: dict[str, Any]) -> bytes:
+    shard = todo.shard
+    record = {
+        "format": MARKER_FORMAT,
+        "kind": job.kind,
+        "shard": shard.number,
+        "partition": str(job.partition),
+        "shard_size": job.shard_size,
+        "total_inputs": job.total,
+        "first_index": shard.indices[0] if len(shard.indices) else None,
+        "inputs": len(shard.paths),
+        "paths_sha256": shard.fingerprint(),
+        "settings": recorded_settings(job),
+        **extra,
+    }
+    return (json.dumps(record, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # removes a symlink itself, never what it points to
+
+
+def _clear(job: ShardJob, number: int) -> None:
+    """Remove what an earlier unfinished attempt at a shard left: marker, data files, partials, temporaries.
+
+    Only our own names are touched. The ``-o`` target itself is kept until the
+    new one replaces it.
+    """
+    _unlink(job.marker(number))
+    targets = list(job.partials(number).values())
+    if job.single is None:
+        targets += job.files(number).values()
+        if job.kind == "embed":  # both metadata formats, whichever an earlier attempt used
+            targets += [job.directory / job.shard_name("meta", number, s) for s in (".parquet", ".jsonl")]
+    for target in targets:
+        _unlink(target)
+    prefixes = {temp_prefix(t) for t in (*targets, *job.files(number).values())}
+    for entry in os.scandir(job.directory):
+        if entry.name.endswith(".part") and any(entry.name.startswith(p) for p in prefixes):
+            _unlink(Path(entry.path))
+
+
+class ShardWriter:
+    """Streams one shard (embed or classify) into its partial files and publishes it, marker last."""
+
+    def __init__(self, job: ShardJob, todo: Todo, dim: int | None = None, dtype: Any = None) -> None:
+        self.job, self.todo, self.shard = job, todo, todo.shard
+        self.partials = job.partials(self.shard.number)
+        self.count, self.rows, self.failures = todo.start, todo.rows, todo.failures
+        self.array: NpyAppender | None = None
+        self.dim, self.dtype = dim, None if dtype is None else np.dtype(dtype).newbyteorder("<")
+        if todo.start == 0:
+            _clear(job, self.shard.number)
+            extra: dict[str, Any] = {"partial": True}
+            if job.kind == "embed":
+                extra.update(dim=int(dim), dtype=self.dtype.str)
+            write_bytes(self.partials["marker"], _marker(job, todo, extra))
+            self.records = create_exclusive(self.partials["records"])
+            if job.kind == "embed":
+                self.array = NpyAppender(self.partials["emb"], dim, dtype)
+        else:
+            self.records = open_partial(self.partials["records"])
+            self.records.truncate(todo.records_bytes)  # drop a record cut short by the kill
+            self.records.seek(todo.records_bytes)
+            if job.kind == "embed":
+                self.array = NpyAppender(self.partials["emb"], dim, dtype, rows=todo.rows, resume=True)
+
+    @property
+    def room(self) -> int:
+        """Inputs this shard still takes."""
+        return len(self.shard.paths) - self.count
+
+    def add(self, results: Sequence[Any], features: np.ndarray | None = None) -> None:
+        """Append consecutive inputs; ``features`` are the rows of the successful ones (embed)."""
+        if self.array is not None and features is not None and len(features):
+            self.array.append(features)
+            self.array.flush()
+        lines = []
+        for result in results:
+            index, path = self.shard.indices[self.count], self.shard.paths[self.count]
+            if self.job.kind == "embed":
+                record: dict[str, Any] = {"index": index, **path_fields(path),
+                                          "row": self.rows if result.error is None else None}
+                if result.error is not None:
+                    record["error"] = result.error
+                self.rows += result.error is None
+            else:
+                fields = {k: v for k, v in classify_record(result).items() if k not in ("path", PATH_BYTES_FIELD)}
+                record = {"index": index, **path_fields(path), **fields}
+            self.failures += result.error is not None
+            self.count += 1
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        self.records.write("".join(lines).encode("utf-8"))
+        self.records.flush()
+        os.fsync(self.records.fileno())
+
+    def _read_records(self) -> list[dict[str, Any]]:
+        with open(self.partials["records"], "rb") as fh:
+            return [json.loads(line) for line in split_records(fh.read().decode("utf-8"))]
+
+    def finish(self) -> Summary:
+        """Publish the shard's files, then its marker; remove the partials; returns the shard's counts."""
+        self.records.close()
+        if self.array is not None:
+            self.array.close()
+        job, number = self.job, self.shard.number
+        targets, files, extra = job.files(number), {}, {}
+        if job.kind == "classify":
+            publish_file(self.partials["records"], targets["pred"])
+            files["pred"] = targets["pred"].name
+        else:
+            records = self._read_records()
+            extra = {"dim": int(self.dim), "dtype": self.dtype.str}
+            if job.single is not None:
+                publish_file(self.partials["emb"], targets["emb"])
+                manifest = [{k: v for k, v in r.items() if k != "index"} for r in records]
+                write_bytes(targets["manifest"], _jsonl(manifest))
+                files = {"emb": targets["emb"].name, "manifest": targets["manifest"].name}
+            else:
+                meta = [r for r in records if r.get("row") is not None]
+                errors = [r for r in records if r.get("row") is None]
+                if meta:
+                    publish_file(self.partials["emb"], targets["emb"])
+                    self._write_meta(targets["meta"], meta)
+                    files["emb"], files["meta"] = targets["emb"].name, targets["meta"].name
+                if errors:
+                    write_bytes(targets["errors"], _jsonl(errors))
+                    files["errors"] = targets["errors"].name
+        extra.update(files=files, rows=self.rows, errors=self.failures)
+        write_bytes(job.marker(number), _marker(job, self.todo, extra))
+        for path in self.partials.values():
+            _unlink(path)
+        return Summary(inputs=self.count, failures=self.failures, rows=self.rows, shards_written=1)
+
+    def _write_meta(self, target: Path, meta: list[dict[str, Any]]) -> None:
+        if self.job.meta_format != "parquet":
+            write_bytes(target, _jsonl(meta))
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({
+            "index": pa.array([m["index"] for m in meta], pa.int64()),
+            "path": pa.array([m["path"] for m in meta], pa.string()),
+            "path_bytes": pa.array([m.get("path_bytes") for m in meta], pa.string()),
+            "row": pa.array([m["row"] for m in meta], pa.int64()),
+        })
+        with atomic_file(target) as fh:
+            pq.write_table(table, fh)
+
+    def abandon(self) -> None:
+        """Stop without publishing (interrupted): the partials stay, so ``--resume`` continues from them."""
+        self.records.close()
+        if self.array is not None:
+            self.array.close()
+
+
+def _split_at(results: Sequence[Any], features: np.ndarray | None, room: int) -> tuple[Any, Any, Any, Any]:
+    """Split a batch after ``room`` results; features split after the successful ones among them."""
+    head = results[:room]
+    ok = sum(1 for r in head if r.error is None)
+    if features is None:
+        return head, None, results[room:], None
+    return head, features[:ok], results[room:], features[ok:]
+
+
+def write_shards(plan: Plan, batches: Iterable[Any], *, dim: int | None = None, dtype: Any = None,
+                 on_progress: ProgressFn | None = None, on_failure: FailureFn | None = None) -> Summary:
+    """Write ``plan.todo`` from the result batches over ``plan.todo_paths`` (in order).
+
+    A batch is an ``EmbedBatch``-like object (``results``, one per input, and
+    ``features``, the rows of the successful ones) or, for classify, a list
+    of results. Batches may straddle shards. Returns the counts, including
+    the shards ``plan`` kept from earlier.
+    """
+    summary = Summary(inputs=plan.kept_inputs, failures=plan.kept_failures, shards_kept=plan.done_shards)
+    todo = iter(plan.todo)
+    writer: ShardWriter | None = None
+    try:
+        for batch in batches:
+            if hasattr(batch, "results"):
+                results, features = list(batch.results), batch.features
+            else:
+                results, features = list(batch), None
+            count = len(results)
+            for result in results:
+                if result.error is not None and on_failure is not None:
+                    on_failure(result)
+            while results:
+                if writer is None:
+                    item = next(todo, None)
+                    if item is None:
+                        raise RuntimeError("more results than inputs in the shard plan")
+                    writer = ShardWriter(plan.job, item, dim, dtype)
+                head, head_feats, results, features = _split_at(results, features, writer.room)
+                writer.add(head, head_feats)
+                if writer.room == 0:
+                    summary.merge(writer.finish())
+                    writer = None
+            if on_progress is not None:
+                on_progress(count)
+        # Shards with nothing left to add (a resume killed after their last record, or no inputs at all).
+        for item in todo:
+            if item.paths:
+                raise RuntimeError("the results ended before every input of the shard plan was written")
+            summary.merge(ShardWriter(plan.job, item, dim, dtype).finish())
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    if writer is not None:
+        writer.abandon()
+        raise RuntimeError("the results ended before every input of the shard plan was written")
+    return summary
+
+
+def write_embed_shards(plan: Plan, batches: Iterable[Any], *, dim: int, dtype: Any,
+                       on_progress: ProgressFn | None = None, on_failure: FailureFn | None = None) -> Summary:
+    """:func:`write_shards` for embed batches."""
+    return write_shards(plan, batches, dim=dim, dtype=dtype, on_progress=on_progress, on_failure=on_failure)
+
+
+def write_classify_shards(plan: Plan, batches: Iterable[Sequence[Any]], *, on_progress: ProgressFn | None = None,
+                          on_failure: FailureFn | None = None) -> Summary:
+    """:func:`write_shards` for per-batch lists of classify results."""
+    return write_shards(plan, batches, on_progress=on_progress, on_failure=on_failure)
