@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -203,54 +205,117 @@ def resolve_files(name_or_path: str | Path, *, revision: str | None = None, cach
 
 def _download(repo_id: str, *, revision: str | None, cache_dir: str | Path | None,
               local_files_only: bool | None) -> tuple[Path, dict[str, str]]:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub import errors as hub_errors
+    """The snapshot folder of ``repo_id`` holding config, preprocessing and weights, all from one commit.
 
-    offline = bool(local_files_only) or _env_true("HF_HUB_OFFLINE")
+    The hub is probed first with a short connection attempt: without a network,
+    huggingface_hub would retry for half a minute before giving up. Unreachable
+    means the local cache, exactly as ``HF_HUB_OFFLINE=1`` would.
+    """
+    from huggingface_hub import constants as hub_constants
 
-    def fetch(filename: str, required: bool = True) -> Path | None:
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                        local_files_only=bool(local_files_only)))
-        # LocalEntryNotFoundError subclasses EntryNotFoundError in recent huggingface_hub: test it first.
-        except hub_errors.LocalEntryNotFoundError:
-            if not required and _cached_elsewhere(repo_id, revision, cache_dir):
-                return None
-            where = "is not in the local Hugging Face cache" if offline else "could not be downloaded (no network?)"
-            raise OfflineError(
-                f"{repo_id}{'@' + revision if revision else ''}: {filename} {where}; "
-                f"fetch it once with network access (`hf download {repo_id}`) or use the bundled --variant lite0."
-            ) from None
-        except hub_errors.EntryNotFoundError:
-            if required:
-                raise WeightsError(f"{repo_id} has no {filename}.") from None
-            return None
-        except hub_errors.RepositoryNotFoundError:
-            raise WeightsError(f"{repo_id} is not a hub repository you can access (check the name, or set HF_TOKEN).") from None
-        except hub_errors.RevisionNotFoundError:
-            raise WeightsError(f"{repo_id} has no revision {revision!r}.") from None
-        except hub_errors.HfHubHTTPError as exc:
-            raise WeightsError(f"The hub refused {repo_id}/{filename}: {str(exc).splitlines()[0]}.") from None
-        except OSError as exc:
-            raise OfflineError(f"{repo_id}: {filename} could not be fetched ({exc}).") from None
-
-    fetch(CONFIG_NAME)
-    fetch(PROCESSOR_NAME, required=False)
-    weights = fetch(SAFETENSORS_NAME, required=False) or fetch(PICKLE_NAME)
-    directory = weights.parent  # the snapshot folder holding every file fetched above
+    pinned = f"{repo_id}{'@' + revision if revision else ''}"
+    offline = bool(local_files_only) or _env_true("HF_HUB_OFFLINE") or bool(hub_constants.HF_HUB_OFFLINE)
+    why = "HF_HUB_OFFLINE is set" if offline else None
+    if not offline:
+        host = _unreachable(hub_constants.ENDPOINT)
+        if host is not None:
+            offline, why = True, f"{host} cannot be reached"
+    fix = (f"download it once with `hf download {repo_id}`"
+           + ("" if why == "HF_HUB_OFFLINE is set" else ", set HF_HUB_OFFLINE=1 to use only the cache")
+           + ", or give a local directory with --model DIR")
+    with _quiet_hub_logs():
+        # config.json and the preprocessing and safetensors weights where the repository has them: one
+        # call resolves the revision to a commit once, and everything below comes from that commit.
+        directory = _snapshot(repo_id, revision, [CONFIG_NAME, PROCESSOR_NAME, SAFETENSORS_NAME], cache_dir,
+                              offline, pinned, why, fix)
+        if not (directory / SAFETENSORS_NAME).is_file():
+            # Older repositories (google/efficientnet-b*) hold a pickle instead; fetch it from the same commit.
+            directory = _snapshot(repo_id, directory.name, [PICKLE_NAME], cache_dir, offline, pinned, why, fix)
+    if not (directory / CONFIG_NAME).is_file():
+        raise WeightsError(f"{pinned} has no {CONFIG_NAME}; it is not a transformers-style model repository.")
+    if not (directory / SAFETENSORS_NAME).is_file() and not (directory / PICKLE_NAME).is_file():
+        raise WeightsError(f"{pinned} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}.")
     # The snapshot folder is named after the commit: report it so a run can be reproduced.
     return directory, {"source": "hub", "repo_id": repo_id, "revision": directory.name}
 
 
-def _cached_elsewhere(repo_id: str, revision: str | None, cache_dir: str | Path | None) -> bool:
-    # An optional file missing offline: fine when the required ones are cached.
-    try:
-        from huggingface_hub import try_to_load_from_cache
+def _snapshot(repo_id: str, revision: str | None, patterns: list[str], cache_dir: str | Path | None,
+              offline: bool, pinned: str, why: str | None, fix: str) -> Path:
+    """``snapshot_download`` restricted to ``patterns``, with its exceptions turned into effnet's one sentence."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub import errors as hub_errors
 
-        found = try_to_load_from_cache(repo_id, CONFIG_NAME, cache_dir=cache_dir, revision=revision)
-        return isinstance(found, str)
-    except Exception:  # noqa: BLE001 - any failure here just means "not known to be cached"
-        return False
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,
+                                      local_files_only=offline))
+    # LocalEntryNotFoundError subclasses EntryNotFoundError (an HTTP error in older releases): test it first.
+    except hub_errors.LocalEntryNotFoundError:
+        reason = why or "the hub could not be reached"
+        raise OfflineError(f"{pinned} is not in the local Hugging Face cache and {reason}; {fix}.") from None
+    except hub_errors.RevisionNotFoundError:
+        raise WeightsError(f"{repo_id} has no revision {revision!r}.") from None
+    except hub_errors.RepositoryNotFoundError:
+        raise WeightsError(f"{repo_id} is not a hub repository you can access (check the name, or set HF_TOKEN).") from None
+    except hub_errors.HfHubHTTPError as exc:
+        raise WeightsError(f"The hub refused {pinned}: {_first_line(exc)}.") from None
+    except OSError as exc:
+        raise OfflineError(f"{pinned} could not be fetched ({_first_line(exc)}); {fix}.") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+
+
+PROBE_SECONDS = 3.0  # long enough for a slow link, short enough that an offline run fails at once
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """The hub's host when it gives no HTTP answer within PROBE_SECONDS, else None.
+
+    One HEAD request (through the proxy the environment names, as urllib reads
+    it) in a daemon thread, so that a resolver or a silent server cannot hold
+    the run either. Any answer counts, even an error status or a certificate
+    the system does not trust: the hub client reports those itself.
+    """
+    import ssl
+    import threading
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=PROBE_SECONDS).close()
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ssl.SSLError):
+                answered.append(True)
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=probe, name="effnet-hub-probe", daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS + 0.5)
+    return None if answered else (urlsplit(endpoint).netloc or endpoint)
+
+
+@contextmanager
+def _quiet_hub_logs() -> Iterator[None]:
+    # huggingface_hub logs every retry as a warning; effnet reports the outcome in one line instead.
+    import logging
+
+    logger = logging.getLogger("huggingface_hub")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def _env_true(name: str) -> bool:

@@ -33,6 +33,11 @@ def load_engine(variant: Variant | None, model: str | None, revision: str | None
     if max_pixels is not None and max_pixels < 1:
         raise InputError(f"--max-pixels must be positive, got {max_pixels}.")
     name = model if model is not None else (variant.value if variant is not None else DEFAULT_VARIANT)
+    if quiet:
+        # Downloads show huggingface_hub's progress bars on stderr; --quiet means none.
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     engine = Engine.from_pretrained(name, revision=revision, device=device, dtype=dtype.value, compile=compile,
                                     draft=not full_decode,
                                     max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
