@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,16 +81,61 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt: {exc}).") from None
     if path.suffix in (".h5", ".keras"):
         raise WeightsError(f"{path} is a Keras file; convert it first with `effnet convert {path} --from keras -o DIR`.")
+    if not head.startswith(b"PK\x03\x04") and head[:1] != b"\x80":
+        # torch.save writes a zip archive (or, before torch 1.6, a pickle of protocol 2 and up).
+        raise WeightsError(f"{path} is not a PyTorch checkpoint: it is neither a zip archive nor a pickle "
+                           f"(it starts with {head!r}).")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(
-            f"{path} is a pickle that needs arbitrary code to load, so it was refused "
-            f"({str(exc).splitlines()[0][:160]}); ask for a safetensors file instead."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
-        raise WeightsError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {str(exc)[:160]}).") from None
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it may not read; the outcome below says all a user needs.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files; each becomes one sentence
+        calls = _pickle_calls(path)
+        if calls:
+            raise UnsafeCheckpointError(
+                f"{path} is a pickle that would run {', '.join(calls[:3])} when loaded, so it was refused; "
+                f"ask for a safetensors file instead."
+            ) from None
+        raise WeightsError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: "
+                           f"{_first_sentence(exc)}).") from None
     return _unwrap_state_dict(data, path)
+
+
+def _pickle_calls(path: Path) -> list[str]:
+    """The callables outside torch and collections that the checkpoint's pickle names, read without running it."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                data = archive.read(names[0]) if names else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    calls: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST"):
+                calls.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                calls.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - a damaged pickle: report what was read up to the damage
+        pass
+    harmless = ("torch.", "collections.OrderedDict", "_codecs.encode")
+    return list(dict.fromkeys(c for c in calls if not c.startswith(harmless)))
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    end = text.find(". ")
+    return (text[:end] if end > 0 else text).rstrip(".")
 
 
 def _looks_like_safetensors(head: bytes, path: Path) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,6 +21,7 @@ from effnet_cli.cli.render import (
     render_table,
     report_failure,
     stdout_console,
+    summary_line,
 )
 from effnet_cli.errors import InputError
 
@@ -77,6 +79,7 @@ def classify(
     Exit status: 0 all images classified, 1 some failed (each gets an error record, or a device
     worker died), 2 usage error.
     """
+    started = time.monotonic()
     from effnet_cli.cli import sharded
     from effnet_cli.inference import classify_paths, read_labels
     from effnet_cli.writers import RecordWriter
@@ -136,4 +139,5 @@ def classify(
         return EXIT_INTERRUPTED
     if writer is not None:
         writer.close()
+    summary_line("classified", len(paths), failed, f"{fmt} on stdout", time.monotonic() - started, quiet)
     return EXIT_SOME_FAILED if failed else EXIT_OK

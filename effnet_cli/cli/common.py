@@ -38,6 +38,9 @@ def load_engine(variant: Variant | None, model: str | None, revision: str | None
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
+    if compile and not quiet:
+        # torch.compile works on the first batch, tens of seconds during which nothing else would move.
+        info_line("compiling the model with torch.compile; the first batch takes a while…")
     engine = Engine.from_pretrained(name, revision=revision, device=device, dtype=dtype.value, compile=compile,
                                     draft=not full_decode,
                                     max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)

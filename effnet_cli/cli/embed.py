@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,6 +20,7 @@ from effnet_cli.cli.render import (
     progress_bar,
     progress_enabled,
     report_failure,
+    summary_line,
 )
 from effnet_cli.errors import InputError
 
@@ -38,10 +40,10 @@ def embed(
         "--output", "-o", help="The .npy to write; the manifest goes beside it as .jsonl.")] = None,
     per_file: Annotated[Optional[Path], typer.Option(
         "--per-file", help="Write one .npy per image under this directory instead (input paths mirrored).")] = None,
-    pool: Annotated[str, typer.Option("--pool", help="mean or max over the feature map.")] = "mean",
+    pool: Annotated[opt.Pool, typer.Option("--pool", help="mean or max over the feature map.")] = opt.Pool.mean,
     features: Annotated[Optional[str], typer.Option(
         "--features", help="head (the pooled hidden_dim features) or stage:N for stage N's feature map.",
-        show_default=False)] = None,
+        show_default=False, metavar="head|stage:N")] = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise each row.")] = False,
     resume: opt.Resume = False,
     output_dir: opt.OutputDir = None,
@@ -83,6 +85,7 @@ def embed(
     numpy or embedding-reader; see docs/scaling.md.
     Exit status: 0 all embedded, 1 some failed (or a device worker died), 2 usage error.
     """
+    started = time.monotonic()
     from effnet_cli.cli import sharded
     from effnet_cli.inference import POOLS
 
@@ -91,6 +94,7 @@ def embed(
     sharded.check_options(output_dir=output_dir, shard_size=shard_size, devices=devices, engine=engine_kind,
                           ray_address=ray_address, ray_actors=ray_actors, device=device)
     partition = sharded.partition_of(shard)
+    pool = opt.Pool(pool).value
     if pool not in POOLS:
         raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}.")
     if output is not None and output.suffix != ".npy":
@@ -121,8 +125,17 @@ def embed(
     engine.feature_dim(stage)  # a bad stage number is a usage error, before any work
     run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size, workers=resolve_workers(workers))
     if per_file is not None:
-        return _embed_per_file(engine, paths, per_file, run, quiet, show)
-    return _embed_to_array(engine, paths, output, run, resume, quiet, show)
+        code = _embed_per_file(engine, paths, per_file, run, quiet, show)
+        manifest = per_file / "manifest.jsonl"
+    else:
+        code = _embed_to_array(engine, paths, output, run, resume, quiet, show)
+        manifest = output.with_suffix(".jsonl")
+    if code in (EXIT_OK, EXIT_SOME_FAILED) and manifest.is_file():
+        # The summary counts what the manifest records, so it says what was written.
+        failed = sum(1 for record in _read_manifest(manifest) if record.get("error"))
+        where = f"{per_file}/ (manifest.jsonl)" if per_file is not None else f"{output} (manifest {manifest.name})"
+        summary_line("embedded", len(paths), failed, f"written to {where}", time.monotonic() - started, quiet)
+    return code
 
 
 def _embed_to_array(engine, paths: list[str], output: Path, run: dict, resume: bool, quiet: bool, show: bool) -> int:

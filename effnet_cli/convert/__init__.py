@@ -272,7 +272,7 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise WeightsError(f"{out_dir} exists and is not a directory.")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise WeightsError(f"{out_dir} is not empty; choose a new output directory or allow overwriting.")
+        raise WeightsError(f"{out_dir} is not empty; choose a new output directory, or replace it with --overwrite (overwrite=True).")
 
 
 def _write_atomically(out_dir: Path, model: EfficientNetForImageClassification, preprocessing: dict[str, Any], *, overwrite: bool) -> None:
