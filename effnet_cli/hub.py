@@ -288,7 +288,7 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str], cache_dir
               offline: bool, pinned: str, why: str | None, fix: str) -> Path:
     """``snapshot_download`` restricted to ``patterns``, with its exceptions turned into effnet's one sentence."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub import errors as hub_errors
+    from huggingface_hub import utils as hub_errors  # the error classes live here in every release since 0.20
 
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,

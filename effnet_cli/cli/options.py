@@ -41,7 +41,7 @@ SCALE_PANEL = "Sharded output and scale"
 
 Inputs = Annotated[list[str], typer.Argument(
     help="Image files, directories (recursed), globs, or - to read paths from stdin.", show_default=False,
-    metavar="IMAGE")]
+    metavar="IMAGE...")]
 Null = Annotated[bool, typer.Option("--null", "-0", help="With -, paths on stdin are NUL-separated (find -print0).",
                                     rich_help_panel=INPUT_PANEL)]
 MaxPixels = Annotated[Optional[int], typer.Option(

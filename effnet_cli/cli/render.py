@@ -65,7 +65,8 @@ class Command(typer.core.TyperCommand):
     """
 
     def collect_usage_pieces(self, ctx):  # noqa: ANN001, ANN201 - Typer's signature
-        return [re.sub(r"^\{(.+)\}(\.\.\.)?$", r"\1\2", piece) for piece in super().collect_usage_pieces(ctx)]
+        pieces = [re.sub(r"^\{(.+)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+        return [re.sub(r"(\.\.\.)+$", "...", piece) for piece in pieces]  # "IMAGE..." once, whichever Typer
 
     def get_params(self, ctx):  # noqa: ANN001, ANN201 - Typer's signature
         params = super().get_params(ctx)
@@ -137,7 +138,7 @@ def usage_message(exc: Exception) -> str:
     if type(exc).__name__ == "MissingParameter" and param is not None:
         if is_argument:
             help_text = (getattr(param, "help", None) or "").rstrip(".")
-            return f"no {name} given" + (f": {help_text[0].lower() + help_text[1:]}" if help_text else "") + "."
+            return f"missing {name}" + (f": {help_text[0].lower() + help_text[1:]}" if help_text else "") + "."
         return f"{name} needs a value."
     cause = exc.__cause__
     error = cause.errors()[0] if cause is not None and hasattr(cause, "errors") and cause.errors() else None
@@ -159,6 +160,23 @@ def usage_message(exc: Exception) -> str:
             return f"{name} must be a number; got {given}."
         if kind == "bool_parsing":
             return f"{name} must be true or false; got {given}."
+    # Older Typer releases validate with click, whose sentences differ: "0 is not in the range x>=1.",
+    # "'abc' is not a valid integer.", "'xml' is not one of 'table', …".
+    ranged = re.fullmatch(r"'?(.+?)'? is not in the range (.+?)\.?", text)
+    if ranged and name:
+        low = re.search(r"x>=?(-?[\d.]+)", ranged.group(2)) or re.match(r"(-?[\d.]+)<=?x", ranged.group(2))
+        high = re.search(r"x<=?(-?[\d.]+)", ranged.group(2))
+        try:
+            below = low is not None and float(ranged.group(1)) < float(low.group(1))
+        except ValueError:
+            below = low is not None
+        if below or (low is not None and high is None):
+            return f"{name} must be at least {low.group(1)}; got {ranged.group(1)}."
+        if high is not None:
+            return f"{name} must be at most {high.group(1)}; got {ranged.group(1)}."
+    parsed = re.fullmatch(r"(.+?) is not a valid (integer|float)(?: range)?\.?", text)
+    if parsed and name:
+        return f"{name} must be {'a whole number' if parsed.group(2) == 'integer' else 'a number'}; got {parsed.group(1)}."
     choices = re.fullmatch(r"(.+) is not one of (.+?)\.?", text)
     if choices and name:
         listed = ", ".join(re.findall(r"'([^']*)'", choices.group(2))) or choices.group(2)
