@@ -18,7 +18,6 @@ from effnet_cli.errors import OfflineError, UnsafeCheckpointError, WeightsError
 from effnet_cli.hub import read_state_dict, save_pretrained
 from tests.conftest import randomize
 
-transformers = pytest.importorskip("transformers")
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 HUB_PREPROCESSOR = {
@@ -32,6 +31,7 @@ HUB_PREPROCESSOR = {
 @pytest.fixture(scope="module")
 def reference_b0(tmp_path_factory: pytest.TempPathFactory):
     """A transformers b0 with seeded random weights, saved by transformers' own save_pretrained."""
+    transformers = pytest.importorskip("transformers")  # only the tests that compare with it need it
     config = EfficientNetConfig.from_variant("b0")
     hf = transformers.EfficientNetForImageClassification(transformers.EfficientNetConfig.from_dict(config.to_dict()))
     ours = randomize(EfficientNetForImageClassification(config), seed=21)
