@@ -312,22 +312,32 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
-PROBE_SECONDS = 3.0  # long enough for a slow link, short enough that an offline run fails at once
+PROBE_SECONDS = 2.5  # long enough for a slow link (a HEAD takes a few round trips), short enough to fail at once
 
 
-def _unreachable(endpoint: str) -> str | None:
-    """The hub's host when it gives no HTTP answer within PROBE_SECONDS, else None.
+_PROBES: dict[str, tuple[Any, list[bool], float]] = {}  # endpoint -> (thread, answered, started)
 
-    One HEAD request (through the proxy the environment names, as urllib reads
-    it) in a daemon thread, so that a resolver or a silent server cannot hold
-    the run either. Any answer counts, even an error status or a certificate
-    the system does not trust: the hub client reports those itself.
+
+def start_probe() -> None:
+    """Start checking that the hub answers, in the background, before it is needed.
+
+    The command line calls this before it imports torch, so that the probe and
+    the import overlap; :func:`load_pretrained` then waits only for what is left.
     """
+    from huggingface_hub import constants as hub_constants
+
+    if _env_true("HF_HUB_OFFLINE") or hub_constants.HF_HUB_OFFLINE:
+        return
+    _PROBES.setdefault(hub_constants.ENDPOINT, _launch_probe(hub_constants.ENDPOINT))
+
+
+def _launch_probe(endpoint: str) -> tuple[Any, list[bool], float]:
+    # One HEAD request in a daemon thread, so that a resolver or a silent server cannot hold the run.
     import ssl
     import threading
+    import time
     import urllib.error
     import urllib.request
-    from urllib.parse import urlsplit
 
     answered: list[bool] = []
 
@@ -345,7 +355,21 @@ def _unreachable(endpoint: str) -> str | None:
 
     thread = threading.Thread(target=probe, name="effnet-hub-probe", daemon=True)
     thread.start()
-    thread.join(PROBE_SECONDS + 0.5)
+    return thread, answered, time.monotonic()
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """The hub's host when it gives no HTTP answer within PROBE_SECONDS, else None.
+
+    Any answer counts, even an error status or a certificate the system does
+    not trust: the hub client reports those itself. A probe started earlier
+    (:func:`start_probe`) is used once; a later load probes afresh.
+    """
+    import time
+    from urllib.parse import urlsplit
+
+    thread, answered, started = _PROBES.pop(endpoint, None) or _launch_probe(endpoint)
+    thread.join(max(0.0, PROBE_SECONDS - (time.monotonic() - started)))
     return None if answered else (urlsplit(endpoint).netloc or endpoint)
 
 

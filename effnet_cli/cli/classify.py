@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from effnet_cli.cli import options as opt
-from effnet_cli.cli.common import gather_inputs, load_engine, resolve_workers
+from effnet_cli.cli.common import gather_inputs, load_engine, probe_hub_early, resolve_workers
 from effnet_cli.cli.render import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -80,6 +80,7 @@ def classify(
     worker died), 2 usage error.
     """
     started = time.monotonic()
+    probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
     from effnet_cli.inference import classify_paths, read_labels
     from effnet_cli.writers import RecordWriter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from effnet_cli.cli.options import DEFAULT_VARIANT, DType, Variant
@@ -11,6 +12,15 @@ from effnet_cli.errors import InputError
 
 if TYPE_CHECKING:
     from effnet_cli.inference import Engine
+
+
+def probe_hub_early(variant: Variant | None, model: str | None) -> None:
+    """For a hub model, start checking that the hub answers now, while torch and the inputs load."""
+    name = model if model is not None else (variant.value if variant is not None else DEFAULT_VARIANT)
+    if name.lower() != DEFAULT_VARIANT and not Path(name).expanduser().exists():
+        from effnet_cli.hub import start_probe
+
+        start_probe()
 
 
 def gather_inputs(inputs: list[str], null: bool) -> list[str]:
