@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,16 +81,61 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt: {exc}).") from None
     if path.suffix in (".h5", ".keras"):
         raise WeightsError(f"{path} is a Keras file; convert it first with `effnet convert {path} --from keras -o DIR`.")
+    if not head.startswith(b"PK\x03\x04") and head[:1] != b"\x80":
+        # torch.save writes a zip archive (or, before torch 1.6, a pickle of protocol 2 and up).
+        raise WeightsError(f"{path} is not a PyTorch checkpoint: it is neither a zip archive nor a pickle "
+                           f"(it starts with {head!r}).")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(
-            f"{path} is a pickle that needs arbitrary code to load, so it was refused "
-            f"({str(exc).splitlines()[0][:160]}); ask for a safetensors file instead."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
-        raise WeightsError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {str(exc)[:160]}).") from None
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it may not read; the outcome below says all a user needs.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files; each becomes one sentence
+        calls = _pickle_calls(path)
+        if calls:
+            raise UnsafeCheckpointError(
+                f"{path} is a pickle that would run {', '.join(calls[:3])} when loaded, so it was refused; "
+                f"ask for a safetensors file instead."
+            ) from None
+        raise WeightsError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: "
+                           f"{_first_sentence(exc)}).") from None
     return _unwrap_state_dict(data, path)
+
+
+def _pickle_calls(path: Path) -> list[str]:
+    """The callables outside torch and collections that the checkpoint's pickle names, read without running it."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                data = archive.read(names[0]) if names else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    calls: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST"):
+                calls.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                calls.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - a damaged pickle: report what was read up to the damage
+        pass
+    harmless = ("torch.", "collections.OrderedDict", "_codecs.encode")
+    return list(dict.fromkeys(c for c in calls if not c.startswith(harmless)))
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    end = text.find(". ")
+    return (text[:end] if end > 0 else text).rstrip(".")
 
 
 def _looks_like_safetensors(head: bytes, path: Path) -> bool:
@@ -205,54 +252,141 @@ def resolve_files(name_or_path: str | Path, *, revision: str | None = None, cach
 
 def _download(repo_id: str, *, revision: str | None, cache_dir: str | Path | None,
               local_files_only: bool | None) -> tuple[Path, dict[str, str]]:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub import errors as hub_errors
+    """The snapshot folder of ``repo_id`` holding config, preprocessing and weights, all from one commit.
 
-    offline = bool(local_files_only) or _env_true("HF_HUB_OFFLINE")
+    The hub is probed first with a short connection attempt: without a network,
+    huggingface_hub would retry for half a minute before giving up. Unreachable
+    means the local cache, exactly as ``HF_HUB_OFFLINE=1`` would.
+    """
+    from huggingface_hub import constants as hub_constants
 
-    def fetch(filename: str, required: bool = True) -> Path | None:
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                        local_files_only=bool(local_files_only)))
-        # LocalEntryNotFoundError subclasses EntryNotFoundError in recent huggingface_hub: test it first.
-        except hub_errors.LocalEntryNotFoundError:
-            if not required and _cached_elsewhere(repo_id, revision, cache_dir):
-                return None
-            where = "is not in the local Hugging Face cache" if offline else "could not be downloaded (no network?)"
-            raise OfflineError(
-                f"{repo_id}{'@' + revision if revision else ''}: {filename} {where}; "
-                f"fetch it once with network access (`hf download {repo_id}`) or use the bundled --variant lite0."
-            ) from None
-        except hub_errors.EntryNotFoundError:
-            if required:
-                raise WeightsError(f"{repo_id} has no {filename}.") from None
-            return None
-        except hub_errors.RepositoryNotFoundError:
-            raise WeightsError(f"{repo_id} is not a hub repository you can access (check the name, or set HF_TOKEN).") from None
-        except hub_errors.RevisionNotFoundError:
-            raise WeightsError(f"{repo_id} has no revision {revision!r}.") from None
-        except hub_errors.HfHubHTTPError as exc:
-            raise WeightsError(f"The hub refused {repo_id}/{filename}: {str(exc).splitlines()[0]}.") from None
-        except OSError as exc:
-            raise OfflineError(f"{repo_id}: {filename} could not be fetched ({exc}).") from None
-
-    fetch(CONFIG_NAME)
-    fetch(PROCESSOR_NAME, required=False)
-    weights = fetch(SAFETENSORS_NAME, required=False) or fetch(PICKLE_NAME)
-    directory = weights.parent  # the snapshot folder holding every file fetched above
+    pinned = f"{repo_id}{'@' + revision if revision else ''}"
+    offline = bool(local_files_only) or _env_true("HF_HUB_OFFLINE") or bool(hub_constants.HF_HUB_OFFLINE)
+    why = "HF_HUB_OFFLINE is set" if offline else None
+    if not offline:
+        host = _unreachable(hub_constants.ENDPOINT)
+        if host is not None:
+            offline, why = True, f"{host} cannot be reached"
+    fix = (f"download it once with `hf download {repo_id}`"
+           + ("" if why == "HF_HUB_OFFLINE is set" else ", set HF_HUB_OFFLINE=1 to use only the cache")
+           + ", or give a local directory with --model DIR")
+    with _quiet_hub_logs():
+        # config.json and the preprocessing and safetensors weights where the repository has them: one
+        # call resolves the revision to a commit once, and everything below comes from that commit.
+        directory = _snapshot(repo_id, revision, [CONFIG_NAME, PROCESSOR_NAME, SAFETENSORS_NAME], cache_dir,
+                              offline, pinned, why, fix)
+        if not (directory / SAFETENSORS_NAME).is_file():
+            # Older repositories (google/efficientnet-b*) hold a pickle instead; fetch it from the same commit.
+            directory = _snapshot(repo_id, directory.name, [PICKLE_NAME], cache_dir, offline, pinned, why, fix)
+    if not (directory / CONFIG_NAME).is_file():
+        raise WeightsError(f"{pinned} has no {CONFIG_NAME}; it is not a transformers-style model repository.")
+    if not (directory / SAFETENSORS_NAME).is_file() and not (directory / PICKLE_NAME).is_file():
+        raise WeightsError(f"{pinned} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}.")
     # The snapshot folder is named after the commit: report it so a run can be reproduced.
     return directory, {"source": "hub", "repo_id": repo_id, "revision": directory.name}
 
 
-def _cached_elsewhere(repo_id: str, revision: str | None, cache_dir: str | Path | None) -> bool:
-    # An optional file missing offline: fine when the required ones are cached.
-    try:
-        from huggingface_hub import try_to_load_from_cache
+def _snapshot(repo_id: str, revision: str | None, patterns: list[str], cache_dir: str | Path | None,
+              offline: bool, pinned: str, why: str | None, fix: str) -> Path:
+    """``snapshot_download`` restricted to ``patterns``, with its exceptions turned into effnet's one sentence."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub import utils as hub_errors  # the error classes live here in every release since 0.20
 
-        found = try_to_load_from_cache(repo_id, CONFIG_NAME, cache_dir=cache_dir, revision=revision)
-        return isinstance(found, str)
-    except Exception:  # noqa: BLE001 - any failure here just means "not known to be cached"
-        return False
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,
+                                      local_files_only=offline))
+    # LocalEntryNotFoundError subclasses EntryNotFoundError (an HTTP error in older releases): test it first.
+    except hub_errors.LocalEntryNotFoundError:
+        reason = why or "the hub could not be reached"
+        raise OfflineError(f"{pinned} is not in the local Hugging Face cache and {reason}; {fix}.") from None
+    except hub_errors.RevisionNotFoundError:
+        raise WeightsError(f"{repo_id} has no revision {revision!r}.") from None
+    except hub_errors.RepositoryNotFoundError:
+        raise WeightsError(f"{repo_id} is not a hub repository you can access (check the name, or set HF_TOKEN).") from None
+    except hub_errors.HfHubHTTPError as exc:
+        raise WeightsError(f"The hub refused {pinned}: {_first_line(exc)}.") from None
+    except OSError as exc:
+        raise OfflineError(f"{pinned} could not be fetched ({_first_line(exc)}); {fix}.") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+
+
+PROBE_SECONDS = 2.5  # long enough for a slow link (a HEAD takes a few round trips), short enough to fail at once
+
+
+_PROBES: dict[str, tuple[Any, list[bool], float]] = {}  # endpoint -> (thread, answered, started)
+
+
+def start_probe() -> None:
+    """Start checking that the hub answers, in the background, before it is needed.
+
+    The command line calls this before it imports torch, so that the probe and
+    the import overlap; :func:`load_pretrained` then waits only for what is left.
+    """
+    from huggingface_hub import constants as hub_constants
+
+    if _env_true("HF_HUB_OFFLINE") or hub_constants.HF_HUB_OFFLINE:
+        return
+    _PROBES.setdefault(hub_constants.ENDPOINT, _launch_probe(hub_constants.ENDPOINT))
+
+
+def _launch_probe(endpoint: str) -> tuple[Any, list[bool], float]:
+    # One HEAD request in a daemon thread, so that a resolver or a silent server cannot hold the run.
+    import ssl
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=PROBE_SECONDS).close()
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ssl.SSLError):
+                answered.append(True)
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=probe, name="effnet-hub-probe", daemon=True)
+    thread.start()
+    return thread, answered, time.monotonic()
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """The hub's host when it gives no HTTP answer within PROBE_SECONDS, else None.
+
+    Any answer counts, even an error status or a certificate the system does
+    not trust: the hub client reports those itself. A probe started earlier
+    (:func:`start_probe`) is used once; a later load probes afresh.
+    """
+    import time
+    from urllib.parse import urlsplit
+
+    thread, answered, started = _PROBES.pop(endpoint, None) or _launch_probe(endpoint)
+    thread.join(max(0.0, PROBE_SECONDS - (time.monotonic() - started)))
+    return None if answered else (urlsplit(endpoint).netloc or endpoint)
+
+
+@contextmanager
+def _quiet_hub_logs() -> Iterator[None]:
+    # huggingface_hub logs every retry as a warning; effnet reports the outcome in one line instead.
+    import logging
+
+    logger = logging.getLogger("huggingface_hub")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def _env_true(name: str) -> bool:

@@ -43,7 +43,9 @@ def read_labels(path: str | Path) -> list[str]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InputError(f"Labels file {path} is not valid JSON ({exc.msg}, line {exc.lineno}).") from None
+            reason = exc.msg.removesuffix(" at")  # json says "Invalid control character at" and gives the place apart
+            raise InputError(f"Labels file {path} is not valid JSON: {reason} at line {exc.lineno}, "
+                             f"column {exc.colno}.") from None
         if isinstance(data, dict):
             try:
                 return [str(data[k]) for k in sorted(data, key=int)]

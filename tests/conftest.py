@@ -11,6 +11,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Set before anything imports huggingface_hub, which reads it once at import: no test may use the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # Under pytest-xdist each worker gets its share of the cores: torch's default of one thread per core
+    # in every worker would make them wait on each other.
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, str(_share))
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "tests" / "data" / "images"
 if not IMAGES.is_dir():  # before the copy exists, fall back to the shared folder beside the clone

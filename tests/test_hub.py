@@ -18,7 +18,6 @@ from effnet_cli.errors import OfflineError, UnsafeCheckpointError, WeightsError
 from effnet_cli.hub import read_state_dict, save_pretrained
 from tests.conftest import randomize
 
-transformers = pytest.importorskip("transformers")
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 HUB_PREPROCESSOR = {
@@ -32,6 +31,7 @@ HUB_PREPROCESSOR = {
 @pytest.fixture(scope="module")
 def reference_b0(tmp_path_factory: pytest.TempPathFactory):
     """A transformers b0 with seeded random weights, saved by transformers' own save_pretrained."""
+    transformers = pytest.importorskip("transformers")  # only the tests that compare with it need it
     config = EfficientNetConfig.from_variant("b0")
     hf = transformers.EfficientNetForImageClassification(transformers.EfficientNetConfig.from_dict(config.to_dict()))
     ours = randomize(EfficientNetForImageClassification(config), seed=21)
@@ -176,3 +176,83 @@ def test_unknown_names_are_clear(tmp_path: Path) -> None:
         load_pretrained("not-a-model")
     with pytest.raises(WeightsError, match="No pretrained lite3 weights"):
         load_pretrained("lite3")
+
+
+# ------------------------------------------------------------ no network
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again on exit: connections are refused
+
+
+@pytest.mark.parametrize("server", ["refusing", "silent"])
+def test_no_network_fails_fast_with_one_line_naming_the_fix(server: str, tmp_path: Path) -> None:
+    import socket
+    import time
+
+    from tests.cli_helpers import effnet
+    from tests.conftest import IMAGES
+
+    silent = socket.socket()  # accepts connections into its backlog and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1] if server == "silent" else _closed_port()
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": ""}
+    try:
+        started = time.monotonic()
+        proc = effnet("classify", str(IMAGES / "cat.jpg"), "--variant", "b7", "-q", env=env, timeout=120)
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert len(lines) == 1, lines  # no retry logs, no progress bar
+    assert lines[0].startswith("effnet: google/efficientnet-b7 is not in the local Hugging Face cache")
+    for fix in ("HF_HUB_OFFLINE=1", "hf download google/efficientnet-b7", "--model DIR"):
+        assert fix in lines[0]
+    # A generous bound for a loaded machine: the probe gives up after 2.5 s; huggingface_hub's retries took 26 s.
+    assert elapsed < 15, elapsed
+
+
+def test_unreachable_hub_falls_back_to_the_cache(reference_b0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    _, directory = reference_b0
+    home = _hub_cache(tmp_path / "hf-home", directory)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    model, _ = load_pretrained("b0")
+    assert model.source == {"source": "hub", "repo_id": "google/efficientnet-b0", "revision": COMMIT}
+
+
+def test_hub_files_come_from_one_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repository with a pickle: the second request is pinned to the commit the first one resolved."""
+    import huggingface_hub
+
+    from effnet_cli import hub
+
+    config = EfficientNetConfig.from_variant("b0", num_labels=3)
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, revision, allow_patterns, **kwargs):
+        calls.append((revision, tuple(allow_patterns)))
+        folder = tmp_path / "snapshots" / COMMIT
+        folder.mkdir(parents=True, exist_ok=True)
+        if "config.json" in allow_patterns:
+            config.to_json_file(folder / "config.json")
+        if "pytorch_model.bin" in allow_patterns:
+            torch.save(EfficientNetForImageClassification(config).state_dict(), folder / "pytorch_model.bin")
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_unreachable", lambda endpoint: None)
+    model, _ = load_pretrained("google/efficientnet-b0", revision="main")
+    assert calls == [("main", ("config.json", "preprocessor_config.json", "model.safetensors")),
+                     (COMMIT, ("pytorch_model.bin",))]
+    assert model.source["revision"] == COMMIT and model.config.num_labels == 3

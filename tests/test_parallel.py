@@ -44,6 +44,7 @@ def test_devices_that_do_not_exist_are_usage_errors(text: str, message: str) -> 
         parse_devices(text)
 
 
+@pytest.mark.slow
 def test_two_cpu_workers_equal_one_process(b0_small_dir: Path, tmp_path: Path) -> None:
     _images(tmp_path / "imgs", 12, broken=(5,))
     # -b 2 with shard size 2: every batch holds the same inputs in both runs, so the numbers are identical.
@@ -78,6 +79,7 @@ def _spawned_children(parent: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_the_run_in_one_line_and_resume_recovers(b0_small_dir: Path, tmp_path: Path) -> None:
     _images(tmp_path / "imgs", 12)
     common = [str(tmp_path / "imgs"), "--model", str(b0_small_dir), "-b", "2", "-j", "0", "--shard-size", "2"]

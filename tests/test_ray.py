@@ -40,6 +40,7 @@ def _inputs(photos: list[Path], tmp_path: Path) -> list[str]:
     return [str(photos[0]), str(corrupt), *map(str, photos[1:]), str(tmp_path / "missing.jpg")]
 
 
+@pytest.mark.slow
 def test_ray_embeddings_and_errors_equal_the_local_engine(ray_session, b0_small_dir: Path, photos: list[Path],
                                                           tmp_path: Path) -> None:
     inputs = _inputs(photos, tmp_path)
@@ -59,6 +60,7 @@ def test_ray_embeddings_and_errors_equal_the_local_engine(ray_session, b0_small_
     np.testing.assert_allclose(ray_array, local_array, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ray_classify_over_awkward_files_with_a_partition_and_resume(ray_session, b0_small_dir: Path,
                                                                     photos: list[Path], tmp_path: Path) -> None:
     from tests.test_reliability import build_corpus

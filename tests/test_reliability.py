@@ -110,7 +110,9 @@ def test_classify_accounts_for_every_input(b0_small_dir: Path, corpus) -> None:
     for path, fragment in bad.items():
         assert fragment in by_path[path]["error"], by_path[path]
         assert f"{path}: " in err
-    assert len(err.strip().splitlines()) == len(bad)  # one line per bad file, nothing else
+    lines = err.strip().splitlines()
+    assert len(lines) == len(bad) + 1  # one line per bad file and the summary, nothing else
+    assert lines[-1].startswith(f"effnet: classified {len(good) + len(bad)} images ({len(bad)} failed) in ")
 
 
 def test_embed_accounts_for_every_input(b0_small_dir: Path, corpus, tmp_path: Path) -> None:
@@ -125,6 +127,7 @@ def test_embed_accounts_for_every_input(b0_small_dir: Path, corpus, tmp_path: Pa
     assert set(errors) == set(bad) and all(bad[p] in errors[p] for p in bad)
 
 
+@pytest.mark.slow
 def test_pixel_limit_can_be_raised(b0_small_dir: Path, photos: list[Path]) -> None:
     small = effnet("classify", str(photos[0]), "--model", str(b0_small_dir), "--max-pixels", "1000", "-f", "jsonl")
     assert small.returncode == 1 and "raise it with --max-pixels" in json.loads(small.stdout)["error"]
@@ -144,6 +147,7 @@ def _many_images(directory: Path, n: int) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_embed_killed_with_sigkill_resumes_to_the_uninterrupted_result(b0_small_dir: Path, tmp_path: Path) -> None:
     images = _many_images(tmp_path / "imgs", 48)
     common = [str(tmp_path / "imgs"), "--model", str(b0_small_dir), "-b", "2", "-j", "0"]

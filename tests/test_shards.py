@@ -216,6 +216,7 @@ def test_scale_usage_errors_exit_2(b0_small_dir: Path, photos: list[Path], tmp_p
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_sigkilled_sharded_run_resumes_to_the_uninterrupted_result(b0_small_dir: Path, tmp_path: Path) -> None:
     _images(tmp_path / "imgs", 24, broken=(9,))
     common = [str(tmp_path / "imgs"), "--model", str(b0_small_dir), "-b", "2", "-j", "0", "--shard-size", "2"]

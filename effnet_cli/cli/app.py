@@ -13,6 +13,7 @@ import typer
 
 from effnet_cli import __version__
 from effnet_cli.cli import classify, config_cmd, convert, embed
+from effnet_cli.cli.render import Command
 
 app = typer.Typer(
     name="effnet",
@@ -46,9 +47,9 @@ def main_callback(
     """
 
 
-app.command("classify", no_args_is_help=True)(classify.classify)
-app.command("embed", no_args_is_help=True)(embed.embed)
-app.command("convert", no_args_is_help=True)(convert.convert)
+app.command("classify", cls=Command)(classify.classify)
+app.command("embed", cls=Command)(embed.embed)
+app.command("convert", cls=Command)(convert.convert)
 app.add_typer(config_cmd.app, name="config")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from effnet_cli.cli import options as opt
-from effnet_cli.cli.common import gather_inputs, load_engine, resolve_workers
+from effnet_cli.cli.common import gather_inputs, load_engine, probe_hub_early, resolve_workers
 from effnet_cli.cli.render import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -21,6 +22,7 @@ from effnet_cli.cli.render import (
     report_failure,
     stdout_console,
     utf8_stdout,
+    summary_line,
 )
 from effnet_cli.errors import InputError
 
@@ -78,6 +80,8 @@ def classify(
     Exit status: 0 all images classified, 1 some failed (each gets an error record, or a device
     worker died), 2 usage error.
     """
+    started = time.monotonic()
+    probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
     from effnet_cli.inference import classify_paths, read_labels, require_classifier
     from effnet_cli.records import RecordWriter
@@ -108,7 +112,7 @@ def classify(
         return sharded.run(job, engine, spec,
                            dict(top_k=top_k, threshold=threshold, labels=names, batch_size=batch_size),
                            devices=devices, engine_kind=engine_kind, ray_address=ray_address, ray_actors=ray_actors,
-                           workers=workers, quiet=quiet, show=progress_enabled(progress, quiet))
+                           workers=workers, quiet=quiet, show=progress_enabled(progress, quiet), started=started)
     paths = partition.select(paths)
     engine = load_engine(variant, model, revision, device, dtype, compile, full_decode, max_pixels, quiet)
     require_classifier(engine)
@@ -141,4 +145,5 @@ def classify(
         return EXIT_INTERRUPTED
     if writer is not None:
         writer.close()
+    summary_line("classified", len(paths), failed, f"{fmt} on stdout", time.monotonic() - started, quiet)
     return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from effnet_cli.cli.options import DEFAULT_VARIANT, DType, Variant
@@ -11,6 +12,15 @@ from effnet_cli.errors import InputError
 
 if TYPE_CHECKING:
     from effnet_cli.inference import Engine
+
+
+def probe_hub_early(variant: Variant | None, model: str | None) -> None:
+    """For a hub model, start checking that the hub answers now, while torch and the inputs load."""
+    name = model if model is not None else (variant.value if variant is not None else DEFAULT_VARIANT)
+    if name.lower() != DEFAULT_VARIANT and not Path(name).expanduser().exists():
+        from effnet_cli.hub import start_probe
+
+        start_probe()
 
 
 def gather_inputs(inputs: list[str], null: bool) -> list[str]:
@@ -33,6 +43,14 @@ def load_engine(variant: Variant | None, model: str | None, revision: str | None
     if max_pixels is not None and max_pixels < 1:
         raise InputError(f"--max-pixels must be positive, got {max_pixels}.")
     name = model if model is not None else (variant.value if variant is not None else DEFAULT_VARIANT)
+    if quiet:
+        # Downloads show huggingface_hub's progress bars on stderr; --quiet means none.
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if compile and not quiet:
+        # torch.compile works on the first batch, tens of seconds during which nothing else would move.
+        info_line("compiling the model with torch.compile; the first batch takes a while…")
     engine = Engine.from_pretrained(name, revision=revision, device=device, dtype=dtype.value, compile=compile,
                                     draft=not full_decode,
                                     max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)

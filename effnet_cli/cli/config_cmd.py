@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from effnet_cli.cli.render import error_line, stdout_console
+from effnet_cli.cli.render import Command, error_line, stdout_console
 from effnet_cli.config import ALPHA, BETA, GAMMA, VARIANTS, EfficientNetConfig
 from effnet_cli.errors import ConfigError, InputError
 from effnet_cli.flops import LayerCost, NetworkCost, network_cost
@@ -194,34 +194,37 @@ def print_stage_table(console: Console, config: EfficientNetConfig, name: str, c
     num_stages = sum(1 for r in cost.rows if r.kind == "stage")
     console.print(STAGE_CAPTION.format(n=num_stages))
     console.print()
-    totals = Table.grid(padding=(0, 2))
-    totals.add_column(style="bold")
-    totals.add_column()
     labels = int(config.num_labels)
-    totals.add_row("parameters", f"{cost.params:,} ({human(cost.params)}; {labels}-class classifier included)")
-    totals.add_row("MACs", f"{cost.macs:,} ({human(cost.macs)}) at {size}×{size}; "
-                           f"FLOPs = 2 × MACs = {human(cost.flops)}")
-    totals.add_row("blocks", f"{cost.blocks} MBConv")
-    totals.add_row("head width", f"{config.head_channels} (hidden_dim)")
-    totals.add_row("padding", config.padding_mode)
-    totals.add_row("activation", config.hidden_act)
-    totals.add_row("squeeze-excite", "yes" if config.use_squeeze_excite else "no")
-    console.print(totals)
+    print_rows(console, [
+        ("parameters", f"{cost.params:,} ({human(cost.params)}; {labels}-class classifier included)"),
+        ("MACs", f"{cost.macs:,} ({human(cost.macs)}) at {size}×{size}; FLOPs = 2 × MACs = {human(cost.flops)}"),
+        ("blocks", f"{cost.blocks} MBConv"),
+        ("head width", f"{config.head_channels} (hidden_dim)"),
+        ("padding", config.padding_mode),
+        ("activation", config.hidden_act),
+        ("squeeze-excite", "yes" if config.use_squeeze_excite else "no"),
+    ])
 
 
 def print_scaling(console: Console, phi: float, config: EfficientNetConfig) -> None:
     """The coefficients compound scaling gave for ``phi``, beside the unrounded values they came from."""
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column(justify="right")
-    grid.add_column(style="dim")
-    grid.add_row("φ", f"{phi:g}", "")
-    grid.add_row("depth_coefficient", f"{config.depth_coefficient:g}", f"α^φ = {ALPHA}^{phi:g} = {ALPHA**phi:.4f}")
-    grid.add_row("width_coefficient", f"{config.width_coefficient:g}", f"β^φ = {BETA}^{phi:g} = {BETA**phi:.4f}")
-    grid.add_row("image_size", str(config.image_size),
-                 f"224·γ^φ = 224·{GAMMA}^{phi:g} = {224 * GAMMA**phi:.1f}, to a multiple of 8")
-    grid.add_row("dropout_rate", f"{config.dropout_rate:g}", "0.2 + 0.05·φ, at most 0.5")
-    console.print(grid)
+    print_rows(console, [
+        ("φ", f"{phi:g}", ""),
+        ("depth_coefficient", f"{config.depth_coefficient:g}", f"α^φ = {ALPHA}^{phi:g} = {ALPHA**phi:.4f}"),
+        ("width_coefficient", f"{config.width_coefficient:g}", f"β^φ = {BETA}^{phi:g} = {BETA**phi:.4f}"),
+        ("image_size", str(config.image_size), f"224·γ^φ = 224·{GAMMA}^{phi:g} = {224 * GAMMA**phi:.1f}, to a multiple of 8"),
+        ("dropout_rate", f"{config.dropout_rate:g}", "0.2 + 0.05·φ, at most 0.5"),
+    ], right=(1,))
+
+
+def print_rows(console: Console, rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> None:
+    """Aligned columns, two spaces apart, the first in bold, without the trailing spaces a Rich grid pads with."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        line = "  ".join(cells).rstrip()
+        console.print(f"[bold]{escape(line[:widths[0]])}[/]{escape(line[widths[0]:])}", highlight=False,
+                      soft_wrap=True)
 
 
 def write_json_atomic(target: Path, text: str) -> None:
@@ -240,7 +243,7 @@ def output_path(output: Path) -> Path:
 
 
 # ----------------------------------------------------------------- commands
-@app.command("list")
+@app.command("list", cls=Command)
 def list_variants(format: FormatOpt = Format.table) -> None:
     """List every published variant: resolution, scaling, parameters, MACs, ImageNet top-1.
 
@@ -282,7 +285,7 @@ def list_variants(format: FormatOpt = Format.table) -> None:
     console.print(MACS_NOTE)
 
 
-@app.command("show", no_args_is_help=True)
+@app.command("show", cls=Command)
 def show(
     source: Annotated[str, typer.Argument(
         help="A variant (b0-b7, lite0-lite4), a model directory, or a config.json.", show_default=False)],
@@ -312,7 +315,7 @@ def show(
     print_stage_table(stdout_console(), config, name, cost)
 
 
-@app.command("save", no_args_is_help=True)
+@app.command("save", cls=Command)
 def save(
     variant: Annotated[Optional[str], typer.Argument(
         help="A published variant (b0-b7, lite0-lite4). Omit it when giving --phi.", show_default=False)] = None,

@@ -20,7 +20,7 @@ class Source(str, Enum):
 
 
 def convert(
-    src: Annotated[Path, typer.Argument(help="Checkpoint file (.safetensors, .pth, .bin, .h5) or transformers directory.")],
+    src: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint file (.safetensors, .pth, .bin, .h5) or transformers directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (config.json, model.safetensors, preprocessor_config.json).")],
     source: Annotated[Optional[Source], typer.Option("--from", help="Source library; detected from the key layout when omitted.", show_default=False)] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Source architecture where the file can't tell, e.g. tf_efficientnet_b3, efficientnet-b2, EfficientNetB0.")] = None,
@@ -43,9 +43,9 @@ def convert(
                                 overwrite=overwrite)
     console = stdout_console()
     console.print(f"converted {src} ({report.source}, {report.arch}, {report.num_tensors} tensors) -> {output}",
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
     for note in report.notes:
         info_line(note)
     if report.verify is not None:
-        console.print(f"verify: {report.verify}", markup=False, highlight=False)
+        console.print(f"verify: {report.verify}", markup=False, highlight=False, soft_wrap=True)
     return EXIT_OK

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from effnet_cli.cli import options as opt
-from effnet_cli.cli.common import gather_inputs, load_engine, resolve_workers
+from effnet_cli.cli.common import gather_inputs, load_engine, probe_hub_early, resolve_workers
 from effnet_cli.cli.render import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     progress_bar,
     progress_enabled,
     report_failure,
+    summary_line,
 )
 from effnet_cli.errors import InputError
+from effnet_cli.pathtext import display_path
 
 
 def _parse_features(value: str | None) -> int | None:
@@ -35,10 +38,10 @@ def embed(
         "--output", "-o", help="The .npy to write; the manifest goes beside it as .jsonl.")] = None,
     per_file: Annotated[Optional[Path], typer.Option(
         "--per-file", help="Write one .npy per image under this directory instead (input paths mirrored).")] = None,
-    pool: Annotated[str, typer.Option("--pool", help="mean or max over the feature map.")] = "mean",
+    pool: Annotated[opt.Pool, typer.Option("--pool", help="mean or max over the feature map.")] = opt.Pool.mean,
     features: Annotated[Optional[str], typer.Option(
         "--features", help="head (the pooled hidden_dim features) or stage:N for stage N's feature map.",
-        show_default=False)] = None,
+        show_default=False, metavar="head|stage:N")] = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise each row.")] = False,
     resume: opt.Resume = False,
     output_dir: opt.OutputDir = None,
@@ -81,6 +84,8 @@ def embed(
     numpy or embedding-reader; see docs/scaling.md.
     Exit status: 0 all embedded, 1 some failed (or a device worker died), 2 usage error.
     """
+    started = time.monotonic()
+    probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
     from effnet_cli.inference import POOLS
 
@@ -90,6 +95,7 @@ def embed(
                           ray_address=ray_address, ray_actors=ray_actors, device=device)
     partition = sharded.partition_of(shard)
     meta = sharded.meta_format_of(meta_format, output_dir)
+    pool = opt.Pool(pool).value
     if pool not in POOLS:
         raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}.")
     if output is not None and output.suffix != ".npy":
@@ -110,7 +116,11 @@ def embed(
         run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size)
         if per_file is not None:
             run["workers"] = resolve_workers(workers)
-            return _embed_per_file(engine, partition.select(paths), per_file, run, quiet, show)
+            selected = partition.select(paths)
+            code, failed = _embed_per_file(engine, selected, per_file, run, quiet, show)
+            summary_line("embedded", len(selected), failed, f"written to {display_path(per_file)}/ (manifest.jsonl)",
+                         time.monotonic() - started, quiet)
+            return code
         name = sharded.model_name(variant, model)
         spec = sharded.engine_spec(engine, name, dtype, compile)
         settings = sharded.run_settings(engine, name, spec.revision, dtype, not fast_decode,
@@ -124,11 +134,15 @@ def embed(
             job = ShardJob(kind="embed", directory=output.parent, paths=partition.select(paths), total=len(paths),
                            partition=partition, settings=settings, resume=resume, single=output)
         return sharded.run(job, engine, spec, run, devices=devices, engine_kind=engine_kind, ray_address=ray_address,
-                           ray_actors=ray_actors, workers=workers, quiet=quiet, show=show)
+                           ray_actors=ray_actors, workers=workers, quiet=quiet, show=show, started=started)
 
 
-def _embed_per_file(engine, paths: list[str], directory: Path, run: dict, quiet: bool, show: bool) -> int:
-    """One .npy per input under ``directory`` (paths mirrored), each published atomically, then a manifest."""
+def _embed_per_file(engine, paths: list[str], directory: Path, run: dict, quiet: bool,
+                    show: bool) -> tuple[int, int]:
+    """One .npy per input under ``directory`` (paths mirrored), each published atomically, then a manifest.
+
+    Returns the exit status and the number of inputs that failed.
+    """
     import io
 
     import numpy as np
@@ -162,4 +176,4 @@ def _embed_per_file(engine, paths: list[str], directory: Path, run: dict, quiet:
             advance(len(batch.results))
         write_bytes(directory / "manifest.jsonl",
                     "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return (EXIT_SOME_FAILED if failed else EXIT_OK), failed

@@ -12,13 +12,21 @@ from effnet_cli.config import VARIANTS
 
 DEFAULT_VARIANT = "lite0"  # the bundled ImageNet weights: works offline, no download
 
-Variant = Enum("Variant", {name: name for name in VARIANTS}, type=str)  # type: ignore[misc]
+# Only the variants whose weights can be had: b0-b7 from the hub and the bundled lite0. lite1-lite4 have
+# no published weights in this format (convert timm's, then --model DIR), so offering them would be a trap.
+LOADABLE = [name for name, v in VARIANTS.items() if not v.lite or name == DEFAULT_VARIANT]
+Variant = Enum("Variant", {name: name for name in LOADABLE}, type=str)  # type: ignore[misc]
 
 
 class DType(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
+
+
+class Pool(str, Enum):
+    mean = "mean"
+    max = "max"
 
 
 class EngineKind(str, Enum):
@@ -32,15 +40,16 @@ RUN_PANEL = "Run"
 SCALE_PANEL = "Sharded output and scale"
 
 Inputs = Annotated[list[str], typer.Argument(
-    help="Image files, directories (recursed), globs, or - to read paths from stdin.", show_default=False)]
+    help="Image files, directories (recursed), globs, or - to read paths from stdin.", show_default=False,
+    metavar="IMAGE...")]
 Null = Annotated[bool, typer.Option("--null", "-0", help="With -, paths on stdin are NUL-separated (find -print0).",
                                     rich_help_panel=INPUT_PANEL)]
 MaxPixels = Annotated[Optional[int], typer.Option(
     "--max-pixels", help="Refuse images with more pixels than this (decompression bombs). [default: 89478485]",
     rich_help_panel=INPUT_PANEL, show_default=False)]
 VariantOpt = Annotated[Optional[Variant], typer.Option(
-    "--variant", help=f"Published variant. b0-b7 come from the Hugging Face hub; lite0 ships with effnet. "
-                      f"[default: {DEFAULT_VARIANT}]", rich_help_panel=MODEL_PANEL, show_default=False,
+    "--variant", help=f"Published variant. b0-b7 come from the Hugging Face hub; lite0 ships with effnet "
+                      f"(for lite1-lite4, convert timm's weights and use --model). [default: {DEFAULT_VARIANT}]", rich_help_panel=MODEL_PANEL, show_default=False,
     case_sensitive=False)]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Hub repository id or local directory (config.json + model.safetensors).",

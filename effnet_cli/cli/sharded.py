@@ -9,6 +9,7 @@ shows one progress bar, and turns the outcome into an exit status.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from effnet_cli.cli.render import (
     info_line,
     progress_bar,
     report_failure,
+    summary_line,
 )
 from effnet_cli.errors import InputError
 from effnet_cli.pathtext import display_path
@@ -144,18 +146,23 @@ def make_job(kind: str, all_paths: list[str], partition: Partition, output_dir: 
 
 def run(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, Any], *, devices: str | None,
         engine_kind: EngineKind, ray_address: str | None, ray_actors: int | None, workers: int | None,
-        quiet: bool, show: bool) -> int:
-    """Run ``job`` on the chosen engine with one progress bar, holding the output's lock; the exit status."""
+        quiet: bool, show: bool, started: float | None = None) -> int:
+    """Run ``job`` on the chosen engine with one progress bar, holding the output's lock; the exit status.
+
+    Unless ``quiet``, the run ends with a summary line on stderr (``started``: when the command began,
+    from :func:`time.monotonic`).
+    """
     from effnet_cli.shards import lock_output
 
     with lock_output(job):
         return _run_locked(job, engine, spec, run_options, devices=devices, engine_kind=engine_kind,
-                           ray_address=ray_address, ray_actors=ray_actors, workers=workers, quiet=quiet, show=show)
+                           ray_address=ray_address, ray_actors=ray_actors, workers=workers, quiet=quiet, show=show,
+                           started=time.monotonic() if started is None else started)
 
 
 def _run_locked(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, Any], *, devices: str | None,
                 engine_kind: EngineKind, ray_address: str | None, ray_actors: int | None, workers: int | None,
-                quiet: bool, show: bool) -> int:
+                quiet: bool, show: bool, started: float) -> int:
     from effnet_cli.data import default_workers
 
     device_list = None
@@ -199,4 +206,8 @@ def _run_locked(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, An
             info_line(f"{display_path(job.output)} is already complete; nothing to resume.")
         else:
             info_line(f"every shard in {display_path(job.directory)} was already finished; nothing to resume.")
+    where = (f"written to {display_path(job.output)}" if job.single is not None
+             else f"written to {display_path(job.directory)}/")
+    summary_line("embedded" if job.kind == "embed" else "classified", len(job.paths), summary.failures, where,
+                  time.monotonic() - started, quiet)
     return EXIT_SOME_FAILED if summary.failures else EXIT_OK

@@ -1,0 +1,183 @@
+"""Run the command examples shown in README.md and docs/*.md and write their real output into the docs.
+
+An example is a fenced block right after an ``<!-- example -->`` comment. Its lines that start
+with ``$ `` are commands; everything else in the block is their output, which this script
+replaces by what the commands print now (stdout and stderr together, as a terminal shows them)::
+
+    <!-- example -->
+    ```
+    $ effnet classify tests/data/images/cat.jpg -k 1 -f csv
+    path,rank,index,label,score,error
+    ...
+    ```
+
+``<!-- example: setup COMMAND -->`` runs COMMAND first without showing it (to make a broken
+file, say). The commands of one block run one after another in the same fresh directory, in
+which ``tests/data/images`` holds the sample photos; effnet runs from this checkout, offline
+(the bundled lite0 weights), with a 100-column terminal width and no colour. Timings are shown
+as ``N.N s`` and the temporary directory as ``.``, so that a second run writes the same text.
+
+    python docs/examples.py           # rewrite every example block
+    python docs/examples.py --check   # exit 1, with a diff, when a shown output no longer matches
+
+``--check`` compares numbers to the precision the docs show (and within 1e-5 relative for long
+ones, which differ in their last digits between machines); all other text must match exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"^<!-- example(?::\s*setup\s+(?P<setup>.*?))?\s*-->\s*$")
+TIMING = re.compile(r"\bin \d+(?:\.\d+)? s\b")
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+TIMEOUT = 600  # seconds per command; a conversion with --verify takes tens of seconds on a busy machine
+
+
+@dataclass
+class Example:
+    """One generated block: where it is, what to run, and what the docs show now."""
+
+    path: Path
+    start: int  # index of the line after the opening fence
+    end: int  # index of the closing fence
+    setup: str | None
+    commands: list[str]
+    shown: str
+
+
+def doc_files() -> list[Path]:
+    """README.md and every page under docs/."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def find_examples(path: Path) -> list[Example]:
+    """The marked blocks of one Markdown file."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    found = []
+    i = 0
+    while i < len(lines):
+        marker = MARKER.match(lines[i])
+        if marker and i + 1 < len(lines) and lines[i + 1].startswith("```"):
+            start = i + 2
+            end = next((j for j in range(start, len(lines)) if lines[j].startswith("```")), None)
+            if end is None:
+                raise SystemExit(f"{path.relative_to(REPO)}:{i + 1}: example block is never closed")
+            body = lines[start:end]
+            commands = [line[2:] for line in body if line.startswith("$ ")]
+            if not commands:
+                raise SystemExit(f"{path.relative_to(REPO)}:{i + 1}: example block has no '$ ' command")
+            found.append(Example(path, start, end, marker.group("setup"), commands, "\n".join(body)))
+            i = end
+        i += 1
+    return found
+
+
+def environment(bin_dir: Path, cache: Path, home: Path) -> dict[str, str]:
+    """effnet from this checkout, offline, as a plain 100-column terminal would show it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "EFFNET_", "PYTEST_"))}
+    env.update({
+        "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONPATH": str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+        "PYTHONUNBUFFERED": "1",  # stdout and stderr interleave as on a terminal
+        "EFFNET_CACHE": str(cache),
+        "HF_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "COLUMNS": "100",
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+    })
+    return env
+
+
+def run_example(example: Example, env: dict[str, str]) -> str:
+    """The block's text as the commands print it now, masked."""
+    with tempfile.TemporaryDirectory(prefix="effnet-example-") as tmp:
+        work = Path(tmp)
+        shutil.copytree(REPO / "tests" / "data" / "images", work / "tests" / "data" / "images")
+        if example.setup:
+            subprocess.run(["bash", "-c", example.setup], cwd=work, env=env, check=True, timeout=TIMEOUT,
+                           capture_output=True)
+        out = []
+        for command in example.commands:
+            proc = subprocess.run(["bash", "-c", command], cwd=work, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, timeout=TIMEOUT)
+            text = proc.stdout.decode("utf-8", errors="replace").replace(str(work.resolve()), ".")
+            text = text.replace(str(work), ".")
+            out.append(f"$ {command}")
+            out.extend(line.rstrip() for line in text.rstrip("\n").split("\n") if text.strip())
+    return "\n".join(TIMING.sub("in N.N s", line) for line in out)
+
+
+def same(shown: str, now: str) -> bool:
+    """Equal text, with each number equal to the precision the docs show it with."""
+    split_shown, split_now = NUMBER.split(shown), NUMBER.split(now)
+    if split_shown != split_now:
+        return False
+    for a, b in zip(NUMBER.findall(shown), NUMBER.findall(now)):
+        decimals = len(a.split(".")[1]) if "." in a and "e" not in a.lower() else 0
+        x, y = float(a), float(b)
+        if abs(x - y) > 10.0**-decimals / 2 + 1e-12 and abs(x - y) > 1e-5 * max(abs(x), abs(y)):
+            return False
+    return True
+
+
+def shim(bin_dir: Path) -> None:
+    """An ``effnet`` command that runs this checkout with this interpreter."""
+    script = bin_dir / "effnet"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m effnet_cli "$@"\n', encoding="utf-8")
+    script.chmod(0o755)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the example blocks, or with --check report the ones that no longer match."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of rewriting; exit 1 on a difference")
+    parser.add_argument("files", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
+    args = parser.parse_args(argv)
+    files = [f.resolve() for f in args.files] or doc_files()
+    stale = 0
+    with tempfile.TemporaryDirectory(prefix="effnet-docs-") as tmp:
+        root = Path(tmp)
+        for name in ("bin", "cache", "hf"):
+            (root / name).mkdir()
+        shim(root / "bin")
+        env = environment(root / "bin", root / "cache", root / "hf")
+        for path in files:
+            examples = find_examples(path)
+            if not examples:
+                continue
+            lines = path.read_text(encoding="utf-8").split("\n")
+            for example in reversed(examples):  # from the end, so earlier line numbers stay valid
+                now = run_example(example, env)
+                where = f"{path.relative_to(REPO)}:{example.start}"
+                if args.check:
+                    if not same(example.shown, now):
+                        stale += 1
+                        diff = difflib.unified_diff(example.shown.split("\n"), now.split("\n"), "shown", "now",
+                                                    lineterm="")
+                        print(f"{where}: the shown output differs from a real run:", *diff, sep="\n")
+                elif example.shown != now:
+                    lines[example.start:example.end] = now.split("\n")
+                    print(f"{where}: rewritten")
+            if not args.check:
+                path.write_text("\n".join(lines), encoding="utf-8")
+    if args.check:
+        print(f"{stale} example block(s) differ" if stale else "every example block matches a real run")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    shutil.which("bash") or sys.exit("docs/examples.py needs bash")
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The command output shown in README.md and docs/ is what effnet prints today (docs/examples.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "docs"))
+import examples  # noqa: E402 - docs/examples.py, the script that writes the shown outputs
+
+
+def test_numbers_compare_to_their_shown_precision() -> None:
+    assert examples.same("tripod 0.939 36.7%", "tripod 0.93858802318573 36.7%")
+    assert not examples.same("tripod 0.961 36.7%", "tripod 0.93858802318573 36.7%")
+    assert examples.same('"score": 0.9524572491645813', '"score": 0.9524571299552917')  # float noise
+    assert not examples.same("(5, 1280) float32", "(5, 1280) float16")
+    assert not examples.same("Egyptian cat", "tiger cat")
+
+
+def test_blocks_are_found_with_their_commands(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("text\n<!-- example: setup touch a -->\n```\n$ ls\nold\n```\n```\n$ not marked\n```\n")
+    (found,) = examples.find_examples(page)
+    assert (found.setup, found.commands, found.shown) == ("touch a", ["ls"], "$ ls\nold")
+
+
+@pytest.mark.slow
+def test_every_shown_output_matches_a_real_run() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "docs" / "examples.py"), "--check"], capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
