@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from effnet_cli import data
+from effnet_cli import decode, loader
 from effnet_cli.data import (
     CRASH_REASON,
     DEFAULT_MAX_PIXELS,
@@ -380,7 +380,7 @@ def test_missing_directory_and_unreadable(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(data, "open", denied, raising=False)
+    monkeypatch.setattr(decode, "open", denied, raising=False)
     assert reason(p) == "permission denied"
 
 
@@ -749,7 +749,7 @@ def test_slow_batch_is_not_mistaken_for_a_crash(tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
     paths = [str(solid(tmp_path / f"{i}.png", size=(6, 6) if i else (11, 11))) for i in range(3)]
-    transform = SlowOnSize(markers, (11, 11), 3 * data._LIVENESS_POLL_S)
+    transform = SlowOnSize(markers, (11, 11), 3 * loader._LIVENESS_POLL_S)
     _, rows, errors = collect(iter_batches(paths, transform, batch_size=1, workers=2))
     assert errors == {} and sorted(rows) == [0, 1, 2]
     assert len(os.listdir(markers)) == 3  # each image decoded once: no rerun in isolation
