@@ -12,7 +12,7 @@ import sys
 import typer
 
 from effnet_cli import __version__
-from effnet_cli.cli import classify, config_cmd, convert, embed
+from effnet_cli.cli import classify, config_cmd, convert, embed, export
 
 app = typer.Typer(
     name="effnet",
@@ -49,6 +49,7 @@ def main_callback(
 app.command("classify", no_args_is_help=True)(classify.classify)
 app.command("embed", no_args_is_help=True)(embed.embed)
 app.command("convert", no_args_is_help=True)(convert.convert)
+app.command("export", no_args_is_help=True)(export.export)
 app.add_typer(config_cmd.app, name="config")
 
 

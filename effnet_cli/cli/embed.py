@@ -61,7 +61,8 @@ def embed(
     batch_size: opt.BatchSize = 16,
     workers: opt.Workers = None,
     compile: opt.Compile = False,
-    fast_decode: opt.FastDecode = False,
+    exact_decode: opt.ExactDecode = None,
+    backend: opt.BackendOpt = opt.BackendKind.auto,
     quiet: opt.Quiet = False,
     progress: opt.Progress = None,
 ) -> int:
@@ -84,7 +85,10 @@ def embed(
     Exit status: 0 all embedded, 1 some failed (or a device worker died), 2 usage error.
     """
     from effnet_cli.cli import sharded
+    from effnet_cli.cli.common import exact_decoding
     from effnet_cli.inference import POOLS
+
+    fast_decode = not exact_decoding(exact_decode, True)
 
     if sum(x is not None for x in (output, per_file, output_dir)) != 1:
         raise InputError("Give exactly one of -o OUT.npy, --per-file DIR or --output-dir DIR.")
@@ -98,6 +102,8 @@ def embed(
     if per_file is not None and resume:
         raise InputError("--resume works with -o; --per-file runs write each file atomically and can simply be rerun.")
     stage = _parse_features(features)
+    if stage is not None and backend is opt.BackendKind.auto:
+        backend = opt.BackendKind.torch  # stage feature maps are not outputs of an export
     paths = gather_inputs(inputs, null)
     show = progress_enabled(progress, quiet)
     if output_dir is not None:
@@ -105,7 +111,7 @@ def embed(
         # serves the decode settings, so it stays on the CPU when they exist.
         elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
         engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
-                             not fast_decode, max_pixels, quiet)
+                             not fast_decode, max_pixels, quiet, "torch" if elsewhere else backend.value)
         dim = engine.feature_dim(stage)
         name = sharded.model_name(variant, model)
         spec = sharded.engine_spec(engine, name, dtype, compile)
@@ -117,7 +123,8 @@ def embed(
                            devices=devices, engine_kind=engine_kind, ray_address=ray_address, ray_actors=ray_actors,
                            workers=workers, quiet=quiet, show=show)
     paths = partition.select(paths)
-    engine = load_engine(variant, model, revision, device, dtype, compile, not fast_decode, max_pixels, quiet)
+    engine = load_engine(variant, model, revision, device, dtype, compile, not fast_decode, max_pixels, quiet,
+                         backend.value)
     engine.feature_dim(stage)  # a bad stage number is a usage error, before any work
     run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size, workers=resolve_workers(workers))
     if per_file is not None:
