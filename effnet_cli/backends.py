@@ -200,6 +200,10 @@ class OnnxRuntimeRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or usable_cores()
         options.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's business
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+            # The same choice as for torch's OpenMP threads (see effnet_cli.cli.app.main): threads that
+            # spin while waiting take whole time slices from other programs on shared cores.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device_type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -163,6 +163,8 @@ def _write_onnx(model: nn.Module, path: Path, *, image_size: tuple[int, int], ba
     """Export ``model`` (plain, float32) to ONNX at ``path`` with the dynamo exporter."""
     import copy
 
+    for needed in ("onnx", "onnxscript"):  # torch's exporter imports them only when called
+        require_runtime(needed)
     graph = _ExportGraph(copy.deepcopy(model).float().eval(), half=False)
     if dtype == "float16":
         graph = _ExportGraph(copy.deepcopy(model).half().eval(), half=True)
@@ -258,15 +260,17 @@ def export_model(model: nn.Module, processor: Any, out: str | Path, *, fmt: str 
     return result
 
 
-RUNTIME_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
+# What to install for each package the export and the backends need (openvino is an extra).
+_INSTALL = {"onnxruntime": "onnxruntime", "onnx": "onnx", "onnxscript": "onnxscript",
+            "openvino": "'effnet-cli[openvino]'"}
 
 
 def require_runtime(name: str) -> None:
-    """An InputError naming the extra to install when runtime ``name`` is missing."""
+    """An InputError saying what to install when the package ``name`` is missing."""
     import importlib.util
 
     if importlib.util.find_spec(name) is None:
-        raise InputError(f"{name} is not installed; pip install 'effnet-cli[{RUNTIME_EXTRAS[name]}]'.")
+        raise InputError(f"{name} is not installed; pip install {_INSTALL[name]}.")
 
 
 @dataclass

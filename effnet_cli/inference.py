@@ -31,7 +31,10 @@ POOLS = ("mean", "max")
 # Reduced-size JPEG decoding stops at this multiple of the resize target (see Engine.open_kwargs).
 DRAFT_MARGIN = 1.5
 # Scheduling priority (nice) of the decode workers when the model runs on the CPU (see iter_batches).
-WORKER_NICE = 19
+# Normal priority: at nice 19 the workers starve behind any busy program (with one busy process per
+# core, `effnet classify` made a handful of records a minute), and with the model's threads waiting
+# passively (OMP_WAIT_POLICY, ONNX Runtime without spinning) the gain it had on an idle machine is gone.
+WORKER_NICE = 0
 
 
 def read_labels(path: str | Path) -> list[str]:

@@ -371,7 +371,9 @@ def iter_batches(
     threads wait for each other at the end of every op, so a worker that
     preempts one of them stalls them all; a niced worker runs in the gaps
     (while the model waits for its next batch) instead, which made the whole
-    pipeline 1.15-1.5× faster in steady state on 2 cores (docs/benchmarks.md).
+    pipeline 1.15-1.5× faster in steady state on an idle 2-core machine. But a
+    niced worker also waits behind every other busy program on the machine,
+    and then nothing reaches the model at all: the CLI leaves it at 0.
 
     Closing the generator early (``break``) stops the workers.
     """

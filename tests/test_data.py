@@ -654,7 +654,7 @@ def test_workers_run_at_the_asked_lower_priority(tmp_path):
     assert os.nice(0) == own  # the calling process keeps its priority
 
 
-def test_engine_nices_its_workers_on_cpu_only(monkeypatch):
+def test_engine_keeps_its_workers_at_normal_priority(monkeypatch):
     from effnet_cli import inference
 
     calls = []
@@ -666,7 +666,8 @@ def test_engine_nices_its_workers_on_cpu_only(monkeypatch):
         engine.device = torch.device(device)
         list(engine.batches([], batch_size=1, workers=1))
         assert calls.pop() == want
-    assert inference.WORKER_NICE > 0
+    # At a lower priority the workers starve behind any busy program and the model gets no images.
+    assert inference.WORKER_NICE == 0
 
 
 def test_start_resumes_at_a_position(tmp_path):

@@ -7,6 +7,7 @@ line on stderr with a non-zero exit status, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -53,8 +54,21 @@ app.command("export", no_args_is_help=True)(export.export)
 app.add_typer(config_cmd.app, name="config")
 
 
+def _thread_waiting_policy() -> None:
+    """Let the model's threads sleep, not spin, while they wait for work, unless the user chose otherwise.
+
+    OpenMP reads OMP_WAIT_POLICY once, when torch loads, so it is set here, before any
+    command imports torch. Spinning threads make no progress when another program holds their
+    core, and the model's threads wait for the slowest of them at the end of every op: with
+    busy processes on the cores the CLI's throughput collapsed (docs/benchmarks.md).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main() -> None:
     """Console-script entry point."""
     from effnet_cli.cli.render import run_app
+
+    _thread_waiting_policy()
 
     sys.exit(run_app(app))
