@@ -435,15 +435,19 @@ PROSE = """\
 * **bfloat16** (opt-in, `--dtype bfloat16`). On CPUs with AMX/AVX512-BF16 (this one) the convs run ~1.5×
   faster, but logits move by ~1e-3 relative, outside the 1e-4 guard, so it is never the default.
   `torch.autocast` on top of the float32 model gains nothing (the fused convs are outside its op lists).
-* **Backends** (`--backend auto`, the default: OpenVINO, else ONNX Runtime, on the CPU; torch on a GPU).
-  The plain model is exported once (dynamo exporter, opset 18; TF padding folded into the convs' pads) and
-  cached by weights hash. On this kind of machine ONNX Runtime and OpenVINO run b0 about as fast as
-  `optimize()` at batch 16 in float32, 2-3× faster at batch 1, OpenVINO's bfloat16 ~1.4× faster than
-  torch's, they use less memory, and they lose less under load (tables above). ONNX Runtime (with onnx and
-  onnxscript for the export; ~120 MB installed, a tenth of torch) is in the default install, so the
-  README's first command runs the fast path; OpenVINO (~180 MB) is the `effnet-cli[openvino]` extra: it is
-  worth it mostly for bfloat16 on CPUs with AVX512-BF16/AMX and for batch 1, and the float32 batch-16 gain
-  over ONNX Runtime was within this machine's noise. `--backend torch` keeps the PyTorch path (and is what
+* **Backends** (`--backend auto`, the default: the fastest installed backend for the model on this CPU,
+  measured once per model and machine and remembered; torch on a GPU). The plain model is exported once
+  (dynamo exporter, opset 18; TF padding folded into the convs' pads) and cached by weights hash. No one
+  backend wins everywhere, which is why `auto` measures instead of following a rule: in the issue's run on
+  an Intel Xeon with AMX, OpenVINO and ONNX Runtime were 1.0-1.2× `optimize()` at batch 16 and ~3× at
+  batch 1, and OpenVINO's bfloat16 1.56× torch's; on a shared AMD EPYC (AVX512-BF16, no AMX), b0 forward
+  at batch 16 measured 223 (ONNX Runtime), 246 (OpenVINO) and 235 (`optimize()`) images/s, at batch 1
+  245, 232 and 106, bfloat16 414 (OpenVINO) against 299 (torch); end to end with Lite0 the same machine
+  gave torch 62, OpenVINO 48 and ONNX Runtime 38-42 images/s. ONNX Runtime (with onnx and onnxscript,
+  which the export needs; ~120 MB installed, a tenth of torch) is in the default install, so the README's
+  first command can take the fast path and `effnet export` works out of the box; OpenVINO (~180 MB) is the
+  `effnet-cli[openvino]` extra: it pays mostly in bfloat16 on CPUs with native bf16 and at batch 1, where
+  ONNX Runtime already gets most of the gain. `--backend torch` keeps the PyTorch path (and is what
   `--compile`, `embed --features stage:N` and multi-device runs use).
 * **Pinned memory + `non_blocking` copies** (kept, CUDA only; nothing to measure on this machine).
 * **`torch.compile`** (opt-in, `--compile`, with inductor's weight freezing). Roughly on par with the eager

@@ -9,15 +9,20 @@ of the exporter and the runtime. Concurrent runs are safe: one exports while
 the others wait on a lock, and an export only ever appears under its final
 name complete (written into a temporary directory, then renamed).
 
-``auto`` (the CLI's default) is a fixed rule taken from the measurements in
-docs/benchmarks.md, not a timing made at every start:
+``auto`` (the CLI's default) measures: the first time a model runs with
+``auto`` on a machine, each backend that can run it times a few forward passes
+of a batch of 16 (the CLI's default batch size), the fastest is remembered in
+the cache beside the exports, and later runs reuse that choice. Candidates:
 
-* on a GPU: torch (its bfloat16/float16 kernels are the fast path there);
-* on the CPU: OpenVINO if installed, else ONNX Runtime if installed, else torch;
-  with ``--dtype bfloat16`` OpenVINO only when the CPU computes bfloat16
-  natively (AVX512-BF16 or AMX), since ONNX Runtime has no bfloat16 convolutions;
-* torch whenever the run needs something only the PyTorch model has
-  (``--compile``, ``embed --features stage:N``, preprocessing without a fixed size).
+* on a GPU, or when the run needs something only the PyTorch model has
+  (``--compile``, ``embed --features stage:N``, preprocessing without a fixed
+  size): torch only;
+* on the CPU: torch, OpenVINO if installed (with ``--dtype bfloat16`` only when
+  OpenVINO reports native bfloat16 on this CPU, asked at run time) and ONNX
+  Runtime if installed (float32 only: it has no bfloat16 convolutions).
+
+The remembered choice is keyed by the weights, input size, dtype, the
+candidates and their versions, the CPU model and the number of usable cores.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ import numpy as np
 
 from effnet_cli.errors import InputError
 
-__all__ = ["BACKENDS", "available_backends", "cached_export", "choose_backend", "open_runner", "usable_cores"]
+__all__ = ["BACKENDS", "auto_candidates", "available_backends", "cached_export", "choose_backend", "measured_choice",
+           "open_runner", "usable_cores"]
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 _FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
@@ -71,7 +77,7 @@ def _openvino_bf16() -> bool:
 
 
 def choose_backend(requested: str, *, device_type: str, dtype: str, needs_torch: str | None = None) -> str:
-    """The concrete backend for ``requested`` (see the module's docstring for the ``auto`` rule).
+    """The concrete backend for ``requested``, or "auto" when only a measurement can tell (:func:`measured_choice`).
 
     ``needs_torch`` names a setting only the PyTorch model supports (None: none); an explicit
     ``onnxruntime`` or ``openvino`` with such a setting, an unsupported device or dtype, or a
@@ -82,13 +88,8 @@ def choose_backend(requested: str, *, device_type: str, dtype: str, needs_torch:
     if requested == "torch":
         return "torch"
     if requested == "auto":
-        if needs_torch or device_type != "cpu":
-            return "torch"
-        if installed("openvino") and (dtype != "bfloat16" or _openvino_bf16()):
-            return "openvino"
-        if installed("onnxruntime") and dtype == "float32":
-            return "onnxruntime"
-        return "torch"
+        candidates = auto_candidates(device_type=device_type, dtype=dtype, needs_torch=needs_torch)
+        return candidates[0] if len(candidates) == 1 else "auto"
     from effnet_cli.export import require_runtime
 
     require_runtime(requested)
@@ -103,6 +104,125 @@ def choose_backend(requested: str, *, device_type: str, dtype: str, needs_torch:
     if requested == "onnxruntime" and device_type not in ("cpu", "cuda"):
         raise InputError(f"--backend onnxruntime runs on cpu or cuda, not {device_type}.")
     return requested
+
+
+def auto_candidates(*, device_type: str, dtype: str, needs_torch: str | None = None) -> list[str]:
+    """The backends ``auto`` chooses among for this device, dtype and run (torch first)."""
+    if needs_torch or device_type != "cpu":
+        return ["torch"]
+    found = ["torch"]
+    if installed("openvino") and (dtype != "bfloat16" or _openvino_bf16()):
+        found.append("openvino")
+    if installed("onnxruntime") and dtype == "float32":
+        found.append("onnxruntime")
+    return found
+
+
+PROBE_BATCH = 16  # the CLI's default --batch-size
+PROBE_ITERS = 3
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _time_backend(backend: str, model: Any, processor: Any, dtype: str, x: Any) -> float:
+    """Images/s of ``backend`` on the batch ``x``: the median of a few timed passes after a warm-up."""
+    import statistics
+    import time
+
+    import torch
+
+    if backend == "torch":
+        from effnet_cli.optimize import optimize
+
+        fast = optimize(model, device="cpu", dtype=getattr(torch, dtype))
+        xt = x.to(getattr(torch, dtype)).contiguous(memory_format=torch.channels_last)
+
+        def call() -> None:
+            with torch.inference_mode():
+                fast(xt)
+    else:
+        runner = runner_for(model, processor, backend, dtype=dtype, device_type="cpu")
+        xn = x.numpy()
+        name = "logits" if "logits" in _outputs(model) else "features"
+
+        def call() -> None:
+            runner.run(xn, [name])
+    call()  # warm-up: first-call allocations and, for OpenVINO, compilation
+    times = []
+    for _ in range(PROBE_ITERS):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return len(x) / statistics.median(times)
+
+
+def _outputs(model: Any) -> list[str]:
+    from effnet_cli.export import output_names
+
+    return output_names(model)
+
+
+def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dtype: str,
+                    cache: Path | None = None) -> str:
+    """The fastest of ``candidates`` for this model on this CPU: measured once, then remembered.
+
+    The measurement (a few forward passes of a random batch of :data:`PROBE_BATCH` in each
+    backend) is stored as JSON in the cache, under a lock, so concurrent first runs measure once.
+    """
+    import torch
+    from filelock import FileLock
+
+    from effnet_cli.export import fixed_input_size
+    from effnet_cli.hub import cache_root
+
+    versions = {name: _versions("openvino").get(name, "-") for name in ("torch", "onnx", "openvino")}
+    if "onnxruntime" in candidates:
+        from importlib.metadata import version
+
+        versions["onnxruntime"] = version("onnxruntime")
+    parts = {"weights": weights_hash(model), "size": list(fixed_input_size(processor)), "dtype": dtype,
+             "candidates": sorted(candidates), "versions": versions, "cpu": _cpu_name(), "cores": usable_cores(),
+             "batch": PROBE_BATCH}
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    root = (cache or cache_root()) / "exports" / "auto"
+    root.mkdir(parents=True, exist_ok=True)
+    record = root / f"{key}.json"
+
+    def remembered() -> str | None:
+        try:
+            choice = json.loads(record.read_text("utf-8")).get("backend")
+        except (OSError, ValueError):
+            return None
+        return choice if choice in candidates else None
+
+    choice = remembered()
+    if choice is not None:
+        return choice
+    with FileLock(str(record) + ".lock"):
+        choice = remembered()
+        if choice is not None:
+            return choice
+        h, w = fixed_input_size(processor)
+        x = torch.randn(PROBE_BATCH, 3, h, w, generator=torch.Generator().manual_seed(0))
+        rates = {name: _time_backend(name, model, processor, dtype, x) for name in candidates}
+        choice = max(rates, key=rates.__getitem__)
+        fd, tmp = tempfile.mkstemp(prefix=f".{record.name}.", suffix=".part", dir=root)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"backend": choice, "images_per_s": rates, **parts}, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, record)
+    return choice
 
 
 # --------------------------------------------------------------------------- #

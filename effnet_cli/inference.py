@@ -75,13 +75,19 @@ class Engine:
         self.config = model.config
         needs_torch = ("--compile" if compile else "the unoptimised model" if not fast
                        else "preprocessing without a fixed size" if processor.input_size is None else None)
-        self.backend = choose_backend(backend, device_type=self.device.type, dtype=str(self.dtype).split(".")[-1],
+        dtype_name = str(self.dtype).split(".")[-1]
+        self.backend = choose_backend(backend, device_type=self.device.type, dtype=dtype_name,
                                       needs_torch=needs_torch)
+        if self.backend == "auto":  # several candidates: the fastest here, measured once and remembered
+            from effnet_cli.backends import auto_candidates, measured_choice
+
+            self.backend = measured_choice(model, processor, auto_candidates(
+                device_type=self.device.type, dtype=dtype_name, needs_torch=needs_torch), dtype=dtype_name)
         self.runner: Any = None
         if self.backend != "torch":
             from effnet_cli.backends import runner_for
 
-            self.runner = runner_for(model, processor, self.backend, dtype=str(self.dtype).split(".")[-1],
+            self.runner = runner_for(model, processor, self.backend, dtype=dtype_name,
                                      device_type=self.device.type)
             # Kept for what the export has no output for (stage features); optimised only if asked to run.
             self._plain = model.eval()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from effnet_cli.backends import cached_export, choose_backend, export_key
+from effnet_cli.backends import auto_candidates, cached_export, choose_backend, export_key
 from effnet_cli.errors import InputError
 from effnet_cli.export import sample_pixels
 from effnet_cli.hub import load_pretrained
@@ -107,16 +107,32 @@ def test_concurrent_runs_share_one_complete_export(b0_small_dir, tmp_path):
     ort.InferenceSession(str(next(root.glob("*/model.onnx"))), providers=["CPUExecutionProvider"])
 
 
-def test_auto_rule():
-    installed = {"openvino": __import__("importlib").util.find_spec("openvino") is not None}
-    cpu = choose_backend("auto", device_type="cpu", dtype="float32")
-    assert cpu == ("openvino" if installed["openvino"] else "onnxruntime")
-    assert choose_backend("auto", device_type="cuda", dtype="float32") == "torch"
+def test_auto_candidates():
+    has_ov = __import__("importlib").util.find_spec("openvino") is not None
+    assert auto_candidates(device_type="cpu", dtype="float32") == ["torch", *(["openvino"] if has_ov else []),
+                                                                    "onnxruntime"]
+    assert auto_candidates(device_type="cuda", dtype="float32") == ["torch"]
+    assert "onnxruntime" not in auto_candidates(device_type="cpu", dtype="bfloat16")
     assert choose_backend("auto", device_type="cpu", dtype="float32", needs_torch="--compile") == "torch"
     with pytest.raises(InputError, match="--compile"):
         choose_backend("onnxruntime", device_type="cpu", dtype="float32", needs_torch="--compile")
     with pytest.raises(InputError, match="bfloat16"):
         choose_backend("onnxruntime", device_type="cpu", dtype="bfloat16")
+
+
+def test_auto_measures_once_and_remembers(small, tmp_path, monkeypatch):
+    model, processor, pixels, logits, *_ = small
+    monkeypatch.setenv("EFFNET_CACHE", str(tmp_path))
+    engine = Engine(model, processor, device="cpu", backend="auto")
+    [record] = (tmp_path / "exports" / "auto").glob("*.json")
+    measured = json.loads(record.read_text())
+    assert set(measured["images_per_s"]) == set(auto_candidates(device_type="cpu", dtype="float32"))
+    assert engine.backend == measured["backend"] == max(measured["images_per_s"], key=measured["images_per_s"].get)
+    assert relative_error(engine.logits(pixels), logits) <= 1e-4
+    # Later runs read the choice instead of measuring again.
+    for choice in ("onnxruntime", "torch"):
+        record.write_text(json.dumps({**measured, "backend": choice}))
+        assert Engine(model, processor, device="cpu", backend="auto").backend == choice
 
 
 def test_cli_backend_flag_same_predictions(b0_small_dir, photos):
