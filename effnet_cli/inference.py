@@ -61,7 +61,13 @@ def read_labels(path: str | Path) -> list[str]:
 
 
 class Engine:
-    """A model ready for inference: optimised copy, device, dtype and preprocessing."""
+    """A model ready for inference: optimised copy, device, dtype and preprocessing.
+
+    ``backend`` runs the model in PyTorch ("torch", the default here), in ONNX Runtime or
+    OpenVINO (an export made once and cached, see :mod:`effnet_cli.backends`), or "auto": the
+    fastest of those that can run it, measured once per model and machine (the CLI's default).
+    :attr:`backend` says which one runs.
+    """
 
     def __init__(self, model: torch.nn.Module, processor: Any, *, device: str | torch.device | None = "auto",
                  dtype: str | torch.dtype | None = None, compile: bool = False, fast: bool = True,
