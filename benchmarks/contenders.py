@@ -328,6 +328,11 @@ def main() -> None:
     draft.add_argument("--list", required=True, help="file with one image path per line")
     draft.add_argument("--margins", type=float, nargs="+", default=[2.0, 1.5, 1.0])
     args = parser.parse_args()
+    if getattr(args, "lib", "").startswith("effnet-auto"):
+        # What the CLI runs: its thread policy is set before torch loads (effnet_cli.cli.app.main).
+        from effnet_cli.cli.app import _thread_waiting_policy
+
+        _thread_waiting_policy()
     if args.what == "forward":
         print(json.dumps(run_forward(args)))
     elif args.what == "decode":
