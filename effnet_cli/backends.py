@@ -194,8 +194,7 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
              "candidates": sorted(candidates), "versions": versions, "cpu": _cpu_name(), "cores": usable_cores(),
              "batch": PROBE_BATCH}
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-    root = (cache or cache_root()) / "exports" / "auto"
-    root.mkdir(parents=True, exist_ok=True)
+    root = _writable((cache or cache_root()) / "exports" / "auto")
     record = root / f"{key}.json"
 
     def remembered() -> str | None:
@@ -272,6 +271,16 @@ def export_key(model: Any, processor: Any, fmt: str, dtype: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def _writable(directory: Path) -> Path:
+    """``directory``, created if needed; an InputError saying what to do when it cannot be."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"Cannot write effnet's cache at {directory} ({exc.strerror or exc}); set EFFNET_CACHE "
+                         "to a writable directory, or use --backend torch.") from None
+    return directory
+
+
 def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", *,
                   cache: Path | None = None) -> Path:
     """The directory of a cached export of ``model`` (made now if missing); safe under concurrent runs.
@@ -285,8 +294,7 @@ def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", 
     from effnet_cli.export import model_file, write_export
     from effnet_cli.hub import cache_root
 
-    root = (cache or cache_root()) / "exports" / fmt
-    root.mkdir(parents=True, exist_ok=True)
+    root = _writable((cache or cache_root()) / "exports" / fmt)
     final = root / export_key(model, processor, fmt, dtype)
     if model_file(final, fmt).is_file():
         return final

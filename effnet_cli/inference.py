@@ -87,8 +87,11 @@ class Engine:
         if self.backend == "auto":  # several candidates: the fastest here, measured once and remembered
             from effnet_cli.backends import auto_candidates, measured_choice
 
-            self.backend = measured_choice(model, processor, auto_candidates(
-                device_type=self.device.type, dtype=dtype_name, needs_torch=needs_torch), dtype=dtype_name)
+            try:
+                self.backend = measured_choice(model, processor, auto_candidates(
+                    device_type=self.device.type, dtype=dtype_name, needs_torch=needs_torch), dtype=dtype_name)
+            except InputError:  # no writable cache for exports: PyTorch needs none
+                self.backend = "torch"
         self.runner: Any = None
         if self.backend != "torch":
             from effnet_cli.backends import runner_for
