@@ -26,7 +26,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prepare  # noqa: E402
 
-LIBS = ("effnet", "effnet-engine", "torchvision", "transformers", "timm")
+LIBS = ("effnet", "effnet-engine", "effnet-engine-bf16", "effnet-auto", "effnet-auto-bf16", "onnxruntime",
+        "openvino", "openvino-bf16", "torchvision", "transformers", "timm")
+# Contenders that take numpy input (the runtimes used directly, and effnet's Engine around them).
+NUMPY_LIBS = ("onnxruntime", "openvino", "openvino-bf16")
+
+
+def _onnx_file(variant: str) -> str:
+    """The same weights as every other contender, exported once to ONNX (effnet's exporter, its cache)."""
+    from effnet_cli import load_pretrained
+    from effnet_cli.backends import cached_export
+
+    model, processor = load_pretrained(str(prepare.effnet_dir(variant)))
+    return str(cached_export(model, processor, "onnx") / "model.onnx")
+
+
+def runtime_forward(lib: str, variant: str, batch: int) -> Callable[[Any], Any]:
+    """ONNX Runtime or OpenVINO used directly, set up as their documentation recommends for throughput."""
+    import os
+
+    import numpy as np
+
+    path = _onnx_file(variant)
+    if lib == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = len(os.sched_getaffinity(0))
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return lambda x: session.run(["logits"], {"pixel_values": x})[0]
+    import openvino as ov
+
+    config = {"PERFORMANCE_HINT": "THROUGHPUT" if batch > 1 else "LATENCY",
+              "INFERENCE_PRECISION_HINT": "bf16" if lib == "openvino-bf16" else "f32"}
+    compiled = ov.Core().compile_model(path, "CPU", config)
+    requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    queue = ov.AsyncInferQueue(compiled, requests)
+
+    def call(x: Any) -> Any:
+        # The async API over one slice per infer request: OpenVINO's recommended way to fill its streams.
+        slices = np.array_split(x, min(requests, len(x)))
+        for i, part in enumerate(slices):
+            queue.start_async({0: part}, i)
+        queue.wait_all()
+        return [queue[i].get_output_tensor(0).data for i in range(len(slices))]
+
+    return call
 
 
 def peak_rss_mb() -> float:
@@ -49,14 +95,23 @@ def build_forward(lib: str, variant: str) -> tuple[Callable[[Any], Any], bool]:
     """(model call returning logits, whether it wants channels-last input)."""
     import torch
 
-    if lib in ("effnet", "effnet-engine"):
+    if lib in ("effnet", "effnet-engine", "effnet-engine-bf16"):
         from effnet_cli import load_pretrained
         from effnet_cli.optimize import optimize
 
         model, _ = load_pretrained(str(prepare.effnet_dir(variant)))
-        # "effnet-engine": optimize() as the CLI runs it; "effnet": leaving glibc's allocator at its defaults.
-        fast = optimize(model, keep_freed_memory=lib == "effnet-engine")
+        # "effnet-engine": optimize() as `--backend torch` runs it; "effnet": glibc's allocator at its defaults.
+        if lib == "effnet-engine-bf16":
+            fast = optimize(model, dtype=torch.bfloat16)
+            return (lambda x: fast(x.to(torch.bfloat16)).logits), True
+        fast = optimize(model, keep_freed_memory=lib != "effnet")
         return (lambda x: fast(x).logits), True
+    if lib in ("effnet-auto", "effnet-auto-bf16"):
+        from effnet_cli.inference import Engine
+
+        engine = Engine.from_pretrained(str(prepare.effnet_dir(variant)), device="cpu", backend="auto",
+                                        dtype="bfloat16" if lib.endswith("bf16") else None)
+        return engine.logits, False
     if lib == "torchvision":
         model = prepare.torchvision_model(variant).to(memory_format=torch.channels_last)
         return model, True
@@ -75,11 +130,16 @@ def run_forward(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     size = prepare.VARIANTS[args.variant][0]
-    call, channels_last = build_forward(args.lib, args.variant)
+    if args.lib in NUMPY_LIBS:
+        call, channels_last = runtime_forward(args.lib, args.variant, args.batch), False
+    else:
+        call, channels_last = build_forward(args.lib, args.variant)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, size, size, generator=gen)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    if args.lib in NUMPY_LIBS:
+        x = x.numpy()
     times = []
     with torch.inference_mode():
         for _ in range(args.warmup):
@@ -153,6 +213,21 @@ def run_e2e(args: argparse.Namespace) -> None:
         model = prepare.timm_model(args.variant).to(memory_format=torch.channels_last)
         transform = create_transform(**resolve_data_config({}, model=model))
         _loop_dataloader(model, transform, paths, args.batch, args.workers)
+    elif args.lib in NUMPY_LIBS:
+        # The runtime used directly, fed by effnet's processor in a DataLoader (as timm's script feeds timm).
+        import torch
+        from effnet_cli import load_pretrained
+
+        _, processor = load_pretrained(str(prepare.effnet_dir(args.variant)))
+        call = runtime_forward(args.lib, args.variant, args.batch)
+
+        def model(x: Any) -> Any:
+            out = call(x.contiguous().numpy())
+            return torch.from_numpy(out if isinstance(out, np.ndarray) else np.concatenate(out))
+
+        import numpy as np
+
+        _loop_dataloader(model, processor.preprocess_pil, paths, args.batch, args.workers)
     elif args.lib == "torchvision":
         import torch
         import torchvision
@@ -253,6 +328,11 @@ def main() -> None:
     draft.add_argument("--list", required=True, help="file with one image path per line")
     draft.add_argument("--margins", type=float, nargs="+", default=[2.0, 1.5, 1.0])
     args = parser.parse_args()
+    if getattr(args, "lib", "").startswith("effnet-auto"):
+        # What the CLI runs: its thread policy is set before torch loads (effnet_cli.cli.app.main).
+        from effnet_cli.cli.app import _thread_waiting_policy
+
+        _thread_waiting_policy()
     if args.what == "forward":
         print(json.dumps(run_forward(args)))
     elif args.what == "decode":

@@ -14,13 +14,22 @@ from typing import Any
 
 LIB_LABELS = {
     "effnet": "effnet `optimize(keep_freed_memory=False)` (glibc's default allocator behaviour)",
-    "effnet-engine": "effnet `optimize()` — what `effnet classify` runs",
+    "effnet-engine": "effnet `optimize()` — what `effnet classify --backend torch` runs",
+    "effnet-engine-bf16": "effnet `optimize(dtype=bfloat16)`",
+    "effnet-auto": "effnet `Engine(backend=\"auto\")` — what `effnet classify` runs",
+    "effnet-auto-bf16": "effnet `Engine(backend=\"auto\", dtype=\"bfloat16\")`",
+    "onnxruntime": "ONNX Runtime used directly (ORT_ENABLE_ALL, threads = cores)",
+    "openvino": "OpenVINO used directly (float32, THROUGHPUT/LATENCY hint, async requests)",
+    "openvino-bf16": "OpenVINO used directly, bfloat16 inference precision",
     "torchvision": "torchvision `efficientnet_*`, channels-last, eager",
     "timm": "timm, channels-last, eager",
     "transformers": "transformers `EfficientNetForImageClassification`",
 }
 E2E_LABELS = {
     "effnet": "`effnet classify` (the CLI, jsonl to a pipe)",
+    "effnet-torch": "`effnet classify --backend torch`",
+    "onnxruntime": "ONNX Runtime used directly (effnet's processor + DataLoader)",
+    "openvino": "OpenVINO used directly (effnet's processor + DataLoader)",
     "transformers": "transformers `pipeline(\"image-classification\")`",
     "timm": "timm (`resolve_data_config` + `create_transform` + DataLoader)",
     "torchvision": "torchvision (weights' `transforms()` + DataLoader)",
@@ -144,7 +153,9 @@ def render(results: dict[str, Any]) -> str:
         "`benchmarks/out/` and its images to `benchmarks/data/`, both git-ignored). This run: "
         f"{results.get('started', '?')}, {results.get('minutes', 0):.0f} minutes, load average "
         f"{results.get('load_start')} at the start and {results.get('load_end')} at the end (1, 5, 15 min)."
-        + (" **Quick mode: iteration counts too small to quote.**" if results.get("quick") else ""))
+        + (" **Quick mode: iteration counts too small to quote.**" if results.get("quick") else "")
+        + (" **Shared machine (--shared): other programs ran during the measurements; indicative figures only.**"
+           if results.get("shared") else ""))
     add("")
     add("## Machine")
     add("")
@@ -337,7 +348,7 @@ def render(results: dict[str, Any]) -> str:
                                  for row in ab["e2e"])))
             add("")
         if ab.get("under_load"):
-            add("**Model forward while another program keeps one of the cores busy** (a Python busy loop; `optimize()`, "
+            add("**Model forward while another program keeps one of the cores busy** (a Python busy loop; "
                 "b0, batch 16). torch's OpenMP threads wait for each other at the end of every op; by default an "
                 "idle one spins for a while before sleeping, and with a core taken that spinning starves the "
                 "thread everyone waits for:")
@@ -399,20 +410,21 @@ PROSE = """\
   per-image buffers (decoded image, preprocessed tensor; below 1 MiB at draft sizes) are reused from the heap.
   Their memory then stays flat (the memory table above). glibc's initial 128 KiB would also keep it flat, but
   page-faulting every per-image buffer in again made decoding ~1.4× slower on this VM.
-* **Thread layout and priorities** (kept). The model keeps torch's default threads (one per core) in the
-  main process; each decode worker has one thread; 2 workers on 2 cores. The workers run at the lowest
-  priority (nice 19) when the model is on the CPU: the model's OpenMP threads wait for each other at the end
-  of every op, so a worker that preempts one of them stalls the whole team (the model's time per batch rose
-  from ~160 to 240-320 ms with workers at normal priority), while a niced worker decodes in the gaps, mostly
-  while the model waits for its next batch. On 2 cores that makes the niced workers behave much like
-  `--workers 0` (decoding between forward passes), and in steady state the two measure alike within this
-  machine's noise; the workers still decode ahead while the model starts up, and use any core the model
-  leaves idle. Idle OpenMP threads also spin before sleeping (`GOMP_SPINCOUNT` rows, and the table under
-  load): libgomp reads that variable once, when torch is loaded, so only the CLI's entry point could set it.
-  Its effect in steady state was not consistent (faster than the defaults in this run, slower in an earlier
-  run of the same benchmark: 63-66 against 73-78 images/s), so it is not set.
-* **JPEG draft mode** (kept, the default for `classify`; `--full-decode` turns it off; `embed` decodes fully
-  unless `--fast-decode`). libjpeg decodes at 1/2, 1/4 or 1/8 scale via the DCT, with a faster IDCT and
+* **Thread layout and priorities** (changed). The model keeps one thread per core in the main process;
+  each decode worker has one thread; 2 workers on 2 cores, at normal priority. They used to run at nice 19
+  when the model was on the CPU: torch's OpenMP threads spin while they wait for each other at the end of
+  every op, so a worker that preempted one of them stalled the whole team, while a niced worker decoded in
+  the gaps. But a niced worker also waits behind every other busy program: with one busy process per core,
+  `effnet classify` made no records in 60 s (2.5 images/s with ONNX Runtime and one busy core, against
+  19.7 at normal priority). The CLI now sets `OMP_WAIT_POLICY=PASSIVE` before torch loads (and turns off
+  ONNX Runtime's spinning with it), so idle model threads sleep instead of taking time slices from the
+  decode workers or from other programs, and the workers need no lower priority. On a shared 2-core
+  machine (load average ~10 from other programs) `--backend torch` went from 9.0-13.7 to 68.9 images/s
+  end to end with the passive policy, and from 4.9 to 34.8 with two extra busy processes; with ONNX Runtime
+  and two busy processes the workers at normal priority gave 14.6-18.9 images/s where nice 19 gave 0.6.
+  `OMP_WAIT_POLICY` set by the user is respected.
+* **JPEG draft mode** (kept, the default for `classify`; `--exact-decode` turns it off; `embed` decodes fully
+  unless `--fast-decode`; the same pair of flags on both commands). libjpeg decodes at 1/2, 1/4 or 1/8 scale via the DCT, with a faster IDCT and
   plain chroma upsampling, but never below 1.5× the resize target (`effnet_cli.inference.DRAFT_MARGIN`), so
   the resize's own filter still does the last step of the downscaling. Decoding right down to the resize
   target is cheaper but lets the DCT's cruder scaling change close calls: with the bundled Lite0 it flipped
@@ -423,6 +435,20 @@ PROSE = """\
 * **bfloat16** (opt-in, `--dtype bfloat16`). On CPUs with AMX/AVX512-BF16 (this one) the convs run ~1.5×
   faster, but logits move by ~1e-3 relative, outside the 1e-4 guard, so it is never the default.
   `torch.autocast` on top of the float32 model gains nothing (the fused convs are outside its op lists).
+* **Backends** (`--backend auto`, the default: the fastest installed backend for the model on this CPU,
+  measured once per model and machine and remembered; torch on a GPU). The plain model is exported once
+  (dynamo exporter, opset 18; TF padding folded into the convs' pads) and cached by weights hash. No one
+  backend wins everywhere, which is why `auto` measures instead of following a rule: in the issue's run on
+  an Intel Xeon with AMX, OpenVINO and ONNX Runtime were 1.0-1.2× `optimize()` at batch 16 and ~3× at
+  batch 1, and OpenVINO's bfloat16 1.56× torch's; on a shared AMD EPYC (AVX512-BF16, no AMX), b0 forward
+  at batch 16 measured 223 (ONNX Runtime), 246 (OpenVINO) and 235 (`optimize()`) images/s, at batch 1
+  245, 232 and 106, bfloat16 414 (OpenVINO) against 299 (torch); end to end with Lite0 the same machine
+  gave torch 62, OpenVINO 48 and ONNX Runtime 38-42 images/s. ONNX Runtime (with onnx and onnxscript,
+  which the export needs; ~120 MB installed, a tenth of torch) is in the default install, so the README's
+  first command can take the fast path and `effnet export` works out of the box; OpenVINO (~180 MB) is the
+  `effnet-cli[openvino]` extra: it pays mostly in bfloat16 on CPUs with native bf16 and at batch 1, where
+  ONNX Runtime already gets most of the gain. `--backend torch` keeps the PyTorch path (and is what
+  `--compile`, `embed --features stage:N` and multi-device runs use).
 * **Pinned memory + `non_blocking` copies** (kept, CUDA only; nothing to measure on this machine).
 * **`torch.compile`** (opt-in, `--compile`, with inductor's weight freezing). Roughly on par with the eager
   fast path here after tens of seconds of compilation per input shape; worth it only for long runs.

@@ -46,25 +46,28 @@ import prepare  # noqa: E402
 from measure import ChildRun, run_child, wait_for_quiet  # noqa: E402
 
 PY = sys.executable
-FORWARD_LIBS = ("effnet", "effnet-engine", "torchvision", "timm", "transformers")
-E2E_LIBS = ("effnet", "transformers", "timm", "torchvision")
+FORWARD_LIBS = ("effnet", "effnet-engine", "effnet-auto", "onnxruntime", "openvino", "effnet-engine-bf16",
+                "effnet-auto-bf16", "openvino-bf16", "torchvision", "timm", "transformers")
+E2E_LIBS = ("effnet", "effnet-torch", "onnxruntime", "openvino", "transformers", "timm", "torchvision")
 # A measurement is repeated (up to TRIES times) when other programs used more than this share of
 # the CPUs while it ran: the machine this runs on may be shared.
 MAX_FOREIGN = 0.05
 TRIES = 3
 DISTURBANCE: list[float] = []  # foreign share of every kept measurement, for the report
+SHARED = False  # --shared: measure at once, never wait or repeat (indicative figures on a busy machine)
 
 
 def quietly(label: str, make: Any) -> ChildRun:
     """``make()`` once the machine is idle, again if something else ran meanwhile; the least disturbed run."""
     best = None
     for attempt in range(1, TRIES + 1):
-        wait_for_quiet()
+        if not SHARED:
+            wait_for_quiet()
         run = make()
         run.extra["attempts"] = attempt
         if best is None or run.foreign_share < best.foreign_share:
             best = run
-        if run.foreign_share <= MAX_FOREIGN:
+        if run.foreign_share <= MAX_FOREIGN or attempt == TRIES:
             break
         log(f"{label}: other programs used {run.foreign_share:.0%} of the CPUs meanwhile; measuring again")
     DISTURBANCE.append(best.foreign_share)
@@ -141,7 +144,7 @@ def steady_rate(run: ChildRun, count: int) -> float:
 
 def _e2e_row(run: ChildRun, *, lib: str, variant: str, count: int, batch: int) -> dict[str, Any]:
     peak = run.peak_rss_mb
-    if lib != "effnet":  # the script reports its own high-water mark on stderr
+    if lib not in ("effnet", "effnet-torch"):  # the script reports its own high-water mark on stderr
         for line in run.stderr.splitlines():
             if line.startswith("{") and "peak_rss_mb" in line:
                 peak = json.loads(line)["peak_rss_mb"]
@@ -175,9 +178,10 @@ def run_e2e(quick: bool) -> list[dict[str, Any]]:
 
 def _e2e_once(lib: str, variant: str, paths: list[str], listing: Path, batch: int) -> dict[str, Any]:
     """One end-to-end run of one contender."""
-    if lib == "effnet":
+    if lib in ("effnet", "effnet-torch"):
         # Paths on stdin: the CLI reads the same list in the same order as the others.
-        cmd = effnet_cmd(prepare.effnet_dir(variant), ["-"], batch=batch)
+        cmd = effnet_cmd(prepare.effnet_dir(variant), ["-"], batch=batch,
+                         extra=["--backend", "torch"] if lib == "effnet-torch" else None)
         stdin = "\n".join(paths) + "\n"
     else:
         cmd = [PY, str(HERE / "contenders.py"), "e2e", "--lib", lib, "--variant", variant,
@@ -280,13 +284,16 @@ def run_cli(quick: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------ ablation
 # (name, extra CLI arguments, extra environment, effnet_cli.inference constants to patch)
 E2E_ABLATION: list[tuple[str, list[str], dict[str, str], dict[str, Any]]] = [
-    ("defaults: 2 decode workers at nice 19, torch threads = cores, draft decoding to 1.5× the resize target",
-     [], {}, {}),
-    ("decode workers at normal priority (not kept)", [], {}, {"WORKER_NICE": 0}),
+    ("defaults: --backend auto, 2 decode workers at normal priority, threads = cores waiting passively, "
+     "draft decoding to 1.5× the resize target", [], {}, {}),
+    ("--backend torch", ["--backend", "torch"], {}, {}),
+    ("--backend torch, OMP_WAIT_POLICY=ACTIVE (spinning OpenMP threads; the old default)", ["--backend", "torch"],
+     {"OMP_WAIT_POLICY": "ACTIVE"}, {}),
+    ("decode workers at nice 19 (the old default; starves under load)", [], {}, {"WORKER_NICE": 19}),
     ("--workers 0 (decode in the main process: no overlap)", ["--workers", "0"], {}, {}),
     ("--workers 1", ["--workers", "1"], {}, {}),
     ("GOMP_SPINCOUNT=10000 (idle OpenMP threads sleep sooner; not kept)", [], {"GOMP_SPINCOUNT": "10000"}, {}),
-    ("--full-decode (no JPEG draft mode)", ["--full-decode"], {}, {}),
+    ("--exact-decode (no JPEG draft mode)", ["--exact-decode"], {}, {}),
     ("draft decoding to 2× the resize target (more conservative)", [], {}, {"DRAFT_MARGIN": 2}),
     ("draft decoding down to the resize target itself (not kept: flips a sample photo's top-1)", [], {},
      {"DRAFT_MARGIN": 1}),
@@ -297,22 +304,31 @@ E2E_ABLATION: list[tuple[str, list[str], dict[str, str], dict[str, Any]]] = [
 def _cli_patched(constants: dict[str, int]) -> list[str]:
     """The real CLI entry point with module constants of effnet_cli.inference changed (they have no option)."""
     sets = "; ".join(f"inference.{name} = {value!r}" for name, value in constants.items())
-    code = (f"import sys; import effnet_cli.inference as inference; {sets}; "
+    # The CLI's thread policy first: it must be in the environment before torch loads.
+    code = (f"import sys; from effnet_cli.cli.app import _thread_waiting_policy; _thread_waiting_policy(); "
+            f"import effnet_cli.inference as inference; {sets}; "
             "from effnet_cli.cli.app import main; sys.argv[0] = 'effnet'; main()")
     return [PY, "-c", code]
 
 
 def run_under_load(quick: bool) -> list[dict[str, Any]]:
-    """Model forward (optimize(), b0, batch 16) while another program keeps one core busy."""
-    wait_for_quiet()
+    """Model forward (b0, batch 16) in each runtime while another program keeps one core busy."""
+    if not SHARED:
+        wait_for_quiet()
     hog = subprocess.Popen([PY, "-c", "while True: pass"])
     rows = []
     try:
         time.sleep(1)
-        for name, env_extra in (("defaults", {}), ("GOMP_SPINCOUNT=10000", {"GOMP_SPINCOUNT": "10000"}),
-                                ("GOMP_SPINCOUNT=0", {"GOMP_SPINCOUNT": "0"}),
-                                ("OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1"})):
-            cmd = [PY, str(HERE / "contenders.py"), "forward", "--lib", "effnet-engine", "--variant", "b0",
+        passive = {"OMP_WAIT_POLICY": "PASSIVE"}  # what the CLI sets before torch loads
+        for name, lib, env_extra in (
+                ("optimize(), torch's defaults (OpenMP threads spin)", "effnet-engine", {}),
+                ("optimize(), GOMP_SPINCOUNT=10000", "effnet-engine", {"GOMP_SPINCOUNT": "10000"}),
+                ("optimize(), OMP_WAIT_POLICY=PASSIVE (the CLI's setting)", "effnet-engine", passive),
+                ("optimize(), OMP_NUM_THREADS=1", "effnet-engine", {"OMP_NUM_THREADS": "1"}),
+                ("effnet Engine, --backend auto, as the CLI runs it", "effnet-auto", passive),
+                ("ONNX Runtime used directly", "onnxruntime", {}),
+                ("OpenVINO used directly", "openvino", {})):
+            cmd = [PY, str(HERE / "contenders.py"), "forward", "--lib", lib, "--variant", "b0",
                    "--batch", "16", "--warmup", "1", "--iters", "3" if quick else "6"]
             run = run_child(cmd, env=dict(os.environ, **env_extra))
             rate = json.loads(run.lines[-1])["images_per_s"] if run.returncode == 0 and run.lines else float("nan")
@@ -366,14 +382,20 @@ def main() -> None:
     parser.add_argument("--only", default="forward,e2e,draft,cli,ablation", help="comma-separated sections to run")
     parser.add_argument("--quick", action="store_true", help="tiny iteration counts, to check the script runs")
     parser.add_argument("--compile", action="store_true", help="also time optimize(compile=True) in the ablation")
+    parser.add_argument("--shared", action="store_true",
+                        help="the machine is shared: measure at once instead of waiting for idle CPUs and "
+                             "repeating disturbed measurements (indicative figures only)")
     args = parser.parse_args()
+    global SHARED, TRIES
+    if args.shared:
+        SHARED, TRIES = True, 1
     sections = set(args.only.split(","))
 
     from report import render  # noqa: PLC0415 - local module
 
     started = time.time()
     results: dict[str, Any] = {"load_start": load_average(), "started": time.strftime("%Y-%m-%d %H:%M"),
-                               "quick": args.quick, "command": "python benchmarks/run.py " + " ".join(sys.argv[1:])}
+                               "quick": args.quick, "shared": args.shared, "command": "python benchmarks/run.py " + " ".join(sys.argv[1:])}
     log(f"load average at start: {results['load_start']}")
     log("preparing weights and images")
     # In a child process: this process must stay small, because a child's memory high-water mark

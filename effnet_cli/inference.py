@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from effnet_cli.backends import choose_backend
 from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
 from effnet_cli.errors import InputError
+from effnet_cli.export import has_classifier
 from effnet_cli.hub import _dtype, load_pretrained
 from effnet_cli.optimize import optimize, resolve_device
 from effnet_cli.results import EmbedBatch, Prediction, Result
@@ -29,7 +31,10 @@ POOLS = ("mean", "max")
 # Reduced-size JPEG decoding stops at this multiple of the resize target (see Engine.open_kwargs).
 DRAFT_MARGIN = 1.5
 # Scheduling priority (nice) of the decode workers when the model runs on the CPU (see iter_batches).
-WORKER_NICE = 19
+# Normal priority: at nice 19 the workers starve behind any busy program (with one busy process per
+# core, `effnet classify` made a handful of records a minute), and with the model's threads waiting
+# passively (OMP_WAIT_POLICY, ONNX Runtime without spinning) the gain it had on an idle machine is gone.
+WORKER_NICE = 0
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -58,11 +63,17 @@ def read_labels(path: str | Path) -> list[str]:
 
 
 class Engine:
-    """A model ready for inference: optimised copy, device, dtype and preprocessing."""
+    """A model ready for inference: optimised copy, device, dtype and preprocessing.
+
+    ``backend`` runs the model in PyTorch ("torch", the default here), in ONNX Runtime or
+    OpenVINO (an export made once and cached, see :mod:`effnet_cli.backends`), or "auto": the
+    fastest of those that can run it, measured once per model and machine (the CLI's default).
+    :attr:`backend` says which one runs.
+    """
 
     def __init__(self, model: torch.nn.Module, processor: Any, *, device: str | torch.device | None = "auto",
                  dtype: str | torch.dtype | None = None, compile: bool = False, fast: bool = True,
-                 draft: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+                 draft: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, backend: str = "torch") -> None:
         self.device = resolve_device(device)
         requested = _dtype(dtype) or torch.float32
         # CPUs have no fast float16 convolutions: compute in float32 there (outputs may still be stored as float16).
@@ -70,12 +81,46 @@ class Engine:
         self.output_dtype = requested
         self.processor = processor
         self.config = model.config
-        self.model = (optimize(model, device=self.device, dtype=self.dtype, compile=compile) if fast
-                      else model.to(device=self.device, dtype=self.dtype).eval())
+        needs_torch = ("--compile" if compile else "the unoptimised model" if not fast
+                       else "preprocessing without a fixed size" if processor.input_size is None else None)
+        dtype_name = str(self.dtype).split(".")[-1]
+        self.backend = choose_backend(backend, device_type=self.device.type, dtype=dtype_name,
+                                      needs_torch=needs_torch)
+        if self.backend == "auto":  # several candidates: the fastest here, measured once and remembered
+            from effnet_cli.backends import auto_candidates, measured_choice
+
+            try:
+                self.backend = measured_choice(model, processor, auto_candidates(
+                    device_type=self.device.type, dtype=dtype_name, needs_torch=needs_torch), dtype=dtype_name)
+            except InputError:  # no writable cache for exports: PyTorch needs none
+                self.backend = "torch"
+        self.runner: Any = None
+        if self.backend != "torch":
+            from effnet_cli.backends import runner_for
+
+            self.runner = runner_for(model, processor, self.backend, dtype=dtype_name,
+                                     device_type=self.device.type)
+            # Kept for what the export has no output for (stage features); optimised only if asked to run.
+            self._plain = model.eval()
+            self._model: torch.nn.Module | None = None
+        else:
+            self._model = (optimize(model, device=self.device, dtype=self.dtype, compile=compile) if fast
+                           else model.to(device=self.device, dtype=self.dtype).eval())
         self.labels = [self.config.id2label.get(i, f"LABEL_{i}") for i in range(self.config.num_labels)]
         self.draft = draft
         self.max_pixels = max_pixels
         self.source = getattr(model, "source", None)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The PyTorch model this engine runs (with another backend: made on first use, for stage features)."""
+        if self._model is None:
+            self._model = optimize(self._plain, device=self.device, dtype=self.dtype)
+        return self._model
+
+    @model.setter
+    def model(self, value: torch.nn.Module) -> None:
+        self._model = value
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, revision: str | None = None, **kwargs: Any) -> Engine:
@@ -123,6 +168,8 @@ class Engine:
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Classifier logits (float32, on the CPU) for N×3×H×W pixel values."""
         require_classifier(self)
+        if self.runner is not None:
+            return torch.from_numpy(self.runner.run(pixel_values.numpy(), ["logits"])["logits"])
         return self.model(self._to_device(pixel_values)).logits.float().cpu()
 
     def topk(self, pixel_values: torch.Tensor, k: int, *, threshold: float = 0.0,
@@ -146,10 +193,14 @@ class Engine:
         """Pooled features (float32, CPU): the head's ``hidden_dim`` features, or stage ``stage`` (1-based)."""
         if pool not in POOLS:
             raise InputError(f"pool must be one of {', '.join(POOLS)}; got {pool!r}.")
-        base = getattr(self.model, "efficientnet", self.model)
-        x = self._to_device(pixel_values)
-        fmap = base(x).last_hidden_state if stage is None else base.stage_output(x, stage - 1)
-        feats = (fmap.amax(dim=(2, 3)) if pool == "max" else fmap.mean(dim=(2, 3))).float()
+        if self.runner is not None and stage is None:
+            name = "features_max" if pool == "max" else "features"
+            feats = torch.from_numpy(self.runner.run(pixel_values.numpy(), [name])[name])
+        else:
+            base = getattr(self.model, "efficientnet", self.model)
+            x = self._to_device(pixel_values)
+            fmap = base(x).last_hidden_state if stage is None else base.stage_output(x, stage - 1)
+            feats = (fmap.amax(dim=(2, 3)) if pool == "max" else fmap.mean(dim=(2, 3))).float()
         if normalize:
             feats = torch.nn.functional.normalize(feats, dim=-1)
         return feats.cpu()
@@ -177,7 +228,9 @@ def require_classifier(engine: Engine) -> None:
     ``effnet convert`` keeps headless checkpoints headless on purpose; a softmax
     over their pooled features would look like predictions and mean nothing.
     """
-    if not hasattr(engine.model, "classifier") or not engine.config.num_labels:
+    # The config decides, so a runtime backend need not build the PyTorch model to know.
+    headless = not engine.config.num_labels or (engine.runner is None and not hasattr(engine.model, "classifier"))
+    if headless:
         raise InputError("This model has no classification head (num_labels is 0), so it cannot classify; "
                          "use `effnet embed` for its features.")
 

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from effnet_cli import data
+from effnet_cli import decode, loader
 from effnet_cli.data import (
     CRASH_REASON,
     DEFAULT_MAX_PIXELS,
@@ -380,7 +380,7 @@ def test_missing_directory_and_unreadable(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(data, "open", denied, raising=False)
+    monkeypatch.setattr(decode, "open", denied, raising=False)
     assert reason(p) == "permission denied"
 
 
@@ -654,7 +654,7 @@ def test_workers_run_at_the_asked_lower_priority(tmp_path):
     assert os.nice(0) == own  # the calling process keeps its priority
 
 
-def test_engine_nices_its_workers_on_cpu_only(monkeypatch):
+def test_engine_keeps_its_workers_at_normal_priority(monkeypatch):
     from effnet_cli import inference
 
     calls = []
@@ -666,7 +666,8 @@ def test_engine_nices_its_workers_on_cpu_only(monkeypatch):
         engine.device = torch.device(device)
         list(engine.batches([], batch_size=1, workers=1))
         assert calls.pop() == want
-    assert inference.WORKER_NICE > 0
+    # At a lower priority the workers starve behind any busy program and the model gets no images.
+    assert inference.WORKER_NICE == 0
 
 
 def test_start_resumes_at_a_position(tmp_path):
@@ -749,7 +750,7 @@ def test_slow_batch_is_not_mistaken_for_a_crash(tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
     paths = [str(solid(tmp_path / f"{i}.png", size=(6, 6) if i else (11, 11))) for i in range(3)]
-    transform = SlowOnSize(markers, (11, 11), 3 * data._LIVENESS_POLL_S)
+    transform = SlowOnSize(markers, (11, 11), 3 * loader._LIVENESS_POLL_S)
     _, rows, errors = collect(iter_batches(paths, transform, batch_size=1, workers=2))
     assert errors == {} and sorted(rows) == [0, 1, 2]
     assert len(os.listdir(markers)) == 3  # each image decoded once: no rerun in isolation

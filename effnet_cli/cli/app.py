@@ -7,12 +7,13 @@ line on stderr with a non-zero exit status, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
 from effnet_cli import __version__
-from effnet_cli.cli import classify, config_cmd, convert, embed
+from effnet_cli.cli import classify, config_cmd, convert, embed, export
 from effnet_cli.cli.render import Command
 
 app = typer.Typer(
@@ -50,11 +51,25 @@ def main_callback(
 app.command("classify", cls=Command)(classify.classify)
 app.command("embed", cls=Command)(embed.embed)
 app.command("convert", cls=Command)(convert.convert)
+app.command("export", cls=Command)(export.export)
 app.add_typer(config_cmd.app, name="config")
+
+
+def _thread_waiting_policy() -> None:
+    """Let the model's threads sleep, not spin, while they wait for work, unless the user chose otherwise.
+
+    OpenMP reads OMP_WAIT_POLICY once, when torch loads, so it is set here, before any
+    command imports torch. Spinning threads make no progress when another program holds their
+    core, and the model's threads wait for the slowest of them at the end of every op: with
+    busy processes on the cores the CLI's throughput collapsed (docs/benchmarks.md).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main() -> None:
     """Console-script entry point."""
     from effnet_cli.cli.render import run_app
+
+    _thread_waiting_policy()
 
     sys.exit(run_app(app))

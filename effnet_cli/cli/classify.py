@@ -61,7 +61,9 @@ def classify(
     batch_size: opt.BatchSize = 16,
     workers: opt.Workers = None,
     compile: opt.Compile = False,
+    exact_decode: opt.ExactDecode = None,
     full_decode: opt.FullDecode = False,
+    backend: opt.BackendOpt = opt.BackendKind.auto,
     quiet: opt.Quiet = False,
     progress: opt.Progress = None,
 ) -> int:
@@ -83,8 +85,11 @@ def classify(
     started = time.monotonic()
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
+    from effnet_cli.cli.common import exact_decoding
     from effnet_cli.inference import classify_paths, read_labels, require_classifier
     from effnet_cli.records import RecordWriter
+
+    full_decode = exact_decoding(exact_decode, False, full_decode)
 
     sharded.check_options(output_dir=output_dir, shard_size=shard_size, devices=devices, engine=engine_kind,
                           ray_address=ray_address, ray_actors=ray_actors, device=device)
@@ -98,7 +103,7 @@ def classify(
     if output_dir is not None:
         elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
         engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
-                             full_decode, max_pixels, quiet)
+                             full_decode, max_pixels, quiet, "torch" if elsewhere else backend.value)
         require_classifier(engine)
         if names is not None and len(names) < engine.config.num_labels:
             raise InputError(f"The labels file has {len(names)} names but the model has "
@@ -114,7 +119,8 @@ def classify(
                            devices=devices, engine_kind=engine_kind, ray_address=ray_address, ray_actors=ray_actors,
                            workers=workers, quiet=quiet, show=progress_enabled(progress, quiet), started=started)
     paths = partition.select(paths)
-    engine = load_engine(variant, model, revision, device, dtype, compile, full_decode, max_pixels, quiet)
+    engine = load_engine(variant, model, revision, device, dtype, compile, full_decode, max_pixels, quiet,
+                         backend.value)
     require_classifier(engine)
     fmt = (format or (Format.table if sys.stdout.isatty() else Format.jsonl)).value
     if fmt != "table":

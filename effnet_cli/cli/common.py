@@ -32,8 +32,21 @@ def gather_inputs(inputs: list[str], null: bool) -> list[str]:
     return discover_inputs(inputs, null_separated=null, stdin=sys.stdin.buffer if "-" in inputs else None)
 
 
+def exact_decoding(exact_decode: bool | None, default: bool, full_decode: bool = False) -> bool:
+    """Whether to decode JPEGs exactly: --exact-decode/--fast-decode, else the old --full-decode, else ``default``."""
+    if full_decode:
+        from effnet_cli.cli.render import info_line
+
+        info_line("--full-decode is deprecated; use --exact-decode")
+        if exact_decode is False:
+            raise InputError("--full-decode and --fast-decode contradict each other; give one.")
+        return True
+    return default if exact_decode is None else exact_decode
+
+
 def load_engine(variant: Variant | None, model: str | None, revision: str | None, device: str, dtype: DType,
-                compile: bool, full_decode: bool, max_pixels: int | None, quiet: bool = False) -> Engine:
+                compile: bool, full_decode: bool, max_pixels: int | None, quiet: bool = False,
+                backend: str = "torch") -> Engine:
     """Load the weights named by --variant / --model and prepare them for inference."""
     from effnet_cli.data import DEFAULT_MAX_PIXELS
     from effnet_cli.inference import Engine
@@ -53,7 +66,8 @@ def load_engine(variant: Variant | None, model: str | None, revision: str | None
         info_line("compiling the model with torch.compile; the first batch takes a while…")
     engine = Engine.from_pretrained(name, revision=revision, device=device, dtype=dtype.value, compile=compile,
                                     draft=not full_decode,
-                                    max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+                                    max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+                                    backend=backend)
     source = engine.source or {}
     if source.get("source") == "hub" and not quiet:
         # The exact commit, so a run can be reproduced with --revision.

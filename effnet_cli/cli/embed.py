@@ -62,7 +62,8 @@ def embed(
     batch_size: opt.BatchSize = 16,
     workers: opt.Workers = None,
     compile: opt.Compile = False,
-    fast_decode: opt.FastDecode = False,
+    exact_decode: opt.ExactDecode = None,
+    backend: opt.BackendOpt = opt.BackendKind.auto,
     quiet: opt.Quiet = False,
     progress: opt.Progress = None,
 ) -> int:
@@ -87,7 +88,10 @@ def embed(
     started = time.monotonic()
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
+    from effnet_cli.cli.common import exact_decoding
     from effnet_cli.inference import POOLS
+
+    fast_decode = not exact_decoding(exact_decode, True)
 
     if sum(x is not None for x in (output, per_file, output_dir)) != 1:
         raise InputError("Give exactly one of -o OUT.npy, --per-file DIR or --output-dir DIR.")
@@ -103,6 +107,8 @@ def embed(
     if per_file is not None and resume:
         raise InputError("--resume works with -o; --per-file runs write each file atomically and can simply be rerun.")
     stage = _parse_features(features)
+    if stage is not None and backend is opt.BackendKind.auto:
+        backend = opt.BackendKind.torch  # stage feature maps are not outputs of an export
     # The output's lock first: a second run on the same output is refused before it reads or loads anything.
     with sharded.output_lock("embed", output=output, output_dir=output_dir, per_file=per_file, partition=partition):
         paths = gather_inputs(inputs, null)
@@ -111,7 +117,7 @@ def embed(
         # serves the decode settings, so it stays on the CPU when they exist.
         elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
         engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
-                             not fast_decode, max_pixels, quiet)
+                             not fast_decode, max_pixels, quiet, "torch" if elsewhere else backend.value)
         dim = engine.feature_dim(stage)  # a bad stage number is a usage error, before any work
         run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size)
         if per_file is not None:

@@ -1,0 +1,88 @@
+"""``effnet export``: a model effnet loads -> an ONNX or OpenVINO model other runtimes run."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from effnet_cli.cli import options as opt
+from effnet_cli.cli.render import EXIT_OK, stdout_console
+from effnet_cli.errors import InputError
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+def _parse_batch(text: str) -> int | None:
+    if text == "dynamic":
+        return None
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise InputError(f"--batch must be 'dynamic' or a positive number, got {text!r}.")
+
+
+def export(
+    model: Annotated[str, typer.Argument(help="Variant (lite0, b0-b7), hub id, or directory (e.g. from effnet convert).",
+                                         show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to create: the model file, config.json "
+                                                                "and preprocessor_config.json.", show_default=False)],
+    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (model.onnx) or openvino "
+                                                                         "(model.xml + model.bin).")] = ExportFormat.onnx,
+    dtype: Annotated[opt.DType, typer.Option(
+        "--dtype", help="float32; float16 (half-size weights); bfloat16 (openvino: computes in bf16 where the CPU "
+                        "supports it).")] = opt.DType.float32,
+    batch: Annotated[str, typer.Option("--batch", help="'dynamic' (any batch size) or a fixed batch size.")] = "dynamic",
+    image_size: Annotated[Optional[str], typer.Option(
+        "--image-size", help="Input size N or HxW; preprocessing is adjusted to match. [default: the model's]",
+        show_default=False)] = None,
+    verify: Annotated[Optional[list[str]], typer.Option(
+        "--verify", help="Images (files, directories or globs) to run through the export in its runtime and "
+                         "through the PyTorch model; prints the largest difference per output.",
+        show_default=False)] = None,
+    revision: opt.Revision = None,
+) -> int:
+    """Export a model to ONNX or OpenVINO, with its preprocessing beside it.
+
+    Examples:
+
+      effnet export lite0 -o lite0-onnx/ --verify tests/data/images/
+
+      effnet export google/efficientnet-b3 -o b3-ov/ --format openvino --dtype bfloat16
+
+    model.onnx runs in plain ONNX Runtime: input "pixel_values" (N×3×H×W float32, as
+    preprocessor_config.json describes), outputs "logits", "features" (mean-pooled) and
+    "features_max". See docs/export.md.
+    """
+    from effnet_cli.data import discover_inputs
+    from effnet_cli.export import export_model, parse_image_size, sample_pixels, verify_export
+    from effnet_cli.hub import load_pretrained
+
+    size = parse_image_size(image_size)
+    fixed = _parse_batch(batch)
+    images = discover_inputs(verify) if verify else None
+    net, processor = load_pretrained(model, revision=revision)
+    result = export_model(net, processor, output, fmt=format.value, dtype=dtype.value, batch=fixed, image_size=size)
+    console = stdout_console()
+    h, w = result.image_size
+    shape = f"{result.batch or 'N'}×3×{h}×{w}"
+    console.print(f"exported {model} -> {output} ({result.format}, {result.dtype}, input {shape}, outputs "
+                  f"{', '.join(result.outputs)})", markup=False, highlight=False, soft_wrap=True)
+    console.print("files: " + ", ".join(p.name for p in result.files), markup=False, highlight=False, soft_wrap=True)
+    if images:
+        from effnet_cli.export import processor_for_size
+
+        pixels = sample_pixels(processor_for_size(processor, size), images)
+        report = verify_export(result, net, pixels)
+        runtime = "ONNX Runtime" if result.format == "onnx" else "OpenVINO"
+        console.print(f"verify: {runtime} vs PyTorch on {report.images} images", markup=False, highlight=False, soft_wrap=True)
+        for name in result.outputs:
+            console.print(f"  {name}: max abs diff {report.max_abs[name]:.3g}, relative {report.max_rel[name]:.3g}",
+                          markup=False, highlight=False, soft_wrap=True)
+        if report.top1_equal is not None:
+            console.print(f"  top-1 equal: {report.top1_equal}/{report.images}", markup=False, highlight=False, soft_wrap=True)
+    return EXIT_OK

@@ -1,0 +1,410 @@
+"""The batched loader: decode and preprocess in worker processes, batches in input order.
+
+    inputs -> decode (workers) -> preprocess -> batch -> model -> results -> writers
+              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+              this module
+
+:func:`iter_batches` decodes and preprocesses in worker processes and yields
+:class:`Batch` objects in input order; every input appears in exactly one
+batch, either as a row of pixel values or as an error. A worker that dies
+(segfault in a decoder, ``os._exit``, SIGKILL) costs one error record, not the run.
+
+torch is imported only when batches are made, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import multiprocessing
+import os
+import pickle
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+from PIL import Image
+
+from effnet_cli.decode import _short, open_image
+from effnet_cli.errors import DecodeError, InputError
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported lazily at run time
+    import torch
+
+__all__ = ["CRASH_REASON", "Batch", "iter_batches", "default_workers"]
+
+# Reason recorded for an input whose decoder took its process down with it.
+CRASH_REASON = "decoder process crashed"
+
+
+@dataclass
+class Batch:
+    """One batch of decoded inputs, covering the positions ``span`` of the input list.
+
+    Every position in ``span`` is in exactly one of ``indices`` (decoded; its
+    pixels are row ``indices.index(pos)`` of ``pixel_values``) or ``errors``.
+    ``pixel_values`` is N×3×H×W with N = ``len(indices)``; when every item
+    failed it is an empty tensor and must not be fed to a model.
+    """
+
+    indices: list[int]
+    pixel_values: torch.Tensor
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    span: range = range(0)
+
+    def outcomes(self) -> Iterator[tuple[int, int | None, str | None]]:
+        """(position, row in pixel_values or None, error or None), in input order.
+
+        This is the order writers emit records in, so output rows never get
+        out of step with the inputs.
+        """
+        rows = {pos: row for row, pos in enumerate(self.indices)}
+        reasons = dict(self.errors)
+        for pos in self.span:
+            yield pos, rows.get(pos), reasons.get(pos)
+
+
+# (position, tensor or None, error or None) for one input
+_Outcome = tuple[int, Union["torch.Tensor", None], Union[str, None]]
+
+
+class _BatchDataset:
+    """Map-style dataset whose item ``b`` is the whole batch ``b`` (a Batch).
+
+    Making whole batches inside the worker lets a failed image simply be
+    left out of the stack, and the stacked tensor travels to the main process
+    once, through torch's shared memory.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        transform: Callable[[Image.Image], torch.Tensor],
+        batch_size: int,
+        start: int,
+        open_kwargs: dict[str, Any],
+    ) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self.batch_size = batch_size
+        self.start = start
+        self.open_kwargs = open_kwargs
+
+    def __len__(self) -> int:
+        remaining = max(0, len(self.paths) - self.start)
+        return -(-remaining // self.batch_size)
+
+    def span(self, b: int) -> range:
+        first = self.start + b * self.batch_size
+        return range(first, min(first + self.batch_size, len(self.paths)))
+
+    def load(self, positions: Iterable[int]) -> list[_Outcome]:
+        """Decode and transform each position; every failure becomes a reason."""
+        import torch
+
+        outcomes: list[_Outcome] = []
+        for pos in positions:
+            try:
+                image = open_image(self.paths[pos], **self.open_kwargs)
+            except DecodeError as exc:
+                outcomes.append((pos, None, str(exc)))
+                continue
+            except MemoryError:
+                outcomes.append((pos, None, "out of memory while decoding"))
+                continue
+            except Exception as exc:  # a bug in decoding must still cost one file only
+                outcomes.append((pos, None, f"cannot decode image ({type(exc).__name__}: {_short(exc)})"))
+                continue
+            try:
+                tensor = self.transform(image)
+                if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3:
+                    got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                    raise TypeError(f"expected a C×H×W tensor, got {got}")
+            except MemoryError:
+                outcomes.append((pos, None, "out of memory while preprocessing"))
+                continue
+            except Exception as exc:
+                outcomes.append((pos, None, f"preprocessing failed ({type(exc).__name__}: {_short(exc)})"))
+                continue
+            outcomes.append((pos, tensor, None))
+        return outcomes
+
+    def __getitem__(self, b: int) -> Batch:
+        span = self.span(b)
+        return _assemble(span, self.load(span))
+
+
+def _assemble(span: range, outcomes: Iterable[_Outcome]) -> Batch:
+    """Stack the decoded tensors of one batch; failures become error entries."""
+    import torch
+
+    indices: list[int] = []
+    tensors: list[torch.Tensor] = []
+    errors: list[tuple[int, str]] = []
+    shape: tuple[int, ...] | None = None
+    for pos, tensor, error in sorted(outcomes, key=lambda o: o[0]):
+        if tensor is None:
+            errors.append((pos, error or "unknown error"))
+            continue
+        if shape is None:
+            shape = tuple(tensor.shape)
+        elif tuple(tensor.shape) != shape:
+            # A transform without a fixed output size: the odd one cannot be
+            # stacked, and guessing a resize here would change the numbers.
+            errors.append((pos, f"preprocessed to shape {tuple(tensor.shape)}, "
+                                f"but this batch is {shape}"))
+            continue
+        indices.append(pos)
+        tensors.append(tensor)
+    pixel_values = torch.stack(tensors) if tensors else torch.empty((0, 3, 0, 0))
+    return Batch(indices=indices, pixel_values=pixel_values, errors=errors, span=span)
+
+
+def _worker_init(_worker_id: int, nice: int = 0) -> None:
+    """Keep each decode worker to one intra-op thread, at ``nice`` lower priority.
+
+    Workers and the model share the same few cores; torch's default of one
+    thread per core in every process would oversubscribe them badly. Why the
+    priority: see ``worker_nice`` in :func:`iter_batches`.
+    """
+    import torch
+
+    from effnet_cli.malloc import return_freed_memory
+
+    torch.set_num_threads(1)
+    return_freed_memory()  # flat memory however many images a worker decodes
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:  # not allowed here: decoding still works, only less politely
+            pass
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+def _isolated_main(dataset: _BatchDataset, positions: list[int], conn: Any) -> None:
+    """Body of a single-use subprocess: load ``positions`` and send the outcomes back."""
+    _worker_init(0)
+    outcomes = dataset.load(positions)
+    # Plain pickle copies tensor data into the message; the default
+    # (torch's shared-memory reducer) would hand over file descriptors that
+    # vanish with this short-lived process.
+    conn.send_bytes(pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL))
+    conn.close()
+
+
+def _run_isolated(dataset: _BatchDataset, positions: list[int]) -> list[_Outcome] | None:
+    """Load ``positions`` in a fresh process; ``None`` if that process died."""
+    ctx = multiprocessing.get_context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_isolated_main, args=(dataset, positions, sender), daemon=True)
+    proc.start()
+    sender.close()  # so recv sees EOF when the child dies without answering
+    try:
+        payload = receiver.recv_bytes()
+    except (EOFError, OSError):
+        payload = None
+    finally:
+        receiver.close()
+        proc.join()
+    if payload is None:
+        return None
+    return pickle.loads(payload)
+
+
+def _recover_batch(dataset: _BatchDataset, b: int) -> Batch:
+    """Redo batch ``b`` after a worker died, finding which input(s) kill the decoder.
+
+    First the whole batch in one fresh process (the crash may have been in a
+    neighbouring batch); if that dies too, each input alone, so exactly the
+    culprits are marked as crashed and the rest keep their results.
+    """
+    span = dataset.span(b)
+    outcomes = _run_isolated(dataset, list(span))
+    if outcomes is None:
+        outcomes = []
+        for pos in span:
+            single = _run_isolated(dataset, [pos])
+            outcomes.extend(single if single is not None else [(pos, None, CRASH_REASON)])
+    return _assemble(span, outcomes)
+
+
+_DONE = object()
+
+# Seconds between checks that the decode workers are still alive.
+_LIVENESS_POLL_S = 0.5
+
+
+def _is_loader_timeout(exc: RuntimeError) -> bool:
+    """True for the DataLoader's "timed out" error, which only means "not ready yet".
+
+    Matched on torch's message; should it ever change, a slow batch is taken
+    for a crash and redone in a fresh process: slower, but nothing is lost.
+    """
+    return "timed out" in str(exc)
+
+
+class _LoaderThread(threading.Thread):
+    """Runs the DataLoader and hands finished batches over through a bounded queue.
+
+    Why a thread: a DataLoader iterated in the main thread installs a SIGCHLD
+    handler that raises "worker exited unexpectedly" in the main thread
+    wherever it happens to be, e.g. in the middle of the consumer's model
+    call, where it cannot be caught and recovered. Iterated here, a dead
+    worker surfaces as a RuntimeError from ``next()`` in this thread (torch
+    polls worker liveness every few seconds), where we can redo that batch
+    and carry on with a new loader.
+    """
+
+    def __init__(self, dataset: _BatchDataset, workers: int, prefetch: int, nice: int = 0) -> None:
+        super().__init__(name="effnet-batch-loader", daemon=True)
+        self.dataset = dataset
+        self.workers = workers
+        self.prefetch = prefetch
+        self.nice = nice
+        # Bounded: together with the loader's own prefetch this caps the
+        # number of decoded-but-unconsumed batches however many inputs there are.
+        self.out: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
+        self.stop = threading.Event()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _loader(self, first: int) -> Any:
+        from torch.utils.data import DataLoader
+
+        return DataLoader(
+            self.dataset,
+            batch_size=None,  # each dataset item already is a batch
+            sampler=range(first, len(self.dataset)),
+            num_workers=self.workers,
+            collate_fn=_identity,
+            prefetch_factor=self.prefetch,
+            worker_init_fn=functools.partial(_worker_init, nice=self.nice),
+            # Not a limit on how long a batch may take (a timeout just means
+            # "ask again"), but how often torch checks that its workers are
+            # alive: without it, a dead worker is noticed only every 5 s.
+            timeout=_LIVENESS_POLL_S,
+        )
+
+    def run(self) -> None:
+        try:
+            b = 0
+            total = len(self.dataset)
+            while b < total and not self.stop.is_set():
+                it = iter(self._loader(b))
+                try:
+                    while b < total:
+                        try:
+                            batch = next(it)
+                        except RuntimeError as exc:
+                            if _is_loader_timeout(exc):
+                                continue  # only slow: the batch is still on its way
+                            # A worker died (or the loader broke). Batches
+                            # before b were all delivered; redo b in
+                            # isolation and restart the loader after it.
+                            batch = _recover_batch(self.dataset, b)
+                            b += 1
+                            if not self._put(batch):
+                                return
+                            break
+                        b += 1
+                        if not self._put(batch):
+                            return
+                finally:
+                    del it  # shuts the workers down
+            self._put(_DONE)
+        except BaseException as exc:  # hand any bug to the consumer, do not hang it
+            self._put(exc)
+
+
+def default_workers() -> int:
+    """Number of decode worker processes to use by default: the usable cores, at most 4.
+
+    More than four rarely helps: the model, not JPEG decoding, is the
+    bottleneck, and every worker costs memory.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))  # respects taskset / container limits
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+def iter_batches(
+    paths: Sequence[str],
+    transform: Callable[[Image.Image], torch.Tensor],
+    *,
+    batch_size: int,
+    workers: int,
+    open_kwargs: dict[str, Any] | None = None,
+    start: int = 0,
+    prefetch: int = 2,
+    worker_nice: int = 0,
+) -> Iterator[Batch]:
+    """Decode, preprocess and stack ``paths[start:]`` in batches, in input order.
+
+    ``transform`` turns an RGB image into a 3×H×W tensor (it must be picklable
+    when worker processes are started with "spawn"). Each :class:`Batch`
+    covers the next ``batch_size`` positions (``span``); every position comes
+    out exactly once, as a row of ``pixel_values`` or as an error reason.
+
+    With ``workers > 0`` decoding runs in that many processes, ``prefetch``
+    batches per worker ahead of the consumer; memory stays bounded because at
+    most about ``workers * prefetch + prefetch + 2`` batches exist at once. A
+    worker that dies costs only the input that killed it ("decoder process
+    crashed"). ``workers == 0`` decodes in the calling thread, one batch at a
+    time, with no overlap (simplest to debug; a crash there is the process's).
+
+    ``worker_nice`` lowers the workers' scheduling priority by that much. Use
+    it when the consumer computes on the same CPU cores: a CPU model's
+    threads wait for each other at the end of every op, so a worker that
+    preempts one of them stalls them all; a niced worker runs in the gaps
+    (while the model waits for its next batch) instead, which made the whole
+    pipeline 1.15-1.5× faster in steady state on an idle 2-core machine. But a
+    niced worker also waits behind every other busy program on the machine,
+    and then nothing reaches the model at all: the CLI leaves it at 0.
+
+    Closing the generator early (``break``) stops the workers.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise InputError(f"workers must be 0 or more, got {workers}")
+    if prefetch < 1:
+        raise InputError(f"prefetch must be at least 1, got {prefetch}")
+    if not 0 <= start <= len(paths):
+        raise InputError(f"start must be between 0 and {len(paths)}, got {start}")
+    kwargs = dict(open_kwargs or {})
+    # Fail fast on a misspelt option, instead of once per image in the workers.
+    inspect.signature(open_image).bind("", **kwargs)
+
+    dataset = _BatchDataset(paths, transform, batch_size, start, kwargs)
+    if workers == 0:
+        for b in range(len(dataset)):
+            yield dataset[b]
+        return
+
+    thread = _LoaderThread(dataset, workers, prefetch, worker_nice)
+    thread.start()
+    try:
+        while True:
+            item = thread.out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        thread.stop.set()
+        thread.join(timeout=30)

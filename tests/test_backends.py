@@ -1,0 +1,179 @@
+"""``--backend``: the exported model in ONNX Runtime or OpenVINO gives the PyTorch model's numbers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from effnet_cli.backends import auto_candidates, cached_export, choose_backend, export_key
+from effnet_cli.errors import InputError
+from effnet_cli.export import sample_pixels
+from effnet_cli.hub import load_pretrained
+from effnet_cli.inference import Engine
+from tests.cli_helpers import run
+
+pytest.importorskip("onnxruntime")
+RUNTIMES = ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("openvino") is None, reason="openvino not installed"))]
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+@pytest.fixture(scope="module")
+def small(b0_small_dir: Path, photos: list[Path]):
+    model, processor = load_pretrained(b0_small_dir)
+    pixels = sample_pixels(processor, photos)
+    with torch.inference_mode():
+        out = model(pixels, return_dict=True)
+        fmap = model.efficientnet(pixels).last_hidden_state
+    return model, processor, pixels, out.logits, fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))
+
+
+@pytest.mark.parametrize("backend", RUNTIMES)
+def test_float32_backend_matches_plain_pytorch(small, backend):
+    model, processor, pixels, logits, mean, peak = small
+    engine = Engine(model, processor, device="cpu", backend=backend)
+    assert engine.backend == backend
+    assert relative_error(engine.logits(pixels), logits) <= 1e-4
+    assert relative_error(engine.features(pixels), mean) <= 1e-4
+    assert relative_error(engine.features(pixels, pool="max"), peak) <= 1e-4
+    # Stage features are not an output of the export: the PyTorch model serves them.
+    assert engine.features(pixels[:1], stage=2).shape == (1, model.config.stages()[1].out_channels)
+
+
+def test_lite0_float32_and_bfloat16_on_the_photos(photos):
+    model, processor = load_pretrained("lite0")
+    pixels = sample_pixels(processor, photos)
+    with torch.inference_mode():
+        want = model(pixels).logits
+    for backend in ("onnxruntime", "openvino"):
+        if backend == "openvino" and not __import__("importlib").util.find_spec("openvino"):
+            continue
+        assert relative_error(Engine(model, processor, device="cpu", backend=backend).logits(pixels), want) <= 1e-4
+        if backend == "openvino":
+            bf16 = Engine(model, processor, device="cpu", backend=backend, dtype="bfloat16")
+            assert bf16.logits(pixels).argmax(-1).tolist() == want.argmax(-1).tolist()
+
+
+def test_export_is_cached_and_keyed_by_weights_and_size(small, tmp_path):
+    model, processor, *_ = small
+    first = cached_export(model, processor, "onnx", cache=tmp_path)
+    stamp = (first / "model.onnx").stat().st_mtime_ns
+    assert cached_export(model, processor, "onnx", cache=tmp_path) == first
+    assert (first / "model.onnx").stat().st_mtime_ns == stamp  # reused, not written again
+    entries = [p.name for p in (tmp_path / "exports" / "onnx").iterdir() if not p.name.endswith(".lock")]
+    assert entries == [first.name]
+    # Another input size, dtype or set of weights is another export.
+    keys = {export_key(model, processor, "onnx", "float32"),
+            export_key(model, processor.replace(size={"height": 48, "width": 48}), "onnx", "float32"),
+            export_key(model, processor, "onnx", "float16")}
+    with torch.no_grad():
+        model.classifier.bias.add_(1)
+    try:
+        keys.add(export_key(model, processor, "onnx", "float32"))
+    finally:
+        with torch.no_grad():
+            model.classifier.bias.sub_(1)
+    assert first.name in keys and len(keys) == 4
+
+
+def _export_in_child(directory: str, cache: str, queue: multiprocessing.Queue) -> None:
+    model, processor = load_pretrained(directory)
+    queue.put(str(cached_export(model, processor, "onnx", cache=Path(cache))))
+
+
+def test_concurrent_runs_share_one_complete_export(b0_small_dir, tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_export_in_child, args=(str(b0_small_dir), str(tmp_path), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    paths = {queue.get(timeout=240) for _ in procs}
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert len(paths) == 1  # both use the same export
+    root = tmp_path / "exports" / "onnx"
+    assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == [Path(paths.pop()).name]
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(next(root.glob("*/model.onnx"))), providers=["CPUExecutionProvider"])
+
+
+def test_auto_candidates():
+    has_ov = __import__("importlib").util.find_spec("openvino") is not None
+    assert auto_candidates(device_type="cpu", dtype="float32") == ["torch", *(["openvino"] if has_ov else []),
+                                                                    "onnxruntime"]
+    assert auto_candidates(device_type="cuda", dtype="float32") == ["torch"]
+    assert "onnxruntime" not in auto_candidates(device_type="cpu", dtype="bfloat16")
+    assert choose_backend("auto", device_type="cpu", dtype="float32", needs_torch="--compile") == "torch"
+    with pytest.raises(InputError, match="--compile"):
+        choose_backend("onnxruntime", device_type="cpu", dtype="float32", needs_torch="--compile")
+    with pytest.raises(InputError, match="bfloat16"):
+        choose_backend("onnxruntime", device_type="cpu", dtype="bfloat16")
+
+
+def test_auto_measures_once_and_remembers(small, tmp_path, monkeypatch):
+    model, processor, pixels, logits, *_ = small
+    monkeypatch.setenv("EFFNET_CACHE", str(tmp_path))
+    engine = Engine(model, processor, device="cpu", backend="auto")
+    [record] = (tmp_path / "exports" / "auto").glob("*.json")
+    measured = json.loads(record.read_text())
+    assert set(measured["images_per_s"]) == set(auto_candidates(device_type="cpu", dtype="float32"))
+    assert engine.backend == measured["backend"] == max(measured["images_per_s"], key=measured["images_per_s"].get)
+    assert relative_error(engine.logits(pixels), logits) <= 1e-4
+    # Later runs read the choice instead of measuring again.
+    for choice in ("onnxruntime", "torch"):
+        record.write_text(json.dumps({**measured, "backend": choice}))
+        assert Engine(model, processor, device="cpu", backend="auto").backend == choice
+
+
+def test_cli_backend_flag_same_predictions(b0_small_dir, photos):
+    runs = {}
+    for backend in ("torch", "onnxruntime"):
+        outcome = run(["classify", str(photos[0].parent), "--model", str(b0_small_dir), "-f", "jsonl", "-k", "3",
+                       "--backend", backend, "--workers", "0"])
+        assert outcome.exit_code == 0, outcome.stderr
+        runs[backend] = [json.loads(line) for line in outcome.stdout.splitlines()]
+    for a, b in zip(runs["torch"], runs["onnxruntime"]):
+        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+        assert np.allclose([p["score"] for p in a["predictions"]], [p["score"] for p in b["predictions"]], atol=1e-5)
+    bad = run(["classify", str(photos[0]), "--model", str(b0_small_dir), "--backend", "onnxruntime",
+               "--dtype", "bfloat16"])
+    assert bad.exit_code == 2 and "bfloat16" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_exact_decode_is_one_flag_on_both_commands(b0_small_dir, photos, tmp_path):
+    big = photos[0]
+    common = [str(big), "--model", str(b0_small_dir), "--backend", "torch", "--workers", "0"]
+
+    def scores(*extra: str) -> list[float]:
+        outcome = run(["classify", *common, "-f", "jsonl", *extra])
+        assert outcome.exit_code == 0, outcome.stderr
+        return [p["score"] for p in json.loads(outcome.stdout)["predictions"]]
+
+    exact = scores("--exact-decode")
+    old = run(["classify", *common, "-f", "jsonl", "--full-decode"])
+    assert [p["score"] for p in json.loads(old.stdout)["predictions"]] == exact  # the old spelling still works
+    assert "deprecated" in old.stderr
+    assert scores("--fast-decode") != exact  # classify decodes fast by default; the flag says so explicitly
+    arrays = {}
+    for flag in ("--fast-decode", None):
+        target = tmp_path / f"{flag or 'default'}.npy"
+        outcome = run(["embed", *common, "-o", str(target), *([flag] if flag else [])])
+        assert outcome.exit_code == 0, outcome.stderr
+        arrays[flag] = np.load(target)
+    with torch.inference_mode():  # embed decodes exactly by default: the rows of a plain full decode
+        model, processor = load_pretrained(b0_small_dir)
+        want = model.efficientnet(sample_pixels(processor, [big])).last_hidden_state.mean(dim=(2, 3)).numpy()
+    assert np.abs(arrays[None] - want).max() <= 1e-4 * np.abs(want).max()
+    assert not np.array_equal(arrays["--fast-decode"], arrays[None])
+    assert "--exact-decode" in run(["classify", "--help"]).stdout and "--full-decode" not in run(
+        ["classify", "--help"]).stdout

@@ -1,0 +1,104 @@
+"""``effnet export``: ONNX and OpenVINO files that other runtimes run with effnet's numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from effnet_cli.export import sample_pixels
+from effnet_cli.hub import load_pretrained
+from tests.cli_helpers import run
+
+pytest.importorskip("onnxruntime")
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+@pytest.fixture(scope="module")
+def onnx_export(b0_small_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One export for the module, verified on the sample photos."""
+    from tests.conftest import IMAGES
+
+    out = tmp_path_factory.mktemp("export") / "b0-onnx"
+    outcome = run(["export", str(b0_small_dir), "-o", str(out), "--verify", str(IMAGES)])
+    assert outcome.exit_code == 0, outcome.stderr
+    return out, outcome.stdout
+
+
+def test_onnx_export_runs_in_plain_onnxruntime_without_effnet(onnx_export, b0_small_dir, photos, tmp_path):
+    out, _ = onnx_export
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "preprocessor_config.json"]
+    model, processor = load_pretrained(b0_small_dir)
+    pixels = sample_pixels(processor, photos)
+    np.save(tmp_path / "pixels.npy", pixels.numpy())
+    # An isolated interpreter in which effnet_cli and torch cannot be imported: only onnxruntime and numpy.
+    script = textwrap.dedent(f"""
+        import sys
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("effnet_cli", "torch"):
+                    raise ImportError(name + " must not be needed")
+        sys.meta_path.insert(0, Refuse())
+        import numpy as np, onnxruntime as ort
+        session = ort.InferenceSession({str(out / "model.onnx")!r}, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        got = session.run(None, {{"pixel_values": np.load({str(tmp_path / "pixels.npy")!r})}})
+        np.save({str(tmp_path / "logits.npy")!r}, got[names.index("logits")])
+        assert "effnet_cli" not in sys.modules and "torch" not in sys.modules
+        print(",".join(names))
+    """)
+    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "logits,features,features_max"
+    with torch.inference_mode():
+        want = model(pixels).logits.numpy()
+    assert relative_error(np.load(tmp_path / "logits.npy"), want) <= 1e-4
+    config = json.loads((out / "preprocessor_config.json").read_text())
+    assert config["size"] == {"height": 64, "width": 64}  # the preprocessing travels with the export
+
+
+def test_export_summary_and_verify_on_photos(onnx_export, photos):
+    _, summary = onnx_export
+    assert "input N×3×64×64" in summary and "outputs logits, features, features_max" in summary
+    assert f"top-1 equal: {len(photos)}/{len(photos)}" in summary
+    relative = [float(line.rsplit("relative ", 1)[1]) for line in summary.splitlines() if "relative" in line]
+    assert len(relative) == 3 and max(relative) <= 1e-4
+
+
+def test_openvino_export_with_fixed_batch_and_image_size(b0_small_dir, photos, tmp_path):
+    ov = pytest.importorskip("openvino")
+    out = tmp_path / "ov"
+    outcome = run(["export", str(b0_small_dir), "-o", str(out), "--format", "openvino", "--batch", "2",
+                   "--image-size", "48", "--verify", str(photos[0])])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.bin", "model.xml",
+                                                     "preprocessor_config.json"]
+    model = ov.Core().read_model(str(out / "model.xml"))
+    assert list(model.inputs[0].get_shape()) == [2, 3, 48, 48]
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 48, "width": 48}
+    assert "top-1 equal: 1/1" in outcome.stdout
+
+
+def test_export_refusals_are_one_line(b0_small_dir, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep")
+    for args, words in (
+        (["-o", str(tmp_path / "taken")], "already exists"),
+        (["-o", str(tmp_path / "x"), "--dtype", "bfloat16"], "bfloat16"),
+        (["-o", str(tmp_path / "x"), "--batch", "0"], "--batch"),
+        (["-o", str(tmp_path / "x"), "--image-size", "big"], "--image-size"),
+    ):
+        outcome = run(["export", str(b0_small_dir), *args])
+        assert outcome.exit_code == 2, (args, outcome.stderr)
+        assert words in outcome.stderr and len(outcome.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
+    assert not (tmp_path / "x").exists()
