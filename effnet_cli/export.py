@@ -260,8 +260,8 @@ def export_model(model: nn.Module, processor: Any, out: str | Path, *, fmt: str 
     return result
 
 
-# What to install for each package the export and the backends need (openvino is an extra).
-_INSTALL = {"onnxruntime": "onnxruntime", "onnx": "onnx", "onnxscript": "onnxscript",
+# What to install for each package the export and the backends need (both runtimes are extras).
+_INSTALL = {"onnxruntime": "'effnet-cli[onnx]'", "onnx": "'effnet-cli[onnx]'", "onnxscript": "'effnet-cli[onnx]'",
             "openvino": "'effnet-cli[openvino]'"}
 
 

@@ -63,7 +63,7 @@ def classify(
     compile: opt.Compile = False,
     exact_decode: opt.ExactDecode = None,
     full_decode: opt.FullDecode = False,
-    backend: opt.BackendOpt = opt.BackendKind.auto,
+    backend: opt.BackendOpt = opt.BackendKind.torch,
     quiet: opt.Quiet = False,
     progress: opt.Progress = None,
 ) -> int:

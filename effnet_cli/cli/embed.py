@@ -63,7 +63,7 @@ def embed(
     workers: opt.Workers = None,
     compile: opt.Compile = False,
     exact_decode: opt.ExactDecode = None,
-    backend: opt.BackendOpt = opt.BackendKind.auto,
+    backend: opt.BackendOpt = opt.BackendKind.torch,
     quiet: opt.Quiet = False,
     progress: opt.Progress = None,
 ) -> int:
