@@ -12,7 +12,7 @@ import sys
 import typer
 
 from effnet_cli import __version__
-from effnet_cli.cli import classify, config_cmd, convert, embed
+from effnet_cli.cli import classify, config_cmd, convert, embed, finetune
 
 app = typer.Typer(
     name="effnet",
@@ -43,12 +43,15 @@ def main_callback(
       find . -name '*.jpg' | effnet classify - --format jsonl
 
       effnet embed photos/ -o feats.npy
+
+      effnet finetune my-classes/ -o my-model/
     """
 
 
 app.command("classify", no_args_is_help=True)(classify.classify)
 app.command("embed", no_args_is_help=True)(embed.embed)
 app.command("convert", no_args_is_help=True)(convert.convert)
+app.command("finetune", no_args_is_help=True)(finetune.finetune)
 app.add_typer(config_cmd.app, name="config")
 
 

@@ -43,6 +43,7 @@ from effnet_cli.training.files import OutputDir
 from effnet_cli.training.report import evaluate, plot_confusion, plot_curves
 
 CHECKPOINT = "checkpoint.pt"
+FEATURES = "features.pt"  # the linear probe's inputs, computed once and kept until the run completes
 METRICS = "metrics.jsonl"
 ERRORS = "errors.jsonl"
 REPORT = "report.json"
@@ -64,7 +65,7 @@ class FinetuneOptions:
     lr: float | None = None  # peak learning rate, reached after the warm-up
     batch_size: int = 32
     image_size: int | None = None  # training and saved input size; None: chosen default
-    freeze: str | int = "2"  # backbone, none, or the number of stages kept as loaded
+    freeze: str | int = "5"  # backbone, none, or the number of stages kept as loaded
     augment: str = "standard"  # standard (crop + flip), crop, or none
     label_smoothing: float = 0.1
     weight_decay: float = 0.05
@@ -82,14 +83,16 @@ class FinetuneOptions:
         out = FinetuneOptions(**{**asdict(self), "freeze": freeze})
         out.epochs = self.epochs if self.epochs is not None else (DEFAULT_PROBE_EPOCHS if probe else DEFAULT_EPOCHS)
         out.lr = self.lr if self.lr is not None else (DEFAULT_PROBE_LR if probe else DEFAULT_LR)
-        out.image_size = self.image_size if self.image_size is not None else DEFAULT_IMAGE_SIZE
+        # The probe's features cost one forward pass each: it keeps the model's own input size, so its
+        # features are exactly what `effnet embed` gives. Training every epoch at that size would be slow.
+        out.image_size = self.image_size if self.image_size is not None else (None if probe else DEFAULT_IMAGE_SIZE)
         if out.epochs < 1:
             raise InputError(f"--epochs must be at least 1, got {out.epochs}.")
         if out.lr <= 0:
             raise InputError(f"--lr must be positive, got {out.lr}.")
         if out.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {out.batch_size}.")
-        if not 16 <= out.image_size <= 1024:
+        if out.image_size is not None and not 16 <= out.image_size <= 1024:
             raise InputError(f"--image-size must be between 16 and 1024, got {out.image_size}.")
         if not 0.0 <= out.label_smoothing < 1.0:
             raise InputError(f"--label-smoothing must be in [0, 1), got {out.label_smoothing}.")
@@ -253,12 +256,13 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
 
     device = resolve_device(opts.device)
     base_model, processor = load_pretrained(opts.model)
-    processor = _sized_processor(processor, opts.image_size)
+    if opts.image_size is not None:
+        processor = _sized_processor(processor, opts.image_size)
     probe = opts.freeze == "backbone"
 
     if checkpoint is not None:
         split = _split_from(checkpoint)
-        features = checkpoint.get("features")
+        features = _load_features(out) if probe else None
     elif probe:
         # Features exist for the images that decoded, in order: the same rows the split keeps.
         features, failed = _extract_features(base_model, processor, split, opts, device, emit)
@@ -277,6 +281,10 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
     recipe.apply_freeze(model, frozen)
     if out is not None and checkpoint is None:
         out.write(ERRORS, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in split.errors).encode())
+        if features is not None:
+            buf = io.BytesIO()
+            torch.save(features, buf)
+            out.write(FEATURES, buf.getvalue())
 
     train_targets = torch.tensor(split.targets(split.train))
     n_train = len(train_targets)
@@ -287,7 +295,7 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
     history: list[dict[str, Any]] = []
     start_epoch, start_step, running = 0, 0, {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        (model.classifier if probe else model).load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
@@ -301,7 +309,7 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
     amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if opts.dtype == "bfloat16"
            else nullcontext())
     workers = min(2, _default_workers()) if opts.workers is None else opts.workers
-    train_transform = recipe.TrainTransform(processor, opts.image_size, opts.augment)
+    train_transform = None if probe else recipe.TrainTransform(processor, opts.image_size, opts.augment)
     open_kwargs = _open_kwargs(processor)
 
     emit({"event": "train", "epochs": opts.epochs, "steps": steps_per_epoch, "images": n_train,
@@ -366,6 +374,7 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
     if out is not None:
         _write_outputs(state, processor, final)
         out.remove(CHECKPOINT)  # complete: the model files hold the result
+        out.remove(FEATURES)
     model = model.cpu()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -504,7 +513,8 @@ def _write_outputs(state: dict, processor: Any, final: dict[str, Any]) -> None:
     model = state["model"]
     config = dict(model.config.to_dict())
     config["architectures"] = [type(model).__name__]
-    config["image_size"] = state["opts"].image_size
+    if state["opts"].image_size is not None:
+        config["image_size"] = state["opts"].image_size
     out.write("config.json", (json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     out.write("model.safetensors", save(tensors, metadata={"format": "pt"}))
@@ -547,7 +557,8 @@ def _save_checkpoint(state: dict, epoch: int, step: int, running: dict) -> None:
         "epoch": epoch,
         "step": step,
         "running": dict(running),
-        "model": state["model"].state_dict(),
+        # The probe trains the classifier only: the backbone is the loaded one, not worth saving each epoch.
+        "model": (state["model"].classifier if state["features"] is not None else state["model"]).state_dict(),
         "optimizer": state["optimizer"].state_dict(),
         "scheduler": state["scheduler"].state_dict(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
@@ -555,7 +566,6 @@ def _save_checkpoint(state: dict, epoch: int, step: int, running: dict) -> None:
         "split": {"classes": split.classes, "errors": split.errors,
                   "train": [split.train.paths, split.train.labels, split.train.source],
                   "val": None if split.val is None else [split.val.paths, split.val.labels, split.val.source]},
-        "features": state["features"],
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -579,6 +589,13 @@ def _load_checkpoint(out: OutputDir | None, opts: FinetuneOptions) -> dict[str, 
     _check_settings(checkpoint["settings"], {k: str(v) if k == "freeze" else v
                                              for k, v in asdict(opts).items() if k in _RESUME_KEYS})
     return checkpoint
+
+
+def _load_features(out: OutputDir) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(out.path / FEATURES, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        raise InputError(f"{out.path / FEATURES} is missing or damaged; start a new output directory.") from None
 
 
 def _split_from(checkpoint: dict[str, Any]) -> Split:
