@@ -324,7 +324,10 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
                                     opts.seed, epoch)
                 source = torch.utils.data.DataLoader(
                     dataset, batch_sampler=batches[start_step:], num_workers=workers, collate_fn=_collate,
-                    worker_init_fn=recipe.worker_init if workers else None, persistent_workers=False)
+                    worker_init_fn=recipe.worker_init if workers else None, persistent_workers=False,
+                    # Its own generator: a loader otherwise draws its worker seed from the global RNG, which
+                    # a run resumed mid-epoch would draw at a different moment (and dropout would differ).
+                    generator=torch.Generator().manual_seed(opts.seed + epoch))
             model.train()
             recipe.apply_freeze(model, frozen)
             tick = time.perf_counter()
