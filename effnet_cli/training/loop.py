@@ -109,6 +109,10 @@ DEFAULT_EPOCHS = 8
 DEFAULT_LR = 2e-3
 DEFAULT_PROBE_EPOCHS = 60
 DEFAULT_PROBE_LR = 5e-3
+# Fine-tuning first fits the new head on features of the unaugmented training images (a linear probe,
+# seconds), then trains the network: a random head would send noisy gradients into the pretrained
+# layers for the first epochs and undo part of what they know (LP-FT, Kumar et al., ICLR 2022).
+HEAD_WARMUP_EPOCHS = 30
 
 # Settings that must match for a resumed run to continue the same training.
 _RESUME_KEYS = ("model", "val", "val_split", "epochs", "lr", "batch_size", "image_size", "freeze", "augment",
@@ -268,7 +272,8 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
         features, failed = _extract_features(base_model, processor, split, opts, device, emit)
         split = _drop_failed(split, failed, opts.val is not None)
     else:
-        failed = _scan(split, processor, opts, emit)
+        # The same pass that finds unusable files gives the features the new head starts from.
+        head_features, failed = _extract_features(base_model, processor, split, opts, device, emit)
         split = _drop_failed(split, failed, opts.val is not None)
         features = None
     settings = _settings(opts, split)
@@ -279,6 +284,13 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
     model = recipe._with_new_head(base_model, split.id2label).to(device)
     frozen = recipe.frozen_modules(model, opts.freeze)
     recipe.apply_freeze(model, frozen)
+    if checkpoint is None and not probe:
+        emit({"event": "head", "epochs": HEAD_WARMUP_EPOCHS})
+        recipe.fit_head(model.classifier, head_features["train"].to(device),
+                        torch.tensor(split.targets(split.train), device=device), epochs=HEAD_WARMUP_EPOCHS,
+                        lr=DEFAULT_PROBE_LR, weight_decay=opts.weight_decay, batch_size=opts.batch_size,
+                        label_smoothing=opts.label_smoothing, seed=opts.seed)
+        del head_features
     if out is not None and checkpoint is None:
         out.write(ERRORS, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in split.errors).encode())
         if features is not None:
@@ -410,25 +422,6 @@ def _default_workers() -> int:
     from effnet_cli.data import default_workers
 
     return default_workers()
-
-
-def _scan(split: Split, processor: Any, opts: FinetuneOptions, emit: Callback) -> dict[str, str]:
-    """Decode every image once before training, so unusable files are known (and reported) up front."""
-    from effnet_cli.data import iter_batches
-
-    paths = split.train.paths + (split.val.paths if split.val is not None else [])
-    workers = min(2, _default_workers()) if opts.workers is None else opts.workers
-    failed: dict[str, str] = {}
-    emit({"event": "scan", "images": len(paths)})
-    for batch in iter_batches(paths, _nothing, batch_size=64, workers=workers, open_kwargs=_open_kwargs(processor)):
-        for pos, reason in batch.errors:
-            failed[paths[pos]] = reason
-        emit({"event": "scanned", "done": batch.span.stop, "images": len(paths)})
-    return failed
-
-
-def _nothing(_image: Any) -> torch.Tensor:
-    return torch.zeros(1, 1, 1)
 
 
 def _extract_features(model: nn.Module, processor: Any, split: Split, opts: FinetuneOptions, device: torch.device,

@@ -23,7 +23,7 @@ from effnet_cli.errors import InputError
 AUGMENTS = ("standard", "crop", "none")
 # Smallest share of the image a random crop keeps: low enough to vary the framing, high enough that the
 # object usually stays in view on small datasets.
-CROP_SCALE = (0.35, 1.0)
+CROP_SCALE = (0.5, 1.0)
 
 
 def _with_new_head(model: nn.Module, id2label: dict[int, str]) -> nn.Module:
@@ -133,6 +133,23 @@ class TrainTransform:
         if self.augment == "standard":
             steps.append(v2.RandomHorizontalFlip())
         return self.normalize.preprocess_pil(v2.Compose(steps)(image))
+
+
+def fit_head(head: nn.Module, features: torch.Tensor, targets: torch.Tensor, *, epochs: int, lr: float,
+             weight_decay: float, batch_size: int, label_smoothing: float, seed: int) -> None:
+    """Fit a linear ``head`` on fixed features with this recipe (no dropout; no global RNG used)."""
+    for p in head.parameters():
+        p.requires_grad_(True)
+    optimizer = make_optimizer(head, lr, weight_decay)
+    steps = len(epoch_order(len(targets), 0, 0, batch_size))
+    schedule = make_schedule(optimizer, steps * epochs, steps)
+    for epoch in range(epochs):
+        for batch in epoch_order(len(targets), seed + 104_729, epoch, batch_size):
+            loss = loss_fn(head(features[batch]), targets[batch], label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
