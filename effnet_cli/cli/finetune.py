@@ -41,10 +41,10 @@ def finetune(
         "--val-split", help="Share of each class held out for validation (stratified, seeded); 0 for none.",
         rich_help_panel=TRAIN_PANEL)] = 0.2,
     epochs: Annotated[Optional[int], typer.Option(
-        "--epochs", min=1, help="Passes over the training images. [default: 8; 60 with --freeze backbone]",
+        "--epochs", min=1, help="Passes over the training images. [default: 5; 60 with --freeze backbone]",
         rich_help_panel=TRAIN_PANEL, show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option(
-        "--lr", help="Peak learning rate (AdamW, after the warm-up). [default: 0.002; 0.005 with --freeze backbone]",
+        "--lr", help="Peak learning rate (AdamW, after the warm-up). [default: 0.001; 0.005 with --freeze backbone]",
         rich_help_panel=TRAIN_PANEL, show_default=False)] = None,
     image_size: Annotated[Optional[int], typer.Option(
         "--image-size", help="Input size for training and for the saved model. "
@@ -149,13 +149,15 @@ class _Progress:
                     f"{val}, {e['images_per_s'] or 0:.1f} images/s")
             if self.progress is not None:
                 self.progress.console.print(line, highlight=False, markup=False)
+        elif kind == "head" and self.progress is not None:
+            self.progress.console.print(f"fitting the new head on the features ({e['epochs']} epochs)", markup=False)
         elif kind == "resumed" and self.progress is not None:
             self.progress.console.print(f"resuming at epoch {e['epoch'] + 1}, step {e['step']}", markup=False)
         if self.progress is None:
             return
-        if kind in ("scan", "features"):
-            self._task("checking images" if kind == "scan" else "computing features", e["images"])
-        elif kind in ("scanned", "embedded"):
+        if kind == "features":
+            self._task("computing features", e["images"])
+        elif kind == "embedded":
             self.progress.update(self.task, completed=e["done"])
         elif kind == "step":
             if self.task is None or self.progress.tasks[-1].total != e["steps"] or e["step"] == 1:

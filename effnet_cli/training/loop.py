@@ -105,8 +105,8 @@ class FinetuneOptions:
 
 # Defaults measured on a 10-class, ~1,400-image training set on a 2-core CPU (docs/finetune.md).
 DEFAULT_IMAGE_SIZE = 128
-DEFAULT_EPOCHS = 8
-DEFAULT_LR = 2e-3
+DEFAULT_EPOCHS = 5
+DEFAULT_LR = 1e-3
 DEFAULT_PROBE_EPOCHS = 60
 DEFAULT_PROBE_LR = 5e-3
 # Fine-tuning first fits the new head on features of the unaugmented training images (a linear probe,

@@ -69,7 +69,17 @@ def frozen_modules(model: nn.Module, freeze: str | int) -> list[nn.Module]:
 
 
 def apply_freeze(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
-    """Stop gradients to ``frozen`` and keep their batch norms in eval mode (call after ``model.train()``)."""
+    """Stop gradients to ``frozen``, and keep every batch norm on its loaded statistics (call after ``model.train()``).
+
+    Batch norms still learn their scale and shift where they are not frozen,
+    but normalise with the ImageNet running statistics rather than those of
+    each batch: batches of a few dozen images from a small dataset give noisy
+    statistics, and the network then computes, in training, the features the
+    new head was fitted on.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
     for module in frozen:
         module.eval()
         for p in module.parameters():
