@@ -18,7 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 200)}
 # Tiny inputs keep every run to seconds: 32-px images, 3 classes of 6 images, batches of 4.
-TINY = dict(image_size=32, batch_size=4, epochs=3, freeze="none", workers=0, val_split=0.34, lr=0.01)
+# Augmentation on, so the resume tests cover its per-image seeding too.
+TINY = dict(image_size=32, batch_size=4, epochs=3, freeze="none", workers=0, val_split=0.34, lr=0.01,
+            augment="standard")
 
 
 def _cli_args(options: dict) -> list[str]:

@@ -54,8 +54,9 @@ def finetune(
         "--freeze", help="backbone (train the classifier only, on features computed once), none, or N: "
                          "keep the stem and the first N stages as loaded.", rich_help_panel=TRAIN_PANEL)] = "5",
     augment: Annotated[Augment, typer.Option(
-        "--augment", help="standard: random resized crop + horizontal flip; crop: no flip (text, digits); none.",
-        rich_help_panel=TRAIN_PANEL)] = Augment.standard,
+        "--augment", help="none; standard: random resized crop + horizontal flip (for longer runs: --epochs 15 "
+                          "and more); crop: the same without the flip (text, digits).",
+        rich_help_panel=TRAIN_PANEL)] = Augment.none,
     label_smoothing: Annotated[float, typer.Option(
         "--label-smoothing", help="Cross-entropy label smoothing.", rich_help_panel=TRAIN_PANEL)] = 0.1,
     weight_decay: Annotated[float, typer.Option(
