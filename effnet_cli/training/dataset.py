@@ -14,7 +14,6 @@ import csv
 import json
 import os
 import random
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,10 +181,6 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[list
         val += members[:n_val]
         train += members[n_val:]
     return sorted(train), sorted(val)
-
-
-def class_counts(samples: Samples) -> Counter:
-    return Counter(samples.labels)
 
 
 __all__ = ["Samples", "Split", "read_samples", "check_classes", "check_val_classes", "stratified_split",
