@@ -210,6 +210,24 @@ def test_resume_with_other_settings_is_refused(dataset, b0_small_dir, tmp_path):
     assert done.exit_code == 2 and "--resume" in done.stderr  # a fresh run does not wipe the checkpoint
 
 
+def test_resume_on_changed_data_is_refused(tmp_path, b0_small_dir):
+    import shutil
+
+    from effnet_cli import finetune
+
+    data, out = make_dataset(tmp_path / "data"), tmp_path / "out"
+
+    def stop(event):
+        if event["event"] == "step":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(str(data), out, model=str(b0_small_dir), callback=stop, **TINY)
+    shutil.copy(data / "red" / "img0.png", data / "red" / "new.png")
+    done = _finetune_cli(data, out, b0_small_dir, "--resume")
+    assert done.exit_code == 2 and "differ from those of the interrupted run" in done.stderr
+
+
 # ------------------------------------------------------------ linear probe
 def test_linear_probe_trains_only_the_classifier(dataset, b0_small_dir, tmp_path):
     from effnet_cli import finetune

@@ -249,6 +249,7 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
     opts = FinetuneOptions(**options).resolved()
     emit = callback or (lambda event: None)
     split = _prepare_split(str(data), opts)
+    data_print = _fingerprint(split)  # the image list as read, before unusable files are dropped
     out = OutputDir(output_dir) if output_dir is not None else None
     if out is not None:
         out.claim()
@@ -278,7 +279,7 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
         head_features, failed = _extract_features(base_model, processor, split, opts, device, emit)
         split = _drop_failed(split, failed, opts.val is not None)
         features = None
-    settings = _settings(opts, split)
+    settings = _settings(opts, data_print)
     if checkpoint is not None:
         _check_settings(checkpoint["settings"], settings)
 
@@ -529,18 +530,23 @@ def _write_outputs(state: dict, processor: Any, final: dict[str, Any]) -> None:
 
 
 # -------------------------------------------------------------- checkpoint
-def _settings(opts: FinetuneOptions, split: Split) -> dict[str, Any]:
+def _settings(opts: FinetuneOptions, data_print: str) -> dict[str, Any]:
     values = asdict(opts)
     settings = {k: values[k] for k in _RESUME_KEYS}
     settings["freeze"] = str(settings["freeze"])
-    settings["data"] = _fingerprint(split)
+    settings["data"] = data_print
     return settings
 
 
 def _check_settings(saved: dict[str, Any], current: dict[str, Any]) -> None:
     for key in sorted(set(saved) | set(current)):
+        if key == "data" and key in current:
+            if saved.get(key) != current[key]:
+                raise InputError("The images or labels differ from those of the interrupted run; resume with the "
+                                 "same data or start a new output directory.")
+            continue
         if key == "data":
-            continue  # compared on the split stored in the checkpoint instead
+            continue  # the first check, before the data is read again
         if saved.get(key) != current.get(key):
             name = "--" + key.replace("_", "-")
             raise InputError(f"The checkpoint was made with {name} {saved.get(key)!r}, this run asks for "
