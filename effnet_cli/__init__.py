@@ -21,6 +21,7 @@ _LAZY = {
     "EfficientNetImageProcessor": "effnet_cli.processor",
     "load_pretrained": "effnet_cli.hub",
     "optimize": "effnet_cli.optimize",
+    "finetune": "effnet_cli.training",
     "EffnetError": "effnet_cli.errors",
     "ConfigError": "effnet_cli.errors",
     "WeightsError": "effnet_cli.errors",
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from effnet_cli.hub import load_pretrained
     from effnet_cli.model import EfficientNetForImageClassification, EfficientNetModel, EfficientNetPreTrainedModel
     from effnet_cli.optimize import optimize
+    from effnet_cli.training import finetune
     from effnet_cli.processor import EfficientNetImageProcessor
 
 

@@ -38,8 +38,9 @@ def _x(n: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> None:
-    scale = b.abs().max().clamp_min(1e-6)
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5, scale: torch.Tensor | None = None) -> None:
+    """``a`` equals ``b`` within ``rel`` of ``scale`` (default: ``b``'s own largest magnitude)."""
+    scale = (b.abs().max() if scale is None else scale).clamp_min(1e-6)
     assert (a - b).abs().max() / scale <= rel, f"max diff {(a - b).abs().max():.3g} vs scale {scale:.3g}"
 
 
@@ -474,9 +475,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(checkpoint) -> None:
         grads[name] = {k: p.grad for k, p in model.named_parameters()}
         stats[name] = {k: v for k, v in model.state_dict().items() if "running" in k}
     assert grads["plain"]["classifier.weight"].abs().max() > 0
+    # Some gradients are zero in exact arithmetic (a bias followed by batch norm) and float noise of ~1e-6
+    # in practice: compare every tensor on the scale of the model's gradients, not on its own.
+    scale = max(g.abs().max() for g in grads["plain"].values())
     for key in grads["plain"]:
-        _close(grads["checkpointed"][key], grads["plain"][key])
-        _close(grads["checkpointed"][key], grads["reference"][key], rel=1e-4)
+        _close(grads["checkpointed"][key], grads["plain"][key], scale=scale)
+        _close(grads["checkpointed"][key], grads["reference"][key], rel=1e-4, scale=scale)
     for key in stats["plain"]:  # batch-norm statistics move once per step, not again in the recomputation
         torch.testing.assert_close(stats["checkpointed"][key], stats["plain"][key])
     ours.gradient_checkpointing_disable()

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from effnet_cli import __version__
-from effnet_cli.cli import classify, config_cmd, convert, embed, export
+from effnet_cli.cli import classify, config_cmd, convert, embed, export, finetune
 from effnet_cli.cli.render import Command
 
 app = typer.Typer(
@@ -45,6 +45,8 @@ def main_callback(
       find . -name '*.jpg' | effnet classify - --format jsonl
 
       effnet embed photos/ -o feats.npy
+
+      effnet finetune my-classes/ -o my-model/
     """
 
 
@@ -52,6 +54,7 @@ app.command("classify", cls=Command)(classify.classify)
 app.command("embed", cls=Command)(embed.embed)
 app.command("convert", cls=Command)(convert.convert)
 app.command("export", cls=Command)(export.export)
+app.command("finetune", cls=Command)(finetune.finetune)
 app.add_typer(config_cmd.app, name="config")
 
 
