@@ -523,7 +523,7 @@ def test_the_same_seeded_fine_tuning_gives_the_same_model_in_both_libraries(chec
         if model.supports_gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.train()
-        optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        optimiser = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         for step in range(3):
             _train_step(model, optimiser, seed=step)
         with torch.no_grad():

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from effnet_cli.data import IMAGE_EXTENSIONS, _natural_key, discover_inputs
+from effnet_cli.data import IMAGE_EXTENSIONS, discover_inputs
+from effnet_cli.inputs import _natural_key
 from effnet_cli.errors import InputError
 
 LIST_SUFFIXES = (".csv", ".jsonl")

@@ -48,12 +48,13 @@ class OutputDir:
         self.path.mkdir(parents=True, exist_ok=True)
         from effnet_cli.output import OutputLock
 
-        self._lock = OutputLock(self.path / LOCK, self.path).acquire()  # released when the process ends
+        self._lock = OutputLock(self.path / LOCK, self.path).acquire()  # until release(), or the process ends
         ledger = self.path / LEDGER
         if ledger.is_file():
             try:
                 self.written = set(json.loads(ledger.read_text("utf-8"))["files"])
             except (OSError, ValueError, KeyError, TypeError):
+                self.release()
                 raise InputError(f"{ledger} is unreadable; use another output directory.") from None
         foreign = []
         for entry in sorted(os.listdir(self.path)):
@@ -62,9 +63,17 @@ class OutputDir:
             elif entry not in (LEDGER, LOCK) and entry not in self.written:
                 foreign.append(entry)
         if foreign:
+            self.release()  # refused: leave the directory exactly as it was
             raise InputError(f"{self.path} already holds files effnet did not write ({foreign[0]!r}"
                              + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
                              + "); choose an empty or new output directory.")
+
+    def release(self) -> None:
+        """Let another run write the directory (removes the lock file)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
 
     def write(self, name: str, data: bytes) -> Path:
         """Write one file into the directory (recording it in the ledger first)."""

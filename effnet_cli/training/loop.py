@@ -243,6 +243,16 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
     Raises :class:`InputError` for bad data or options before training
     starts, and ``KeyboardInterrupt`` after writing a checkpoint on Ctrl-C.
     """
+    held: list[OutputDir] = []
+    try:
+        return _finetune(data, output_dir, callback, options, held)
+    finally:
+        for out in held:  # the output directory's lock, also when the run stops with an error or Ctrl-C
+            out.release()
+
+
+def _finetune(data: str, output_dir: str | Path | None, callback: Callback | None, options: dict[str, Any],
+              held: list[OutputDir]) -> FinetuneResult:
     unknown = set(options) - {f for f in FinetuneOptions.__dataclass_fields__}
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
@@ -253,6 +263,7 @@ def finetune(data: str, output_dir: str | Path | None, *, callback: Callback | N
     out = OutputDir(output_dir) if output_dir is not None else None
     if out is not None:
         out.claim()
+        held.append(out)
     checkpoint = _load_checkpoint(out, opts) if opts.resume else None
     if checkpoint is None and out is not None and (out.path / CHECKPOINT).exists():
         raise InputError(f"{out.path} holds an interrupted run; add --resume to continue it, "

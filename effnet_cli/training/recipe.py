@@ -8,7 +8,6 @@ random-resized-crop + horizontal-flip augmentation.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import signal
@@ -27,21 +26,23 @@ CROP_SCALE = (0.5, 1.0)
 
 
 def _with_new_head(model: nn.Module, id2label: dict[int, str]) -> nn.Module:
-    """Replace the ImageNet classifier by a freshly initialised one for ``id2label``'s classes.
+    """The same model with a freshly initialised classifier for ``id2label``'s classes.
 
-    The new layer is initialised as the reference's ``_init_weights`` does for
-    a Linear (normal weights with std ``initializer_range``, zero bias), and
-    the config's ``num_labels``, ``id2label`` and ``label2id`` follow, so the
-    saved directory names the user's classes.
+    This is the library's head swap (``from_pretrained(..., id2label=…, ignore_mismatched_sizes=True)``,
+    the reference's initialisation of the new layer), applied to the weights already loaded; the
+    config's ``num_labels``, ``id2label`` and ``label2id`` follow, so the saved directory names the
+    user's classes.
     """
-    config = dataclasses.replace(model.config, num_labels=len(id2label), id2label=dict(id2label),
-                                 label2id={name: i for i, name in id2label.items()})
-    head = nn.Linear(model.classifier.in_features, len(id2label))
-    nn.init.normal_(head.weight, mean=0.0, std=config.initializer_range)
-    nn.init.zeros_(head.bias)
-    model.classifier = head
-    model.config = config
-    return model
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "newly initialised ... train the model": that is what comes next
+        swapped = type(model).from_pretrained(
+            None, config=model.config, state_dict=model.state_dict(), id2label=dict(id2label),
+            label2id={name: i for i, name in id2label.items()}, ignore_mismatched_sizes=True,
+            dtype=next(model.parameters()).dtype)
+    swapped.source = getattr(model, "source", None)
+    return swapped
 
 
 def parse_freeze(value: str | int) -> str | int:
