@@ -340,3 +340,21 @@ def test_created_files_follow_the_umask(umask: int, b0_small_dir: Path, photos: 
     modes = {str(f.relative_to(tmp_path)): oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
     assert set(modes.values()) == {oct(expected)}, modes
     assert oct(stat.S_IMODE(lite0.stat().st_mode)) == oct(0o777 & ~umask)
+
+
+def test_resume_removes_temporaries_a_kill_left_and_nothing_else(b0_small_dir: Path, photos: list[Path],
+                                                                 tmp_path: Path) -> None:
+    """A SIGKILL between creating a temporary and renaming it leaves ``.{name}.{random}.part``: a resume
+    removes exactly those of its own files, and leaves a look-alike of someone else's untouched."""
+    out = tmp_path / "shards"
+    common = [*map(str, photos[:2]), "--model", str(b0_small_dir), "-j", "0", "--output-dir", str(out),
+              "--shard-size", "1"]
+    assert run(["embed", *common]).exit_code == 0
+    ours = [out / "._done_emb_00001.json.0123456789ab.part", out / ".emb_00000.npy.ba9876543210.part"]
+    theirs = out / ".thesis.tex.0123456789ab.part"
+    for path in (*ours, theirs):
+        path.write_bytes(b"left by a kill")
+    res = run(["embed", *common, "--resume"])
+    assert res.exit_code == 0, res.stderr
+    assert not any(p.exists() for p in ours)
+    assert theirs.read_bytes() == b"left by a kill"

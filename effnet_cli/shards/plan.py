@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet_cli.errors import InputError
-from effnet_cli.output.atomic import make_dir
+from effnet_cli.output.atomic import make_dir, temp_prefix
 from effnet_cli.output.npy import npy_rows
 from effnet_cli.output.settings import check_settings
 from effnet_cli.pathtext import display_path, path_from_fields
@@ -216,6 +216,20 @@ def _recover(job: ShardJob, shard: Shard) -> Todo:
     return Todo(shard, start=start, rows=rows, failures=failures, records_bytes=size)
 
 
+def remove_temporaries(job: ShardJob, number: int, targets: list[Path] | None = None) -> None:
+    """Remove the temporaries a killed write of shard ``number``'s files left (our own names only).
+
+    A process killed between creating a temporary and renaming it leaves
+    ``.{name}.{random}.part`` beside the target; nothing else carries that name.
+    """
+    names = [*job.files(number).values(), *job.partials(number).values(), job.marker(number), *(targets or [])]
+    prefixes = {temp_prefix(t) for t in names}
+    for entry in os.scandir(job.directory):
+        if entry.name.endswith(".part") and any(entry.name.startswith(p) for p in prefixes):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)  # removes a symlink itself, never what it points to
+
+
 def _unlink_partials(job: ShardJob, shard: Shard) -> None:
     for path in job.partials(shard.number).values():
         with contextlib.suppress(FileNotFoundError):
@@ -239,6 +253,7 @@ def plan_shards(job: ShardJob) -> Plan:
                                      f"an empty --output-dir.")
             plan.todo.append(Todo(shard))
             continue
+        remove_temporaries(job, shard.number)  # under the lock: no other writer's temporaries can be there
         marker = read_marker(marker_path)
         if marker is not None:
             if marker.get("paths_sha256") != shard.fingerprint() or marker.get("inputs") != len(shard.paths):

@@ -23,14 +23,13 @@ from effnet_cli.output.atomic import (
     create_exclusive,
     open_partial,
     publish_file,
-    temp_prefix,
     write_bytes,
 )
 from effnet_cli.output.npy import NpyAppender
 from effnet_cli.pathtext import PATH_BYTES_FIELD, path_fields, split_records
 from effnet_cli.records import classify_record
 from effnet_cli.shards.job import MARKER_FORMAT, ShardJob
-from effnet_cli.shards.plan import Plan, Summary, Todo, recorded_settings
+from effnet_cli.shards.plan import Plan, Summary, Todo, recorded_settings, remove_temporaries
 
 __all__ = ["ShardWriter", "write_classify_shards", "write_embed_shards", "write_shards"]
 
@@ -79,10 +78,7 @@ def _clear(job: ShardJob, number: int) -> None:
             targets += [job.directory / job.shard_name("meta", number, s) for s in (".parquet", ".jsonl")]
     for target in targets:
         _unlink(target)
-    prefixes = {temp_prefix(t) for t in (*targets, *job.files(number).values())}
-    for entry in os.scandir(job.directory):
-        if entry.name.endswith(".part") and any(entry.name.startswith(p) for p in prefixes):
-            _unlink(Path(entry.path))
+    remove_temporaries(job, number, targets)
 
 
 class ShardWriter:
