@@ -163,6 +163,24 @@ def _unwrap_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def align_prefix(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch.Tensor], *,
+                 drop_head: bool) -> dict[str, torch.Tensor]:
+    """``state_dict`` with the ``efficientnet.`` prefix added or removed to fit ``model``, as transformers does.
+
+    A base-model checkpoint fits a classifier (prefix added); a classifier's fits a base model
+    (prefix removed). ``drop_head`` then drops the classifier's own tensors instead of keeping
+    them under their names (where a loader reports them as unexpected).
+    """
+    prefix = model.base_model_prefix + "."
+    wants_prefix = any(k.startswith(prefix) for k in model.state_dict())
+    has_prefix = any(k.startswith(prefix) for k in state_dict)
+    if wants_prefix and not has_prefix:
+        return {prefix + k: v for k, v in state_dict.items()}
+    if has_prefix and not wants_prefix:
+        return {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix) or not drop_head}
+    return state_dict
+
+
 def load_weights(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
     """Copy ``state_dict`` into ``model`` after checking every name and shape.
 
@@ -171,13 +189,7 @@ def load_weights(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch
     other mismatch is an error that names the tensors, never a partial load.
     """
     expected = model.state_dict()
-    prefix = model.base_model_prefix + "."
-    wants_prefix = any(k.startswith(prefix) for k in expected)
-    has_prefix = any(k.startswith(prefix) for k in state_dict)
-    if wants_prefix and not has_prefix:
-        state_dict = {prefix + k: v for k, v in state_dict.items()}
-    elif has_prefix and not wants_prefix:
-        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    state_dict = align_prefix(model, state_dict, drop_head=True)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = sorted(

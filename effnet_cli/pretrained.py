@@ -154,14 +154,10 @@ def load_into(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch.Te
     prefix is added or dropped, as in transformers). A tensor whose shape differs
     is an error unless ``ignore_mismatched_sizes``, then it is initialised afresh.
     """
+    from effnet_cli.hub import align_prefix
+
     expected = model.state_dict()
-    prefix = model.base_model_prefix + "."
-    wants_prefix = any(k.startswith(prefix) for k in expected)
-    has_prefix = any(k.startswith(prefix) for k in state_dict)
-    if wants_prefix and not has_prefix:
-        state_dict = {prefix + k: v for k, v in state_dict.items()}
-    elif has_prefix and not wants_prefix:
-        state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+    state_dict = align_prefix(model, state_dict, drop_head=False)
     info = LoadingInfo(
         missing_keys=set(expected) - set(state_dict),
         unexpected_keys=set(state_dict) - set(expected),

@@ -34,3 +34,17 @@ def effnet(*args: str, stdin: bytes | None = None, env: dict | None = None,
     """Run ``python -m effnet_cli`` as a separate process."""
     return subprocess.run([sys.executable, "-m", "effnet_cli", *args], input=stdin, capture_output=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def read_terminal(leader: int) -> bytes:
+    """Everything a child wrote to a pseudo-terminal, until it closed its side."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)

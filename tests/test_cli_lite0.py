@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.cli_helpers import read_terminal
 from tests.conftest import PHOTOS
 
 
@@ -20,19 +21,11 @@ def test_classify_table_on_a_terminal_offline(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "effnet_cli", "classify", *map(str, PHOTOS), "--variant", "lite0"],
                             stdout=follower, stderr=subprocess.PIPE, env=env)
     os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
+    raw_screen = read_terminal(leader)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 0, err
     os.close(leader)
-    raw = b"".join(chunks).decode()
+    raw = raw_screen.decode()
     assert not re.search(r"\x1b\[[0-9;]*?(?:3[0-8]|9[0-7])(?:;[0-9;]*)?m", raw)  # NO_COLOR: bold, never colour
     screen = re.sub(r"\x1b\[[0-9;]*m", "", raw)
     sections = screen.split(str(PHOTOS[0].parent) + os.sep)[1:]

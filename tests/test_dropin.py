@@ -528,4 +528,7 @@ def test_the_same_seeded_fine_tuning_gives_the_same_model_in_both_libraries(chec
             _train_step(model, optimiser, seed=step)
         with torch.no_grad():
             logits[lib] = model.eval()(_x(3, seed=9)).logits
-    _close(logits["effnet"], logits["transformers"], rel=1e-5)
+    # Two implementations sum in different orders; three SGD steps on these large random-weight logits
+    # amplify float noise to ~1e-4 (more or less with the thread count). The exact save/reload round trip
+    # is test_fine_tuning_round_trip_between_the_libraries, at 1e-5.
+    _close(logits["effnet"], logits["transformers"], rel=1e-3)

@@ -24,7 +24,7 @@ from rich.console import Console
 from effnet_cli.pathtext import path_from_fields
 from effnet_cli.records import CSV_HEADER, RecordWriter
 from effnet_cli.results import Prediction, Result
-from tests.cli_helpers import effnet, run
+from tests.cli_helpers import effnet, read_terminal, run
 from tests.hostile import HOSTILE_NAMES, make_hostile_corpus
 
 
@@ -148,18 +148,10 @@ def test_table_on_a_terminal_shows_every_name(b0_small_dir: Path, corpus: list[s
     os.close(follower)
     proc.stdin.write(_nul_list(corpus))
     proc.stdin.close()
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
+    raw_screen = read_terminal(leader)
     assert proc.wait(timeout=300) == 1
     os.close(leader)
-    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8"))
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw_screen.decode("utf-8"))
     assert "Traceback" not in screen and "MarkupError" not in screen
     shown = {"newline": "new\\nline.jpg", "carriage_return": "carriage\\rreturn.jpg", "tab": "tab\\there.jpg",
              "not_utf8": "caf\ufffd latin1.jpg"}
