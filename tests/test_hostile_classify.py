@@ -239,3 +239,11 @@ def test_records_do_not_import_the_inference_stack() -> None:
     code = "import sys, effnet_cli.records; print('torch' in sys.modules, 'rich' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_writers_do_not_import_the_inference_stack() -> None:
+    """Writing or reading outputs must not pull in torch (writers.py, records.py, pathtext.py, the shard readers)."""
+    code = ("import sys; import effnet_cli.writers, effnet_cli.records, effnet_cli.pathtext, effnet_cli.output; "
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

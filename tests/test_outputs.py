@@ -320,10 +320,17 @@ def test_per_file_refuses_two_inputs_for_one_file(b0_small_dir: Path, photos: li
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_created_files_follow_the_umask(umask: int, b0_small_dir: Path, photos: list[Path], tmp_path: Path) -> None:
-    from effnet_cli.convert.bundled import ensure_lite0
+    import torch
+    import torchvision
 
+    from effnet_cli.convert.bundled import ensure_lite0
+    from tests.conftest import randomize
+
+    ckpt = tmp_path / "tv_b0.pth"
+    torch.save(randomize(torchvision.models.efficientnet_b0(weights=None), seed=4).state_dict(), ckpt)
     previous = os.umask(umask)
     try:
+        assert run(["convert", str(ckpt), "-o", str(tmp_path / "converted")]).exit_code == 0
         assert run(["config", "save", "b0", "-o", str(tmp_path / "b0.json")]).exit_code == 0
         assert run(["embed", str(photos[0]), "--model", str(b0_small_dir), "-j", "0",
                     "--per-file", str(tmp_path / "per")]).exit_code == 0
@@ -335,11 +342,12 @@ def test_created_files_follow_the_umask(umask: int, b0_small_dir: Path, photos: 
     expected = 0o666 & ~umask
     files = [tmp_path / "b0.json", tmp_path / "o.npy", tmp_path / "o.jsonl", tmp_path / "per" / "manifest.jsonl",
              *(tmp_path / "per").rglob("*.npy"), lite0 / "model.safetensors", lite0 / "config.json",
-             lite0 / "preprocessor_config.json"]
-    assert len(files) == 8
+             lite0 / "preprocessor_config.json", *(tmp_path / "converted").iterdir()]
+    assert len(files) == 11
     modes = {str(f.relative_to(tmp_path)): oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
     assert set(modes.values()) == {oct(expected)}, modes
     assert oct(stat.S_IMODE(lite0.stat().st_mode)) == oct(0o777 & ~umask)
+    assert oct(stat.S_IMODE((tmp_path / "converted").stat().st_mode)) == oct(0o777 & ~umask)
 
 
 def test_resume_removes_temporaries_a_kill_left_and_nothing_else(b0_small_dir: Path, photos: list[Path],
