@@ -11,6 +11,9 @@ replaces by what the commands print now (stdout and stderr together, as a termin
     ...
     ```
 
+A command may span lines with a here-document: the lines after ``$ python - <<'EOF'`` up to the
+line ``EOF`` belong to the command (shown as typed), not to its output.
+
 ``<!-- example: setup COMMAND -->`` runs COMMAND first without showing it (to make a broken
 file, say). The commands of one block run one after another in the same fresh directory, in
 which ``tests/data/images`` holds the sample photos; effnet runs from this checkout, offline
@@ -40,6 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^<!-- example(?::\s*setup\s+(?P<setup>.*?))?\s*-->\s*$")
 TIMING = re.compile(r"\bin \d+(?:\.\d+)? s\b")
+HEREDOC = re.compile(r"""<<-?\s*(['"]?)(?P<word>\w+)\1""")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 TIMEOUT = 600  # seconds per command; a conversion with --verify takes tens of seconds on a busy machine
 
@@ -74,13 +78,30 @@ def find_examples(path: Path) -> list[Example]:
             if end is None:
                 raise SystemExit(f"{path.relative_to(REPO)}:{i + 1}: example block is never closed")
             body = lines[start:end]
-            commands = [line[2:] for line in body if line.startswith("$ ")]
+            commands = commands_of(body)
             if not commands:
                 raise SystemExit(f"{path.relative_to(REPO)}:{i + 1}: example block has no '$ ' command")
             found.append(Example(path, start, end, marker.group("setup"), commands, "\n".join(body)))
             i = end
         i += 1
     return found
+
+
+def commands_of(body: list[str]) -> list[str]:
+    """The commands of a block: its ``$ `` lines, each with the here-document that follows it."""
+    commands = []
+    i = 0
+    while i < len(body):
+        if body[i].startswith("$ "):
+            command = [body[i][2:]]
+            heredoc = HEREDOC.search(body[i])
+            if heredoc:  # the document's lines, through its terminator, are part of the command
+                while i + 1 < len(body) and command[-1] != heredoc.group("word"):
+                    i += 1
+                    command.append(body[i])
+            commands.append("\n".join(command))
+        i += 1
+    return commands
 
 
 def environment(bin_dir: Path, cache: Path, home: Path) -> dict[str, str]:
@@ -94,6 +115,7 @@ def environment(bin_dir: Path, cache: Path, home: Path) -> dict[str, str]:
         "HF_HOME": str(home),
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' loading bar shows a rate that changes every run
         "COLUMNS": "100",
         "NO_COLOR": "1",
         "TERM": "dumb",
