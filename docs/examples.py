@@ -23,6 +23,8 @@ as ``N.N s`` and the temporary directory as ``.``, so that a second run writes t
     python docs/examples.py           # rewrite every example block
     python docs/examples.py --check   # exit 1, with a diff, when a shown output no longer matches
 
+Blocks run side by side, one per usable core (``--jobs N`` to change that).
+
 ``--check`` compares numbers to the precision the docs show (and within 1e-5 relative for long
 ones, which differ in their last digits between machines); all other text must match exactly.
 """
@@ -37,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     """Rewrite the example blocks, or with --check report the ones that no longer match."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare instead of rewriting; exit 1 on a difference")
+    parser.add_argument("-j", "--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                        help="blocks run at once (default: the usable cores)")
     parser.add_argument("files", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
     args = parser.parse_args(argv)
     files = [f.resolve() for f in args.files] or doc_files()
+    examples = {path: find_examples(path) for path in files}
     stale = 0
     with tempfile.TemporaryDirectory(prefix="effnet-docs-") as tmp:
         root = Path(tmp)
@@ -176,25 +182,28 @@ def main(argv: list[str] | None = None) -> int:
             (root / name).mkdir()
         shim(root / "bin")
         env = environment(root / "bin", root / "cache", root / "hf")
-        for path in files:
-            examples = find_examples(path)
-            if not examples:
-                continue
-            lines = path.read_text(encoding="utf-8").split("\n")
-            for example in reversed(examples):  # from the end, so earlier line numbers stay valid
-                now = run_example(example, env)
-                where = f"{path.relative_to(REPO)}:{example.start}"
-                if args.check:
-                    if not same(example.shown, now):
-                        stale += 1
-                        diff = difflib.unified_diff(example.shown.split("\n"), now.split("\n"), "shown", "now",
-                                                    lineterm="")
-                        print(f"{where}: the shown output differs from a real run:", *diff, sep="\n")
-                elif example.shown != now:
-                    lines[example.start:example.end] = now.split("\n")
-                    print(f"{where}: rewritten")
-            if not args.check:
-                path.write_text("\n".join(lines), encoding="utf-8")
+        # Blocks are independent (each has its own directory; effnet's caches are safe to share),
+        # and most of a block's time is spent importing torch, so they run side by side.
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            runs = {(path, ex.start): pool.submit(run_example, ex, env) for path in files for ex in examples[path]}
+            for path in files:
+                if not examples[path]:
+                    continue
+                lines = path.read_text(encoding="utf-8").split("\n")
+                for example in reversed(examples[path]):  # from the end, so earlier line numbers stay valid
+                    now = runs[path, example.start].result()
+                    where = f"{path.relative_to(REPO)}:{example.start}"
+                    if args.check:
+                        if not same(example.shown, now):
+                            stale += 1
+                            diff = difflib.unified_diff(example.shown.split("\n"), now.split("\n"), "shown", "now",
+                                                        lineterm="")
+                            print(f"{where}: the shown output differs from a real run:", *diff, sep="\n")
+                    elif example.shown != now:
+                        lines[example.start:example.end] = now.split("\n")
+                        print(f"{where}: rewritten")
+                if not args.check:
+                    path.write_text("\n".join(lines), encoding="utf-8")
     if args.check:
         print(f"{stale} example block(s) differ" if stale else "every example block matches a real run")
     return 1 if stale else 0
