@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     """Rewrite the example blocks, or with --check report the ones that no longer match."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare instead of rewriting; exit 1 on a difference")
-    parser.add_argument("-j", "--jobs", type=int, default=len(os.sched_getaffinity(0)),
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    parser.add_argument("-j", "--jobs", type=int, default=cores,
                         help="blocks run at once (default: the usable cores)")
     parser.add_argument("files", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
     args = parser.parse_args(argv)
