@@ -11,6 +11,9 @@ replaces by what the commands print now (stdout and stderr together, as a termin
     ...
     ```
 
+A command may span lines with a here-document: the lines after ``$ python - <<'EOF'`` up to the
+line ``EOF`` belong to the command (shown as typed), not to its output.
+
 ``<!-- example: setup COMMAND -->`` runs COMMAND first without showing it (to make a broken
 file, say). The commands of one block run one after another in the same fresh directory, in
 which ``tests/data/images`` holds the sample photos; effnet runs from this checkout, offline
@@ -19,6 +22,8 @@ as ``N.N s`` and the temporary directory as ``.``, so that a second run writes t
 
     python docs/examples.py           # rewrite every example block
     python docs/examples.py --check   # exit 1, with a diff, when a shown output no longer matches
+
+Blocks run side by side, one per usable core (``--jobs N`` to change that).
 
 ``--check`` compares numbers to the precision the docs show (and within 1e-5 relative for long
 ones, which differ in their last digits between machines); all other text must match exactly.
@@ -34,12 +39,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^<!-- example(?::\s*setup\s+(?P<setup>.*?))?\s*-->\s*$")
 TIMING = re.compile(r"\bin \d+(?:\.\d+)? s\b")
+HEREDOC = re.compile(r"""<<-?\s*(['"]?)(?P<word>\w+)\1""")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 TIMEOUT = 600  # seconds per command; a conversion with --verify takes tens of seconds on a busy machine
 
@@ -74,13 +81,30 @@ def find_examples(path: Path) -> list[Example]:
             if end is None:
                 raise SystemExit(f"{path.relative_to(REPO)}:{i + 1}: example block is never closed")
             body = lines[start:end]
-            commands = [line[2:] for line in body if line.startswith("$ ")]
+            commands = commands_of(body)
             if not commands:
                 raise SystemExit(f"{path.relative_to(REPO)}:{i + 1}: example block has no '$ ' command")
             found.append(Example(path, start, end, marker.group("setup"), commands, "\n".join(body)))
             i = end
         i += 1
     return found
+
+
+def commands_of(body: list[str]) -> list[str]:
+    """The commands of a block: its ``$ `` lines, each with the here-document that follows it."""
+    commands = []
+    i = 0
+    while i < len(body):
+        if body[i].startswith("$ "):
+            command = [body[i][2:]]
+            heredoc = HEREDOC.search(body[i])
+            if heredoc:  # the document's lines, through its terminator, are part of the command
+                while i + 1 < len(body) and command[-1] != heredoc.group("word"):
+                    i += 1
+                    command.append(body[i])
+            commands.append("\n".join(command))
+        i += 1
+    return commands
 
 
 def environment(bin_dir: Path, cache: Path, home: Path) -> dict[str, str]:
@@ -94,6 +118,7 @@ def environment(bin_dir: Path, cache: Path, home: Path) -> dict[str, str]:
         "HF_HOME": str(home),
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' loading bar shows a rate that changes every run
         "COLUMNS": "100",
         "NO_COLOR": "1",
         "TERM": "dumb",
@@ -144,9 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     """Rewrite the example blocks, or with --check report the ones that no longer match."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare instead of rewriting; exit 1 on a difference")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    parser.add_argument("-j", "--jobs", type=int, default=cores,
+                        help="blocks run at once (default: the usable cores)")
     parser.add_argument("files", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
     args = parser.parse_args(argv)
     files = [f.resolve() for f in args.files] or doc_files()
+    examples = {path: find_examples(path) for path in files}
     stale = 0
     with tempfile.TemporaryDirectory(prefix="effnet-docs-") as tmp:
         root = Path(tmp)
@@ -154,25 +183,28 @@ def main(argv: list[str] | None = None) -> int:
             (root / name).mkdir()
         shim(root / "bin")
         env = environment(root / "bin", root / "cache", root / "hf")
-        for path in files:
-            examples = find_examples(path)
-            if not examples:
-                continue
-            lines = path.read_text(encoding="utf-8").split("\n")
-            for example in reversed(examples):  # from the end, so earlier line numbers stay valid
-                now = run_example(example, env)
-                where = f"{path.relative_to(REPO)}:{example.start}"
-                if args.check:
-                    if not same(example.shown, now):
-                        stale += 1
-                        diff = difflib.unified_diff(example.shown.split("\n"), now.split("\n"), "shown", "now",
-                                                    lineterm="")
-                        print(f"{where}: the shown output differs from a real run:", *diff, sep="\n")
-                elif example.shown != now:
-                    lines[example.start:example.end] = now.split("\n")
-                    print(f"{where}: rewritten")
-            if not args.check:
-                path.write_text("\n".join(lines), encoding="utf-8")
+        # Blocks are independent (each has its own directory; effnet's caches are safe to share),
+        # and most of a block's time is spent importing torch, so they run side by side.
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            runs = {(path, ex.start): pool.submit(run_example, ex, env) for path in files for ex in examples[path]}
+            for path in files:
+                if not examples[path]:
+                    continue
+                lines = path.read_text(encoding="utf-8").split("\n")
+                for example in reversed(examples[path]):  # from the end, so earlier line numbers stay valid
+                    now = runs[path, example.start].result()
+                    where = f"{path.relative_to(REPO)}:{example.start}"
+                    if args.check:
+                        if not same(example.shown, now):
+                            stale += 1
+                            diff = difflib.unified_diff(example.shown.split("\n"), now.split("\n"), "shown", "now",
+                                                        lineterm="")
+                            print(f"{where}: the shown output differs from a real run:", *diff, sep="\n")
+                    elif example.shown != now:
+                        lines[example.start:example.end] = now.split("\n")
+                        print(f"{where}: rewritten")
+                if not args.check:
+                    path.write_text("\n".join(lines), encoding="utf-8")
     if args.check:
         print(f"{stale} example block(s) differ" if stale else "every example block matches a real run")
     return 1 if stale else 0

@@ -28,6 +28,15 @@ def test_blocks_are_found_with_their_commands(tmp_path: Path) -> None:
     assert (found.setup, found.commands, found.shown) == ("touch a", ["ls"], "$ ls\nold")
 
 
+def test_a_here_document_is_part_of_its_command(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("<!-- example -->\n```\n$ python - <<'EOF'\nprint(6 * 7)\nEOF\n41\n$ echo done\ndone\n```\n")
+    (found,) = examples.find_examples(page)
+    assert found.commands == ["python - <<'EOF'\nprint(6 * 7)\nEOF", "echo done"]
+    env = examples.environment(tmp_path, tmp_path, tmp_path)
+    assert examples.run_example(found, env) == "$ python - <<'EOF'\nprint(6 * 7)\nEOF\n42\n$ echo done\ndone"
+
+
 @pytest.mark.slow
 def test_every_shown_output_matches_a_real_run() -> None:
     proc = subprocess.run([sys.executable, str(REPO / "docs" / "examples.py"), "--check"], capture_output=True,
