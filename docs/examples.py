@@ -46,6 +46,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^<!-- example(?::\s*setup\s+(?P<setup>.*?))?\s*-->\s*$")
 TIMING = re.compile(r"\bin \d+(?:\.\d+)? s\b")
+# The build tag of a version (torch 2.14.1+cu130, +cpu): which wheel is installed, not what effnet does.
+BUILD_TAG = re.compile(r"(\b\d+\.\d+(?:\.\d+)?)\+(?:cu\d+|cpu|rocm[\d.]+)\b")
 HEREDOC = re.compile(r"""<<-?\s*(['"]?)(?P<word>\w+)\1""")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 TIMEOUT = 600  # seconds per command; a conversion with --verify takes tens of seconds on a busy machine
@@ -142,7 +144,7 @@ def run_example(example: Example, env: dict[str, str]) -> str:
             text = text.replace(str(work), ".")
             out.append(f"$ {command}")
             out.extend(line.rstrip() for line in text.rstrip("\n").split("\n") if text.strip())
-    return "\n".join(TIMING.sub("in N.N s", line) for line in out)
+    return "\n".join(BUILD_TAG.sub(r"\1", TIMING.sub("in N.N s", line)) for line in out)
 
 
 def same(shown: str, now: str) -> bool:

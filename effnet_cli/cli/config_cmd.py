@@ -70,7 +70,8 @@ def load_config(source: str) -> tuple[EfficientNetConfig, str]:
         try:
             return EfficientNetConfig.from_json_file(path), str(path)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            message = str(exc)  # a JSON error names the file already; a field error does not
+            raise ConfigError(message if str(path) in message else f"{path}: {message}") from None
     key = variant_key(source)
     if key is not None:
         return EfficientNetConfig.from_variant(key), key

@@ -208,6 +208,7 @@ def _run_locked(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, An
             info_line(f"every shard in {display_path(job.directory)} was already finished; nothing to resume.")
     where = (f"written to {display_path(job.single)} (manifest {display_path(job.single.with_suffix('.jsonl').name)})"
              if job.single is not None else f"written to {display_path(job.directory)}/")
-    summary_line("embedded" if job.kind == "embed" else "classified", len(job.paths), summary.failures, where,
-                  time.monotonic() - started, quiet)
+    if summary.shards_written:  # a resume that found everything finished said so above
+        summary_line("embedded" if job.kind == "embed" else "classified", len(job.paths), summary.failures, where,
+                     time.monotonic() - started, quiet)
     return EXIT_SOME_FAILED if summary.failures else EXIT_OK
