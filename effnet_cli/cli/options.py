@@ -100,7 +100,7 @@ ShardSize = Annotated[Optional[int], typer.Option(
     "--shard-size", min=1, help="Inputs per shard file, with --output-dir. [default: 10000]",
     rich_help_panel=SCALE_PANEL, show_default=False)]
 MetaFormat = Annotated[Optional[str], typer.Option(
-    "--meta-format", help="Metadata of embed shards: parquet (needs pyarrow) or jsonl. Recorded in every marker, "
+    "--meta-format", help="Metadata of embed shards: parquet (embedding-reader's layout) or jsonl. Recorded in every marker, "
                           "so runs sharing a directory must agree. [default: parquet]",
     rich_help_panel=SCALE_PANEL, show_default=False)]
 Shard = Annotated[Optional[str], typer.Option(
