@@ -300,3 +300,11 @@ def test_csv_dataset_trains(tmp_path, b0_small_dir):
     assert done.exit_code == 0, done.stderr
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert sorted(config["label2id"]) == ["blue", "green", "red"]
+
+
+def test_progress_shows_epochs_loss_accuracy_and_speed(dataset, tmp_path, b0_small_dir):
+    done = _finetune_cli(dataset, tmp_path / "out", b0_small_dir, "--progress")
+    assert done.exit_code == 0, done.stderr
+    epochs = [line for line in done.stderr.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == TINY["epochs"], done.stderr
+    assert all("loss" in line and "accuracy" in line and "images/s" in line for line in epochs)
