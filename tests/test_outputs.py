@@ -366,3 +366,15 @@ def test_resume_removes_temporaries_a_kill_left_and_nothing_else(b0_small_dir: P
     assert res.exit_code == 0, res.stderr
     assert not any(p.exists() for p in ours)
     assert theirs.read_bytes() == b"left by a kill"
+
+
+def test_resume_with_another_backend_is_refused(b0_small_dir: Path, photos: list[Path], tmp_path: Path) -> None:
+    """Runtimes agree within 1e-4, not bit for bit: one output never holds rows of two of them."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "feats.npy"
+    common = [str(photos[0]), "--model", str(b0_small_dir), "-j", "0", "-o", str(out)]
+    assert run(["embed", *common, "--backend", "torch"]).exit_code == 0
+    before = _snapshot(tmp_path)
+    res = run(["embed", *common, "--resume", "--backend", "onnxruntime"])
+    assert res.exit_code == 2 and 'backend="torch" there, "onnxruntime" now' in res.stderr, res.stderr
+    assert _snapshot(tmp_path) == before

@@ -127,11 +127,12 @@ def run_settings(engine: Any, name: str, revision: str | None, dtype: DType, ful
                  **specific: Any) -> dict[str, Any]:
     """The settings fingerprint of a run, stored in every partial and marker and checked on resume.
 
-    Model identity and weights (hash or hub revision), dtype, decode mode,
-    pixel limit and the processor's whole preprocessing, plus what the
-    command adds (features, pool, normalize, width ...).
+    Model identity and weights (hash or hub revision), dtype, the backend that runs the model (runtimes
+    agree within 1e-4, not bit for bit, so one output never mixes them), decode mode, pixel limit and
+    the processor's whole preprocessing, plus what the command adds (features, pool, normalize, width ...).
     """
     return {"model": name, "weights": _weights_identity(name, engine, revision), "dtype": dtype.value,
+            "backend": getattr(engine, "backend", "torch"),
             "decode": "full" if full_decode else "reduced", "max_pixels": engine.max_pixels,
             "preprocessing": engine.processor.to_dict(), **specific}
 
