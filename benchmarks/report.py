@@ -14,9 +14,9 @@ from typing import Any
 
 LIB_LABELS = {
     "effnet": "effnet `optimize(keep_freed_memory=False)` (glibc's default allocator behaviour)",
-    "effnet-engine": "effnet `optimize()` — what `effnet classify --backend torch` runs",
+    "effnet-engine": "effnet `optimize()` — what `effnet classify` runs (`--backend torch`, the default)",
     "effnet-engine-bf16": "effnet `optimize(dtype=bfloat16)`",
-    "effnet-auto": "effnet `Engine(backend=\"auto\")` — what `effnet classify` runs",
+    "effnet-auto": "effnet `Engine(backend=\"auto\")` — `effnet classify --backend auto`",
     "effnet-auto-bf16": "effnet `Engine(backend=\"auto\", dtype=\"bfloat16\")`",
     "onnxruntime": "ONNX Runtime used directly (ORT_ENABLE_ALL, threads = cores)",
     "openvino": "OpenVINO used directly (float32, THROUGHPUT/LATENCY hint, async requests)",
@@ -435,20 +435,17 @@ PROSE = """\
 * **bfloat16** (opt-in, `--dtype bfloat16`). On CPUs with AMX/AVX512-BF16 (this one) the convs run ~1.5×
   faster, but logits move by ~1e-3 relative, outside the 1e-4 guard, so it is never the default.
   `torch.autocast` on top of the float32 model gains nothing (the fused convs are outside its op lists).
-* **Backends** (`--backend auto`, the default: the fastest installed backend for the model on this CPU,
-  measured once per model and machine and remembered; torch on a GPU). The plain model is exported once
-  (dynamo exporter, opset 18; TF padding folded into the convs' pads) and cached by weights hash. No one
-  backend wins everywhere, which is why `auto` measures instead of following a rule: in the issue's run on
-  an Intel Xeon with AMX, OpenVINO and ONNX Runtime were 1.0-1.2× `optimize()` at batch 16 and ~3× at
-  batch 1, and OpenVINO's bfloat16 1.56× torch's; on a shared AMD EPYC (AVX512-BF16, no AMX), b0 forward
-  at batch 16 measured 223 (ONNX Runtime), 246 (OpenVINO) and 235 (`optimize()`) images/s, at batch 1
-  245, 232 and 106, bfloat16 414 (OpenVINO) against 299 (torch); end to end with Lite0 the same machine
-  gave torch 62, OpenVINO 48 and ONNX Runtime 38-42 images/s. ONNX Runtime (with onnx and onnxscript,
-  which the export needs; ~120 MB installed, a tenth of torch) is in the default install, so the README's
-  first command can take the fast path and `effnet export` works out of the box; OpenVINO (~180 MB) is the
-  `effnet-cli[openvino]` extra: it pays mostly in bfloat16 on CPUs with native bf16 and at batch 1, where
-  ONNX Runtime already gets most of the gain. `--backend torch` keeps the PyTorch path (and is what
-  `--compile`, `embed --features stage:N` and multi-device runs use).
+* **Backends** (`--backend onnxruntime|openvino|auto`, opt-in; `auto` picks the fastest installed backend for
+  the model on this CPU, measured once per model and machine and remembered; torch on a GPU). The plain model
+  is exported once (dynamo exporter, opset 18; TF padding folded into the convs' pads) and cached by weights
+  hash. No one backend wins everywhere: in the issue's run on an Intel Xeon with AMX, OpenVINO and ONNX
+  Runtime were 1.0-1.2× `optimize()` at batch 16 and ~3× at batch 1, and OpenVINO's bfloat16 1.56× torch's.
+  The forward tables above show the same picture here at batch 1, but end to end (the table above) `effnet
+  classify` with torch is ahead of both runtimes used directly for b0, and `auto`'s forward-only probe cannot
+  see the decode workers. So the CLI's default stays `--backend torch`, and both runtimes are extras:
+  `effnet-cli[onnx]` (ONNX Runtime with onnx and onnxscript, which the export needs; ~120 MB) and
+  `effnet-cli[openvino]` (~180 MB), which pays mostly in bfloat16 on CPUs with native bf16, at batch 1 and
+  for b7. `--backend torch` is also what `--compile`, `embed --features stage:N` and multi-device runs use.
 * **Pinned memory + `non_blocking` copies** (kept, CUDA only; nothing to measure on this machine).
 * **`torch.compile`** (opt-in, `--compile`, with inductor's weight freezing). Roughly on par with the eager
   fast path here after tens of seconds of compilation per input shape; worth it only for long runs.

@@ -284,9 +284,9 @@ def run_cli(quick: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------ ablation
 # (name, extra CLI arguments, extra environment, effnet_cli.inference constants to patch)
 E2E_ABLATION: list[tuple[str, list[str], dict[str, str], dict[str, Any]]] = [
-    ("defaults: --backend auto, 2 decode workers at normal priority, threads = cores waiting passively, "
+    ("defaults: --backend torch, 2 decode workers at normal priority, threads = cores waiting passively, "
      "draft decoding to 1.5× the resize target", [], {}, {}),
-    ("--backend torch", ["--backend", "torch"], {}, {}),
+    ("--backend auto", ["--backend", "auto"], {}, {}),
     ("--backend torch, OMP_WAIT_POLICY=ACTIVE (spinning OpenMP threads; the old default)", ["--backend", "torch"],
      {"OMP_WAIT_POLICY": "ACTIVE"}, {}),
     ("decode workers at nice 19 (the old default; starves under load)", [], {}, {"WORKER_NICE": 19}),
@@ -325,7 +325,7 @@ def run_under_load(quick: bool) -> list[dict[str, Any]]:
                 ("optimize(), GOMP_SPINCOUNT=10000", "effnet-engine", {"GOMP_SPINCOUNT": "10000"}),
                 ("optimize(), OMP_WAIT_POLICY=PASSIVE (the CLI's setting)", "effnet-engine", passive),
                 ("optimize(), OMP_NUM_THREADS=1", "effnet-engine", {"OMP_NUM_THREADS": "1"}),
-                ("effnet Engine, --backend auto, as the CLI runs it", "effnet-auto", passive),
+                ("effnet Engine, --backend auto", "effnet-auto", passive),
                 ("ONNX Runtime used directly", "onnxruntime", {}),
                 ("OpenVINO used directly", "openvino", {})):
             cmd = [PY, str(HERE / "contenders.py"), "forward", "--lib", lib, "--variant", "b0",
