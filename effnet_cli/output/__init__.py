@@ -21,6 +21,7 @@ from effnet_cli.output.atomic import (
     publish_file,
     remove_own,
     temp_dir,
+    temporaries_of,
     write_bytes,
     write_text,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "publish_file",
     "remove_own",
     "temp_dir",
+    "temporaries_of",
     "write_bytes",
     "write_text",
     "MODEL_DIR_FILES",

@@ -17,7 +17,7 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,6 +52,17 @@ def temp_prefix(target: Path) -> str:
 def temp_path(target: Path) -> Path:
     """A fresh random temporary name beside ``target`` (not created)."""
     return target.with_name(f"{temp_prefix(target)}{secrets.token_hex(6)}{_TEMP_SUFFIX}")
+
+
+def temporaries_of(directory: Path, targets: Iterable[Path]) -> list[Path]:
+    """The temporaries in ``directory`` that a killed write of one of ``targets`` left behind.
+
+    Only names this layer makes (:func:`temp_path`: ``temp_prefix(target)`` + random + ``.part``)
+    match, so a caller holding the output's lock can remove them without touching anyone else's file.
+    """
+    prefixes = tuple({temp_prefix(Path(t)) for t in targets})
+    return [Path(entry.path) for entry in os.scandir(directory)
+            if entry.name.endswith(_TEMP_SUFFIX) and entry.name.startswith(prefixes)]
 
 
 def _create_temp(target: Path) -> tuple[Path, IO[bytes]]:

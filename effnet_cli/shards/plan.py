@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet_cli.errors import InputError
-from effnet_cli.output.atomic import make_dir, temp_prefix
+from effnet_cli.output.atomic import make_dir, temporaries_of
 from effnet_cli.output.npy import npy_rows
 from effnet_cli.output.settings import check_settings
 from effnet_cli.pathtext import display_path, path_from_fields
@@ -223,11 +223,9 @@ def remove_temporaries(job: ShardJob, number: int, targets: list[Path] | None = 
     ``.{name}.{random}.part`` beside the target; nothing else carries that name.
     """
     names = [*job.files(number).values(), *job.partials(number).values(), job.marker(number), *(targets or [])]
-    prefixes = {temp_prefix(t) for t in names}
-    for entry in os.scandir(job.directory):
-        if entry.name.endswith(".part") and any(entry.name.startswith(p) for p in prefixes):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)  # removes a symlink itself, never what it points to
+    for path in temporaries_of(job.directory, names):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # removes a symlink itself, never what it points to
 
 
 def _unlink_partials(job: ShardJob, shard: Shard) -> None:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from effnet_cli.errors import InputError
 
 LEDGER = ".effnet-finetune.json"  # names this tool wrote into the directory
 LOCK = ".effnet-finetune.lock"  # held while a run writes the directory: a second run is refused at once
-_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.part", re.S)
 
 
 def write_file(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -27,11 +25,6 @@ def write_file(path: str | os.PathLike[str], data: bytes) -> Path:
 
     write_bytes(path, data)
     return Path(path)
-
-
-def _is_our_temporary(entry: str) -> bool:
-    # The output layer's temporaries: ".{name}.{12 hex}.part", left behind only by a killed write.
-    return bool(_TEMP_NAME.fullmatch(entry))
 
 
 class OutputDir:
@@ -46,7 +39,7 @@ class OutputDir:
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{self.path} exists and is not a directory.")
         self.path.mkdir(parents=True, exist_ok=True)
-        from effnet_cli.output import OutputLock
+        from effnet_cli.output import OutputLock, temporaries_of
 
         self._lock = OutputLock(self.path / LOCK, self.path).acquire()  # until release(), or the process ends
         ledger = self.path / LEDGER
@@ -56,12 +49,10 @@ class OutputDir:
             except (OSError, ValueError, KeyError, TypeError):
                 self.release()
                 raise InputError(f"{ledger} is unreadable; use another output directory.") from None
-        foreign = []
-        for entry in sorted(os.listdir(self.path)):
-            if _is_our_temporary(entry) and any(entry.startswith(f".{name}.") for name in self.written | {LEDGER}):
-                os.unlink(self.path / entry)  # our own leftover from a killed write
-            elif entry not in (LEDGER, LOCK) and entry not in self.written:
-                foreign.append(entry)
+        for leftover in temporaries_of(self.path, [self.path / name for name in self.written | {LEDGER}]):
+            os.unlink(leftover)  # our own leftover from a killed write
+        foreign = [entry for entry in sorted(os.listdir(self.path))
+                   if entry not in (LEDGER, LOCK) and entry not in self.written]
         if foreign:
             self.release()  # refused: leave the directory exactly as it was
             raise InputError(f"{self.path} already holds files effnet did not write ({foreign[0]!r}"
