@@ -47,7 +47,12 @@ def is_utf8(path: str | os.PathLike[str]) -> bool:
 def display_path(path: str | os.PathLike[str]) -> str:
     """The name as valid UTF-8 text: itself when it is UTF-8, bytes that are not shown as U+FFFD."""
     text = os.fspath(path)
-    return text if is_utf8(text) else _raw(text).decode("utf-8", "replace")
+    if is_utf8(text):
+        return text
+    try:
+        return _raw(text).decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to: show it as U+FFFD too
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def path_fields(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -71,10 +71,7 @@ def shown_text(text: str) -> str:
     break the one line an error takes. Bytes that are not UTF-8 show as U+FFFD;
     the records on stdout keep the exact name (see :mod:`effnet_cli.pathtext`).
     """
-    try:
-        text = display_path(text)
-    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
-        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    text = display_path(text)
     if text.isprintable():
         return text
     return "".join(_CONTROL_SHOWN.get(c, f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c)
