@@ -32,7 +32,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from effnet_cli.errors import InputError
+from effnet_cli.output import publish_dir, temp_dir, write_text
 
 __all__ = ["BACKENDS", "auto_candidates", "available_backends", "cached_export", "choose_backend", "measured_choice",
            "open_runner", "usable_cores"]
@@ -215,12 +215,7 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
         x = torch.randn(PROBE_BATCH, 3, h, w, generator=torch.Generator().manual_seed(0))
         rates = {name: _time_backend(name, model, processor, dtype, x) for name in candidates}
         choice = max(rates, key=rates.__getitem__)
-        fd, tmp = tempfile.mkstemp(prefix=f".{record.name}.", suffix=".part", dir=root)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"backend": choice, "images_per_s": rates, **parts}, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, record)
+        write_text(record, json.dumps({"backend": choice, "images_per_s": rates, **parts}, indent=2))
     return choice
 
 
@@ -304,10 +299,10 @@ def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", 
     with FileLock(str(final) + ".lock"):
         if model_file(final, fmt).is_file():  # another run finished it while we waited
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=root))
+        tmp = temp_dir(final)  # under the lock: publish_dir cannot meet another writer's directory
         try:
             write_export(model, processor, tmp, fmt=fmt, dtype=dtype, onnx_source=source)
-            os.rename(tmp, final)
+            publish_dir(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final

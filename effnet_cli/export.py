@@ -24,9 +24,7 @@ Nothing here imports onnxruntime or openvino until a function needs them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ import torch
 from torch import nn
 
 from effnet_cli.errors import InputError
+from effnet_cli.output import publish_dir, temp_dir
 
 __all__ = [
     "DTYPES",
@@ -205,7 +204,7 @@ def write_export(model: nn.Module, processor: Any, directory: Path, *, fmt: str,
     elif onnx_source is not None:
         _write_openvino(onnx_source, directory / OPENVINO_NAME, dtype)
     else:
-        scratch = Path(tempfile.mkdtemp(prefix=".onnx-", dir=directory))
+        scratch = temp_dir(directory / ONNX_NAME)
         try:
             # OpenVINO reads the float32 ONNX graph; its own dtype handling decides the precision.
             _write_onnx(model, scratch / ONNX_NAME, image_size=image_size, batch=batch, dtype="float32")
@@ -217,9 +216,6 @@ def write_export(model: nn.Module, processor: Any, directory: Path, *, fmt: str,
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                           "utf-8")
     processor.to_json_file(directory / "preprocessor_config.json")
-    for name in os.listdir(directory):  # durable before anyone renames or reads the directory
-        with open(directory / name, "rb") as fh:
-            os.fsync(fh.fileno())
     return ExportResult(directory=directory, format=fmt, dtype=dtype, image_size=image_size, batch=batch,
                         outputs=output_names(model), files=sorted(directory.iterdir()))
 
@@ -246,13 +242,11 @@ def export_model(model: nn.Module, processor: Any, out: str | Path, *, fmt: str 
         raise InputError(f"{out} already exists and is not an empty directory; choose another -o.")
     processor = processor_for_size(processor, image_size)
     fixed_input_size(processor)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    tmp = temp_dir(out)  # the umask's mode; publish_dir fsyncs the files and renames the directory
     try:
         result = write_export(model, processor, tmp, fmt=fmt, dtype=dtype, batch=batch)
-        if out.exists():
-            out.rmdir()  # empty (checked above); rename cannot replace a directory otherwise
-        os.rename(tmp, out)
+        if not publish_dir(tmp, out):
+            raise InputError(f"{out} was filled by another program meanwhile; choose another -o.")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.directory = out

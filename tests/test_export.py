@@ -66,6 +66,17 @@ def test_onnx_export_runs_in_plain_onnxruntime_without_effnet(onnx_export, b0_sm
     assert config["size"] == {"height": 64, "width": 64}  # the preprocessing travels with the export
 
 
+def test_export_directory_and_files_follow_the_umask(onnx_export):
+    import os
+    import stat
+
+    out, _ = onnx_export
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # a private mkdtemp directory was 0700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o666 & ~umask}
+
+
 def test_export_summary_and_verify_on_photos(onnx_export, photos):
     _, summary = onnx_export
     assert "input N×3×64×64" in summary and "outputs logits, features, features_max" in summary
