@@ -23,7 +23,6 @@ Nothing here imports onnxruntime or openvino until a function needs them.
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -211,10 +210,9 @@ def write_export(model: nn.Module, processor: Any, directory: Path, *, fmt: str,
             _write_openvino(scratch / ONNX_NAME, directory / OPENVINO_NAME, dtype)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    config = dict(model.config.to_dict())
-    config.setdefault("architectures", [type(model).__name__])
-    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                                          "utf-8")
+    from effnet_cli.hub import config_json
+
+    (directory / "config.json").write_text(config_json(model), "utf-8")
     processor.to_json_file(directory / "preprocessor_config.json")
     return ExportResult(directory=directory, format=fmt, dtype=dtype, image_size=image_size, batch=batch,
                         outputs=output_names(model), files=sorted(directory.iterdir()))

@@ -207,6 +207,14 @@ def load_weights(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch
     model.load_state_dict(state_dict, strict=True)
 
 
+def config_json(model: EfficientNetPreTrainedModel, **overrides: Any) -> str:
+    """The config.json text of a saved model: its config, ``architectures`` (unless it names one) and ``overrides``."""
+    config = dict(model.config.to_dict())
+    config.setdefault("architectures", [type(model).__name__])
+    config.update(overrides)
+    return json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def save_pretrained(model: EfficientNetPreTrainedModel, directory: str | Path,
                     processor: EfficientNetImageProcessor | None = None) -> Path:
     """Write config.json, model.safetensors and (when given) preprocessor_config.json to ``directory``."""
@@ -215,9 +223,7 @@ def save_pretrained(model: EfficientNetPreTrainedModel, directory: str | Path,
     from effnet_cli.output import make_dir, write_bytes, write_text
 
     directory = make_dir(directory)
-    config = dict(model.config.to_dict())
-    config.setdefault("architectures", [type(model).__name__])
-    write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    write_text(directory / CONFIG_NAME, config_json(model))
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     # Through the output layer (atomic, umask modes), not safetensors' own file writer.
     write_bytes(directory / SAFETENSORS_NAME, save(tensors, metadata={"format": "pt"}))

@@ -521,11 +521,10 @@ def _write_outputs(state: dict, processor: Any, final: dict[str, Any]) -> None:
 
     out: OutputDir = state["out"]
     model = state["model"]
-    config = dict(model.config.to_dict())
-    config["architectures"] = [type(model).__name__]
-    if state["opts"].image_size is not None:
-        config["image_size"] = state["opts"].image_size
-    out.write("config.json", (json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+    from effnet_cli.hub import config_json
+
+    sized = {"image_size": state["opts"].image_size} if state["opts"].image_size is not None else {}
+    out.write("config.json", config_json(model, architectures=[type(model).__name__], **sized).encode())
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     out.write("model.safetensors", save(tensors, metadata={"format": "pt"}))
     out.write("preprocessor_config.json", (processor.to_json_string() + "\n").encode()
