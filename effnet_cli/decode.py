@@ -191,6 +191,19 @@ def _exif_orientation(img: Image.Image) -> int:
         return 1
 
 
+def _io_failure(exc: OSError) -> DecodeError:
+    """The short reason for a file that cannot be stat'ed or opened."""
+    if isinstance(exc, FileNotFoundError):
+        return DecodeError("no such file")
+    if isinstance(exc, PermissionError):
+        return DecodeError("permission denied")
+    if isinstance(exc, NotADirectoryError):
+        return DecodeError("no such file (a parent is not a directory)")
+    if isinstance(exc, IsADirectoryError):
+        return DecodeError("is a directory")
+    return DecodeError(f"cannot read file ({exc.strerror or _short(exc)})")
+
+
 def open_image(
     path: str | os.PathLike[str],
     *,
@@ -218,14 +231,8 @@ def open_image(
     name = os.fspath(path)
     try:
         st = os.stat(name)
-    except FileNotFoundError:
-        raise DecodeError("no such file") from None
-    except PermissionError:
-        raise DecodeError("permission denied") from None
-    except NotADirectoryError:
-        raise DecodeError("no such file (a parent is not a directory)") from None
     except OSError as exc:
-        raise DecodeError(f"cannot read file ({exc.strerror or _short(exc)})") from None
+        raise _io_failure(exc) from None
     if stat.S_ISDIR(st.st_mode):
         if not os.access(name, os.R_OK | os.X_OK):
             raise DecodeError("permission denied")
@@ -238,14 +245,8 @@ def open_image(
 
     try:
         handle = open(name, "rb")
-    except FileNotFoundError:
-        raise DecodeError("no such file") from None
-    except PermissionError:
-        raise DecodeError("permission denied") from None
-    except IsADirectoryError:
-        raise DecodeError("is a directory") from None
     except OSError as exc:
-        raise DecodeError(f"cannot read file ({exc.strerror or _short(exc)})") from None
+        raise _io_failure(exc) from None
 
     with handle:
         try:
