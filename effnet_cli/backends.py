@@ -10,19 +10,24 @@ the others wait on a lock, and an export only ever appears under its final
 name complete (written into a temporary directory, then renamed).
 
 ``auto`` (the CLI's default) measures: the first time a model runs with
-``auto`` on a machine, each backend that can run it times a few forward passes
-of a batch of 16 (the CLI's default batch size), the fastest is remembered in
-the cache beside the exports, and later runs reuse that choice. Candidates:
+``auto`` at a batch size on a machine, each backend that can run it times a few
+forward passes of a random batch of that size, the fastest is remembered in the
+cache beside the exports, and later runs reuse that choice. Candidates:
 
 * on a GPU, or when the run needs something only the PyTorch model has
   (``--compile``, ``embed --features stage:N``, preprocessing without a fixed
   size): torch only;
-* on the CPU: torch, OpenVINO if installed (with ``--dtype bfloat16`` only when
-  OpenVINO reports native bfloat16 on this CPU, asked at run time) and ONNX
-  Runtime if installed (float32 only: it has no bfloat16 convolutions).
+* on the CPU: torch, OpenVINO (with ``--dtype bfloat16`` only when OpenVINO
+  reports native bfloat16 on this CPU, asked at run time) and ONNX Runtime
+  (float32 only: it has no bfloat16 convolutions), each when installed.
 
-The remembered choice is keyed by the weights, input size, dtype, the
-candidates and their versions, the CPU model and the number of usable cores.
+Exporting and measuring take some seconds once per model, batch size and
+machine; a caller may pass ``measure=False`` (the CLI does for runs of fewer
+than :data:`AUTO_MEASURE_MIN_IMAGES` inputs) to use a remembered choice when
+there is one and PyTorch otherwise, so a handful of photos never waits for it.
+
+The remembered choice is keyed by the weights, input size, dtype, batch size,
+the candidates and their versions, the CPU model and the number of usable cores.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import importlib.util
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +46,8 @@ import numpy as np
 from effnet_cli.errors import InputError
 from effnet_cli.output import publish_dir, temp_dir, write_text
 
-__all__ = ["BACKENDS", "auto_candidates", "available_backends", "cached_export", "choose_backend", "measured_choice",
-           "open_runner", "usable_cores"]
+__all__ = ["AUTO_MEASURE_MIN_IMAGES", "BACKENDS", "auto_candidates", "available_backends", "cached_export",
+           "choose_backend", "measured_choice", "open_runner", "usable_cores"]
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 _FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
@@ -120,6 +125,12 @@ def auto_candidates(*, device_type: str, dtype: str, needs_torch: str | None = N
 
 PROBE_BATCH = 16  # the CLI's default --batch-size
 PROBE_ITERS = 3
+# A probe times at least this many images per backend, so a batch of one is not judged on three calls.
+PROBE_MIN_IMAGES = 48
+# Runs of fewer inputs than this do not export and measure for ``auto`` (they use a remembered choice, or
+# PyTorch): on 2 cores the once-per-model export and measurement take about 7 s, which the faster runtime
+# wins back only over hundreds to thousands of images (docs/export.md, "Choosing a backend").
+AUTO_MEASURE_MIN_IMAGES = 1000
 
 
 def _cpu_name() -> str:
@@ -159,7 +170,7 @@ def _time_backend(backend: str, model: Any, processor: Any, dtype: str, x: Any) 
             runner.run(xn, [name])
     call()  # warm-up: first-call allocations and, for OpenVINO, compilation
     times = []
-    for _ in range(PROBE_ITERS):
+    for _ in range(max(PROBE_ITERS, -(-PROBE_MIN_IMAGES // len(x)))):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
@@ -173,11 +184,14 @@ def _outputs(model: Any) -> list[str]:
 
 
 def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dtype: str,
-                    cache: Path | None = None) -> str:
-    """The fastest of ``candidates`` for this model on this CPU: measured once, then remembered.
+                    batch: int = PROBE_BATCH, measure: bool = True, cache: Path | None = None,
+                    announce: Callable[[], None] | None = None) -> str | None:
+    """The fastest of ``candidates`` for this model at batch size ``batch`` on this CPU: measured once, remembered.
 
-    The measurement (a few forward passes of a random batch of :data:`PROBE_BATCH` in each
-    backend) is stored as JSON in the cache, under a lock, so concurrent first runs measure once.
+    The measurement (a few forward passes of a random batch of ``batch`` images in each backend)
+    is stored as JSON in the cache, under a lock, so concurrent first runs measure once. With
+    ``measure=False`` nothing is exported or timed: the remembered choice, or None when there is none.
+    ``announce`` is called just before a measurement starts (the CLI says why the run pauses).
     """
     import torch
     from filelock import FileLock
@@ -185,6 +199,7 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
     from effnet_cli.export import fixed_input_size
     from effnet_cli.hub import cache_root
 
+    batch = max(1, int(batch))
     versions = {name: _versions("openvino").get(name, "-") for name in ("torch", "onnx", "openvino")}
     if "onnxruntime" in candidates:
         from importlib.metadata import version
@@ -192,9 +207,9 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
         versions["onnxruntime"] = version("onnxruntime")
     parts = {"weights": weights_hash(model), "size": list(fixed_input_size(processor)), "dtype": dtype,
              "candidates": sorted(candidates), "versions": versions, "cpu": _cpu_name(), "cores": usable_cores(),
-             "batch": PROBE_BATCH}
+             "batch": batch}
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-    root = _writable((cache or cache_root()) / "exports" / "auto")
+    root = (cache or cache_root()) / "exports" / "auto"
     record = root / f"{key}.json"
 
     def remembered() -> str | None:
@@ -205,14 +220,17 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
         return choice if choice in candidates else None
 
     choice = remembered()
-    if choice is not None:
+    if choice is not None or not measure:
         return choice
+    _writable(root)
     with FileLock(str(record) + ".lock"):
         choice = remembered()
         if choice is not None:
             return choice
+        if announce is not None:
+            announce()
         h, w = fixed_input_size(processor)
-        x = torch.randn(PROBE_BATCH, 3, h, w, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
         rates = {name: _time_backend(name, model, processor, dtype, x) for name in candidates}
         choice = max(rates, key=rates.__getitem__)
         write_text(record, json.dumps({"backend": choice, "images_per_s": rates, **parts}, indent=2))

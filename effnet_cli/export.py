@@ -252,17 +252,16 @@ def export_model(model: nn.Module, processor: Any, out: str | Path, *, fmt: str 
     return result
 
 
-# What to install for each package the export and the backends need (both runtimes are extras).
-_INSTALL = {"onnxruntime": "'effnet-cli[onnx]'", "onnx": "'effnet-cli[onnx]'", "onnxscript": "'effnet-cli[onnx]'",
-            "openvino": "'effnet-cli[openvino]'"}
-
-
 def require_runtime(name: str) -> None:
-    """An InputError saying what to install when the package ``name`` is missing."""
+    """An InputError saying what to install when the package ``name`` is missing.
+
+    The runtimes and the exporter's packages are dependencies of effnet, so this only happens in an
+    environment where one was removed or failed to install (e.g. a platform without its wheels).
+    """
     import importlib.util
 
     if importlib.util.find_spec(name) is None:
-        raise InputError(f"{name} is not installed; pip install {_INSTALL[name]}.")
+        raise InputError(f"{name} is not installed; pip install {name}, or use --backend torch.")
 
 
 @dataclass

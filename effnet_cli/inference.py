@@ -11,7 +11,7 @@ memory stays flat however many inputs there are.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +67,17 @@ class Engine:
 
     ``backend`` runs the model in PyTorch ("torch", the default here), in ONNX Runtime or
     OpenVINO (an export made once and cached, see :mod:`effnet_cli.backends`), or "auto": the
-    fastest of those that can run it, measured once per model and machine (the CLI's default).
+    fastest of those that can run it at ``batch_size``, measured once per model, batch size and
+    machine (the CLI's default). With ``measure=False``, "auto" takes a remembered measurement
+    or PyTorch, and never exports or measures; ``announce`` is called when a measurement starts.
     :attr:`backend` says which one runs.
     """
 
     def __init__(self, model: torch.nn.Module, processor: Any, *, device: str | torch.device | None = "auto",
                  dtype: str | torch.dtype | None = None, compile: bool = False, fast: bool = True,
-                 draft: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, backend: str = "torch") -> None:
+                 draft: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, backend: str = "torch",
+                 batch_size: int = 16, measure: bool = True,
+                 announce: Callable[[], None] | None = None) -> None:
         self.device = resolve_device(device)
         requested = _dtype(dtype) or torch.float32
         # CPUs have no fast float16 convolutions: compute in float32 there (outputs may still be stored as float16).
@@ -91,7 +95,8 @@ class Engine:
 
             try:
                 self.backend = measured_choice(model, processor, auto_candidates(
-                    device_type=self.device.type, dtype=dtype_name, needs_torch=needs_torch), dtype=dtype_name)
+                    device_type=self.device.type, dtype=dtype_name, needs_torch=needs_torch), dtype=dtype_name,
+                    batch=batch_size, measure=measure, announce=announce) or "torch"
             except InputError:  # no writable cache for exports: PyTorch needs none
                 self.backend = "torch"
         self.runner: Any = None

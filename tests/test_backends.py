@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +121,23 @@ def test_auto_candidates():
         choose_backend("onnxruntime", device_type="cpu", dtype="bfloat16")
 
 
-def test_auto_measures_once_and_remembers(small, tmp_path, monkeypatch):
+@pytest.fixture
+def auto_cache(tmp_path_factory, monkeypatch) -> Path:
+    """One cache for the tests of ``auto``: exports made once, no remembered choices at the start of a test."""
+    global _AUTO_CACHE
+    if _AUTO_CACHE is None:
+        _AUTO_CACHE = tmp_path_factory.mktemp("auto-cache")
+    shutil.rmtree(_AUTO_CACHE / "exports" / "auto", ignore_errors=True)
+    monkeypatch.setenv("EFFNET_CACHE", str(_AUTO_CACHE))
+    return _AUTO_CACHE
+
+
+_AUTO_CACHE: Path | None = None
+
+
+def test_auto_measures_once_and_remembers(small, auto_cache):
     model, processor, pixels, logits, *_ = small
-    monkeypatch.setenv("EFFNET_CACHE", str(tmp_path))
+    tmp_path = auto_cache
     engine = Engine(model, processor, device="cpu", backend="auto")
     [record] = (tmp_path / "exports" / "auto").glob("*.json")
     measured = json.loads(record.read_text())
@@ -133,6 +148,59 @@ def test_auto_measures_once_and_remembers(small, tmp_path, monkeypatch):
     for choice in ("onnxruntime", "torch"):
         record.write_text(json.dumps({**measured, "backend": choice}))
         assert Engine(model, processor, device="cpu", backend="auto").backend == choice
+
+
+def test_auto_measures_per_batch_size_and_can_be_told_not_to(small, tmp_path, auto_cache, monkeypatch):
+    model, processor, pixels, logits, *_ = small
+    monkeypatch.setenv("EFFNET_CACHE", str(tmp_path))
+    # Not allowed to measure and nothing remembered: PyTorch, and nothing exported or written.
+    assert Engine(model, processor, device="cpu", backend="auto", measure=False).backend == "torch"
+    assert not (tmp_path / "exports").exists()
+    monkeypatch.setenv("EFFNET_CACHE", str(auto_cache))
+    tmp_path = auto_cache
+    single = Engine(model, processor, device="cpu", backend="auto", batch_size=1)
+    [record] = (tmp_path / "exports" / "auto").glob("*.json")
+    assert json.loads(record.read_text())["batch"] == 1
+    assert relative_error(single.logits(pixels[:1]), logits[:1]) <= 1e-4
+    # Another batch size is measured on its own; then both are remembered, even when told not to measure.
+    Engine(model, processor, device="cpu", backend="auto", batch_size=16)
+    records = {json.loads(r.read_text())["batch"]: r for r in (tmp_path / "exports" / "auto").glob("*.json")}
+    assert set(records) == {1, 16}
+    records[16].write_text(json.dumps({**json.loads(records[16].read_text()), "backend": "onnxruntime"}))
+    assert Engine(model, processor, device="cpu", backend="auto", batch_size=16, measure=False).backend == "onnxruntime"
+
+
+def test_cli_auto_measures_only_runs_long_enough_to_gain(b0_small_dir, photos, auto_cache, monkeypatch):
+    import effnet_cli.backends
+
+    tmp_path = auto_cache
+    args = ["classify", str(photos[0].parent), "--model", str(b0_small_dir), "-f", "jsonl", "--workers", "0"]
+    short = run(args)  # the default backend is auto; five photos are far below the threshold
+    assert short.exit_code == 0, short.stderr
+    assert not (tmp_path / "exports" / "auto").exists() and "choosing the fastest backend" not in short.stderr
+    monkeypatch.setattr(effnet_cli.backends, "AUTO_MEASURE_MIN_IMAGES", len(photos))
+    long = run(args + ["-b", "4"])
+    assert long.exit_code == 0, long.stderr
+    assert "choosing the fastest backend" in long.stderr
+    [record] = (tmp_path / "exports" / "auto").glob("*.json")
+    assert json.loads(record.read_text())["batch"] == 4
+    for a, b in zip(*[[json.loads(line) for line in o.stdout.splitlines()] for o in (short, long)]):
+        assert a["path"] == b["path"]
+        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+        assert np.allclose([p["score"] for p in a["predictions"]], [p["score"] for p in b["predictions"]],
+                           atol=1e-5)
+    again = run(args + ["-b", "4"])  # remembered: no second measurement
+    assert again.exit_code == 0 and "choosing" not in again.stderr
+    assert len(list((tmp_path / "exports" / "auto").glob("*.json"))) == 1
+
+
+def test_backend_default_from_the_environment(b0_small_dir, photos, monkeypatch):
+    monkeypatch.setenv("EFFNET_BACKEND", "onnxruntime")
+    bad = run(["classify", str(photos[0]), "--model", str(b0_small_dir), "--dtype", "bfloat16"])
+    assert bad.exit_code == 2 and "ONNX Runtime has no bfloat16" in bad.stderr
+    monkeypatch.setenv("EFFNET_BACKEND", "fastest")
+    bad = run(["classify", str(photos[0]), "--model", str(b0_small_dir)])
+    assert bad.exit_code == 2 and "fastest" in bad.stderr
 
 
 def test_cli_backend_flag_same_predictions(b0_small_dir, photos):

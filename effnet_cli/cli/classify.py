@@ -63,7 +63,7 @@ def classify(
     compile: opt.Compile = False,
     exact_decode: opt.ExactDecode = None,
     full_decode: opt.FullDecode = False,
-    backend: opt.BackendOpt = opt.BackendKind.torch,
+    backend: opt.BackendOpt = opt.BackendKind.auto,
     quiet: opt.Quiet = False,
     progress: opt.Progress = None,
 ) -> int:
@@ -103,7 +103,8 @@ def classify(
     if output_dir is not None:
         elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
         engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
-                             full_decode, max_pixels, quiet, "torch" if elsewhere else backend.value)
+                             full_decode, max_pixels, quiet, "torch" if elsewhere else backend.value,
+                             batch_size=batch_size, inputs=len(paths))
         require_classifier(engine)
         if names is not None and len(names) < engine.config.num_labels:
             raise InputError(f"The labels file has {len(names)} names but the model has "
@@ -120,7 +121,7 @@ def classify(
                            workers=workers, quiet=quiet, show=progress_enabled(progress, quiet), started=started)
     paths = partition.select(paths)
     engine = load_engine(variant, model, revision, device, dtype, compile, full_decode, max_pixels, quiet,
-                         backend.value)
+                         backend.value, batch_size=batch_size, inputs=len(paths))
     require_classifier(engine)
     fmt = (format or (Format.table if sys.stdout.isatty() else Format.jsonl)).value
     if fmt != "table":

@@ -46,8 +46,14 @@ def exact_decoding(exact_decode: bool | None, default: bool, full_decode: bool =
 
 def load_engine(variant: Variant | None, model: str | None, revision: str | None, device: str, dtype: DType,
                 compile: bool, full_decode: bool, max_pixels: int | None, quiet: bool = False,
-                backend: str = "torch") -> Engine:
-    """Load the weights named by --variant / --model and prepare them for inference."""
+                backend: str = "torch", batch_size: int = 16, inputs: int | None = None) -> Engine:
+    """Load the weights named by --variant / --model and prepare them for inference.
+
+    With ``--backend auto``, a run of ``inputs`` images (None: unknown) exports and measures the
+    backends only when it is long enough to gain from it (:data:`effnet_cli.backends.AUTO_MEASURE_MIN_IMAGES`);
+    shorter runs use a remembered choice, or PyTorch.
+    """
+    from effnet_cli.backends import AUTO_MEASURE_MIN_IMAGES
     from effnet_cli.data import DEFAULT_MAX_PIXELS
     from effnet_cli.inference import Engine
 
@@ -67,12 +73,19 @@ def load_engine(variant: Variant | None, model: str | None, revision: str | None
     engine = Engine.from_pretrained(name, revision=revision, device=device, dtype=dtype.value, compile=compile,
                                     draft=not full_decode,
                                     max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
-                                    backend=backend)
+                                    backend=backend, batch_size=batch_size,
+                                    measure=inputs is None or inputs >= AUTO_MEASURE_MIN_IMAGES,
+                                    announce=None if quiet else _announce_measurement)
     source = engine.source or {}
     if source.get("source") == "hub" and not quiet:
         # The exact commit, so a run can be reproduced with --revision.
         info_line(f"using {source['repo_id']} at revision {source['revision']}")
     return engine
+
+
+def _announce_measurement() -> None:
+    info_line("choosing the fastest backend for this model and batch size on this machine "
+              "(once: it exports the model and times each backend; about 10 s)")
 
 
 def resolve_workers(workers: int | None) -> int:

@@ -63,7 +63,7 @@ def embed(
     workers: opt.Workers = None,
     compile: opt.Compile = False,
     exact_decode: opt.ExactDecode = None,
-    backend: opt.BackendOpt = opt.BackendKind.torch,
+    backend: opt.BackendOpt = opt.BackendKind.auto,
     quiet: opt.Quiet = False,
     progress: opt.Progress = None,
 ) -> int:
@@ -117,7 +117,8 @@ def embed(
         # serves the decode settings, so it stays on the CPU when they exist.
         elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
         engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
-                             not fast_decode, max_pixels, quiet, "torch" if elsewhere else backend.value)
+                             not fast_decode, max_pixels, quiet, "torch" if elsewhere else backend.value,
+                             batch_size=batch_size, inputs=len(paths))
         dim = engine.feature_dim(stage)  # a bad stage number is a usage error, before any work
         run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size)
         if per_file is not None:

@@ -82,9 +82,10 @@ ExactDecode = Annotated[Optional[bool], typer.Option(
 FullDecode = Annotated[bool, typer.Option(  # the old spelling of --exact-decode on classify
     "--full-decode", hidden=True, help="Deprecated spelling of --exact-decode.", rich_help_panel=RUN_PANEL)]
 BackendOpt = Annotated[BackendKind, typer.Option(
-    "--backend", help="torch (the default), or onnxruntime/openvino (the model is exported once and cached; "
-                      "pip install 'effnet-cli[onnx]' / '[openvino]'). auto: the fastest installed for this "
-                      "model and CPU, measured once and remembered; torch on a GPU.",
+    "--backend", envvar="EFFNET_BACKEND",
+    help="Where the model runs. auto: the fastest of torch, ONNX Runtime and OpenVINO for this model, batch size "
+         "and CPU, measured once (on the first run of 1,000 or more inputs) and remembered; until then, and on a "
+         "GPU, torch. onnxruntime/openvino export the model once into effnet's cache.",
     rich_help_panel=RUN_PANEL)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no per-file error lines.",
                                      rich_help_panel=RUN_PANEL)]
