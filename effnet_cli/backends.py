@@ -125,6 +125,7 @@ def auto_candidates(*, device_type: str, dtype: str, needs_torch: str | None = N
 
 PROBE_BATCH = 16  # the CLI's default --batch-size
 PROBE_ITERS = 3
+PROBE_ROUNDS = 3
 # A probe times at least this many images per backend, so a batch of one is not judged on three calls.
 PROBE_MIN_IMAGES = 48
 # Runs of fewer inputs than this do not export and measure for ``auto`` (they use a remembered choice, or
@@ -145,11 +146,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _time_backend(backend: str, model: Any, processor: Any, dtype: str, x: Any) -> float:
-    """Images/s of ``backend`` on the batch ``x``: the median of a few timed passes after a warm-up."""
-    import statistics
-    import time
-
+def _forward_call(backend: str, model: Any, processor: Any, dtype: str, x: Any) -> Callable[[], None]:
+    """One forward pass of ``backend`` on the batch ``x``, ready to be timed (warmed up once)."""
     import torch
 
     if backend == "torch":
@@ -169,12 +167,27 @@ def _time_backend(backend: str, model: Any, processor: Any, dtype: str, x: Any) 
         def call() -> None:
             runner.run(xn, [name])
     call()  # warm-up: first-call allocations and, for OpenVINO, compilation
-    times = []
-    for _ in range(max(PROBE_ITERS, -(-PROBE_MIN_IMAGES // len(x)))):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return len(x) / statistics.median(times)
+    return call
+
+
+def _time_backends(calls: dict[str, Callable[[], None]], batch: int) -> dict[str, float]:
+    """Images/s of each call: :data:`PROBE_ROUNDS` interleaved rounds, the median round per backend.
+
+    Interleaving spreads drift in the machine's speed (other programs, clocks) over every backend
+    alike, so two backends a few percent apart are not ranked by when each happened to run.
+    """
+    import statistics
+    import time
+
+    passes = max(PROBE_ITERS, -(-PROBE_MIN_IMAGES // batch))
+    rates: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(PROBE_ROUNDS):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(passes):
+                call()
+            rates[name].append(passes * batch / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def _outputs(model: Any) -> list[str]:
@@ -231,7 +244,7 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
             announce()
         h, w = fixed_input_size(processor)
         x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
-        rates = {name: _time_backend(name, model, processor, dtype, x) for name in candidates}
+        rates = _time_backends({name: _forward_call(name, model, processor, dtype, x) for name in candidates}, batch)
         choice = max(rates, key=rates.__getitem__)
         write_text(record, json.dumps({"backend": choice, "images_per_s": rates, **parts}, indent=2))
     return choice
