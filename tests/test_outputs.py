@@ -245,6 +245,27 @@ def test_two_concurrent_writers_one_proceeds_the_other_is_refused_at_once(b0_sma
     assert not lock.exists()
 
 
+def test_classify_output_dir_takes_its_lock_before_reading_or_loading(b0_small_dir: Path, tmp_path: Path) -> None:
+    images = _images(tmp_path / "imgs", 4)
+    out = tmp_path / "preds"
+    common = ["--model", str(b0_small_dir), "-b", "2", "-j", "0", "--output-dir", str(out)]
+    first = subprocess.Popen([sys.executable, "-m", "effnet_cli", "classify", "-", *common],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lock = out / ".lock_pred"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and f'"pid": {first.pid}' not in (lock.read_text() if lock.exists() else ""):
+        time.sleep(0.01)
+    # The second run names a model that does not exist: the lock is what it reports, so it loaded nothing.
+    second = effnet("classify", *map(str, images), "--model", str(tmp_path / "no-such-model"), "-j", "0",
+                    "--output-dir", str(out))
+    message = second.stderr.decode()
+    assert second.returncode == 2 and str(lock) in message and f"pid {first.pid}" in message, message
+    _, err = first.communicate("".join(f"{p}\n" for p in images).encode(), timeout=300)
+    assert first.returncode == 0, err.decode()
+    records = [json.loads(line) for f in sorted(out.glob("pred_*.jsonl")) for line in f.read_text().splitlines()]
+    assert [r["path"] for r in records] == [str(p) for p in images]
+
+
 def test_symlinks_planted_at_partial_and_temporary_names_are_not_followed(b0_small_dir: Path, photos: list[Path],
                                                                          tmp_path: Path) -> None:
     victim = tmp_path / "victim.txt"

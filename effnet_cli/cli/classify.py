@@ -98,28 +98,30 @@ def classify(
     if resume and output_dir is None:
         raise InputError("--resume continues an --output-dir run; stdout output cannot be resumed.")
     partition = sharded.partition_of(shard)
-    paths = gather_inputs(inputs, null)
     names = read_labels(labels) if labels is not None else None
     if output_dir is not None:
-        elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
-        engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
-                             full_decode, max_pixels, quiet, "torch" if elsewhere else backend.value,
-                             batch_size=batch_size, inputs=len(paths))
-        require_classifier(engine)
-        if names is not None and len(names) < engine.config.num_labels:
-            raise InputError(f"The labels file has {len(names)} names but the model has "
-                             f"{engine.config.num_labels} classes.")
-        name = sharded.model_name(variant, model)
-        spec = sharded.engine_spec(engine, name, dtype, compile)
-        settings = sharded.run_settings(engine, name, spec.revision, dtype, full_decode, top_k=top_k,
-                                        threshold=threshold,
-                                        labels=str(labels.resolve()) if labels is not None else None)
-        job = sharded.make_job("classify", paths, partition, output_dir, shard_size, settings, resume)
-        return sharded.run(job, engine, spec,
-                           dict(top_k=top_k, threshold=threshold, labels=names, batch_size=batch_size),
-                           devices=devices, engine_kind=engine_kind, ray_address=ray_address, ray_actors=ray_actors,
-                           workers=workers, quiet=quiet, show=progress_enabled(progress, quiet), started=started)
-    paths = partition.select(paths)
+        # The output's lock first: a second run on the same directory is refused before it reads or loads anything.
+        with sharded.output_lock("classify", output_dir=output_dir, partition=partition):
+            paths = gather_inputs(inputs, null)
+            elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
+            engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
+                                 full_decode, max_pixels, quiet, "torch" if elsewhere else backend.value,
+                                 batch_size=batch_size, inputs=len(paths))
+            require_classifier(engine)
+            if names is not None and len(names) < engine.config.num_labels:
+                raise InputError(f"The labels file has {len(names)} names but the model has "
+                                 f"{engine.config.num_labels} classes.")
+            name = sharded.model_name(variant, model)
+            spec = sharded.engine_spec(engine, name, dtype, compile)
+            settings = sharded.run_settings(engine, name, spec.revision, dtype, full_decode, top_k=top_k,
+                                            threshold=threshold,
+                                            labels=str(labels.resolve()) if labels is not None else None)
+            job = sharded.make_job("classify", paths, partition, output_dir, shard_size, settings, resume)
+            return sharded.run(job, engine, spec,
+                               dict(top_k=top_k, threshold=threshold, labels=names, batch_size=batch_size),
+                               devices=devices, engine_kind=engine_kind, ray_address=ray_address, ray_actors=ray_actors,
+                               workers=workers, quiet=quiet, show=progress_enabled(progress, quiet), started=started)
+    paths = partition.select(gather_inputs(inputs, null))
     engine = load_engine(variant, model, revision, device, dtype, compile, full_decode, max_pixels, quiet,
                          backend.value, batch_size=batch_size, inputs=len(paths))
     require_classifier(engine)
