@@ -198,13 +198,14 @@ def _outputs(model: Any) -> list[str]:
 
 def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dtype: str,
                     batch: int = PROBE_BATCH, measure: bool = True, cache: Path | None = None,
-                    announce: Callable[[], None] | None = None) -> str | None:
+                    announce: Callable[[dict[str, float] | None], None] | None = None) -> str | None:
     """The fastest of ``candidates`` for this model at batch size ``batch`` on this CPU: measured once, remembered.
 
     The measurement (a few forward passes of a random batch of ``batch`` images in each backend)
     is stored as JSON in the cache, under a lock, so concurrent first runs measure once. With
     ``measure=False`` nothing is exported or timed: the remembered choice, or None when there is none.
-    ``announce`` is called just before a measurement starts (the CLI says why the run pauses).
+    ``announce`` is called with None just before a measurement starts (the CLI says why the run
+    pauses), and with the measured images/s per backend once it is done.
     """
     import torch
     from filelock import FileLock
@@ -241,12 +242,14 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
         if choice is not None:
             return choice
         if announce is not None:
-            announce()
+            announce(None)
         h, w = fixed_input_size(processor)
         x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
         rates = _time_backends({name: _forward_call(name, model, processor, dtype, x) for name in candidates}, batch)
         choice = max(rates, key=rates.__getitem__)
         write_text(record, json.dumps({"backend": choice, "images_per_s": rates, **parts}, indent=2))
+        if announce is not None:
+            announce(rates)
     return choice
 
 

@@ -69,7 +69,8 @@ class Engine:
     OpenVINO (an export made once and cached, see :mod:`effnet_cli.backends`), or "auto": the
     fastest of those that can run it at ``batch_size``, measured once per model, batch size and
     machine (the CLI's default). With ``measure=False``, "auto" takes a remembered measurement
-    or PyTorch, and never exports or measures; ``announce`` is called when a measurement starts.
+    or PyTorch, and never exports or measures; ``announce`` hears when a measurement starts (None)
+    and its result (images/s per backend).
     :attr:`backend` says which one runs.
     """
 
@@ -77,7 +78,7 @@ class Engine:
                  dtype: str | torch.dtype | None = None, compile: bool = False, fast: bool = True,
                  draft: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, backend: str = "torch",
                  batch_size: int = 16, measure: bool = True,
-                 announce: Callable[[], None] | None = None) -> None:
+                 announce: Callable[[dict[str, float] | None], None] | None = None) -> None:
         self.device = resolve_device(device)
         requested = _dtype(dtype) or torch.float32
         # CPUs have no fast float16 convolutions: compute in float32 there (outputs may still be stored as float16).

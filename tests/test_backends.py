@@ -183,7 +183,9 @@ def test_cli_auto_measures_only_runs_long_enough_to_gain(b0_small_dir, photos, a
     assert long.exit_code == 0, long.stderr
     assert "choosing the fastest backend" in long.stderr
     [record] = (tmp_path / "exports" / "auto").glob("*.json")
-    assert json.loads(record.read_text())["batch"] == 4
+    measured = json.loads(record.read_text())
+    assert measured["batch"] == 4
+    assert f"{measured['backend']} was fastest" in long.stderr
     for a, b in zip(*[[json.loads(line) for line in o.stdout.splitlines()] for o in (short, long)]):
         assert a["path"] == b["path"]
         assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]

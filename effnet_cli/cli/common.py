@@ -83,9 +83,15 @@ def load_engine(variant: Variant | None, model: str | None, revision: str | None
     return engine
 
 
-def _announce_measurement() -> None:
-    info_line("choosing the fastest backend for this model and batch size on this machine "
-              "(once: it exports the model and times each backend; about 10 s)")
+def _announce_measurement(rates: dict[str, float] | None) -> None:
+    if rates is None:
+        info_line("choosing the fastest backend for this model and batch size on this machine "
+                  "(once: it exports the model and times each backend; about 10 s)")
+        return
+    best = max(rates, key=rates.__getitem__)
+    others = ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items() if name != best)
+    info_line(f"{best} was fastest ({rates[best]:.0f} images/s; {others}); later runs use it "
+              "(--backend chooses another)")
 
 
 def resolve_workers(workers: int | None) -> int:
