@@ -23,7 +23,23 @@ from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageEr
 
 from effnet_cli.errors import DecodeError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_BACKGROUND", "open_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_BACKGROUND", "JPEG_DECODERS", "open_image"]
+
+# Who decodes a JPEG at reduced size (``draft_size``): Pillow's ``draft`` (1/2, 1/4, 1/8 scale) or
+# libjpeg-turbo through simplejpeg (any of its scales M/8, so it can stop closer to the target).
+JPEG_DECODERS = ("pillow", "simplejpeg")
+
+# What Image.transpose does for each EXIF orientation (the table ImageOps.exif_transpose uses),
+# for pixels that did not come from Pillow's own decoder.
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 # Pillow's own default (1024 * 1024 * 1024 // 4 // 3), written out so that code
 # elsewhere changing Image.MAX_IMAGE_PIXELS does not silently change our limit.
@@ -210,6 +226,7 @@ def open_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = DEFAULT_BACKGROUND,
     draft_size: tuple[int, int] | None = None,
+    jpeg_decoder: str = "pillow",
 ) -> Image.Image:
     """Decode one image file into an RGB image, as a photo viewer would show it.
 
@@ -222,12 +239,20 @@ def open_image(
     (decompression bombs) before any pixel memory is allocated; ``None`` means
     no limit. ``draft_size`` lets JPEGs decode at a reduced scale that is still
     at least that (width, height), which is several times faster for large
-    camera photos. Truncated files are refused rather than padded with grey,
+    camera photos. ``jpeg_decoder`` says who does that reduced-size decoding:
+    ``"pillow"`` (``Image.draft``: 1/2, 1/4 or 1/8 scale) or ``"simplejpeg"``
+    (libjpeg-turbo's scales in steps of 1/8, so it stops closer to ``draft_size``);
+    simplejpeg only ever decodes colour JPEGs it reads without a warning, and
+    everything else (grey, CMYK, damaged files, simplejpeg not installed) goes
+    through Pillow, so the failures and their reasons are Pillow's either way.
+    Truncated files are refused rather than padded with grey,
     whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` says.
 
     Raises :class:`DecodeError` with a short reason on every failure; any other
     exception escaping would be a bug.
     """
+    if jpeg_decoder not in JPEG_DECODERS:
+        raise ValueError(f"jpeg_decoder must be one of {', '.join(JPEG_DECODERS)}; got {jpeg_decoder!r}")
     name = os.fspath(path)
     try:
         st = os.stat(name)
@@ -252,7 +277,7 @@ def open_image(
         try:
             head = handle.read(1024)
             handle.seek(0)
-            return _decode(handle, head, st.st_size, max_pixels, background, draft_size)
+            return _decode(handle, head, st.st_size, max_pixels, background, draft_size, jpeg_decoder)
         except DecodeError:
             raise
         except MemoryError:
@@ -272,6 +297,7 @@ def _decode(
     max_pixels: int | None,
     background: tuple[int, int, int],
     draft_size: tuple[int, int] | None,
+    jpeg_decoder: str = "pillow",
 ) -> Image.Image:
     """The Pillow part of :func:`open_image`; ``handle`` is open and non-empty."""
     with warnings.catch_warnings():
@@ -307,11 +333,17 @@ def _decode(
             raise DecodeError(f"image has no pixels ({width}×{height})")
 
         if draft_size is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
+            orientation = _exif_orientation(img)
             want_w, want_h = draft_size
-            if _exif_orientation(img) in (5, 6, 7, 8):
+            if orientation in (5, 6, 7, 8):
                 # The stored image is rotated 90° from how it is shown, and
                 # draft_size is in shown orientation.
                 want_w, want_h = want_h, want_w
+            if jpeg_decoder == "simplejpeg" and img.mode == "RGB":
+                fast = _simplejpeg_decode(handle, want_w, want_h)
+                if fast is not None:
+                    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
+                    return fast if transpose is None else fast.transpose(transpose)
             img.draft("RGB", (want_w, want_h))
 
         try:
@@ -335,3 +367,28 @@ def _decode(
             raise DecodeError(f"unsupported colour mode {img.mode} ({_short(exc)})") from None
     # The pixels are loaded into memory, so the image outlives the file handle closed here.
     return rgb
+
+
+def _simplejpeg_decode(handle: IO[bytes], min_width: int, min_height: int) -> Image.Image | None:
+    """A colour JPEG decoded by libjpeg-turbo at the smallest of its scales that keeps both sides at
+    least ``min_width`` × ``min_height``, or None to let Pillow decode it instead.
+
+    None when simplejpeg is not installed or reads the file with any error or warning
+    (``strict``: a truncated or damaged file): Pillow then decodes it as without this
+    option and refuses it with its usual reason.
+    """
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    handle.seek(0)
+    data = handle.read()
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=min_width, min_height=min_height,
+                                        strict=True)
+    except MemoryError:
+        raise
+    except Exception:  # Pillow decides what is wrong with it, with its own words
+        handle.seek(0)
+        return None
+    return Image.fromarray(pixels)

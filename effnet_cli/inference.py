@@ -28,8 +28,16 @@ from effnet_cli.results import EmbedBatch, Prediction, Result
 
 POOLS = ("mean", "max")
 
-# Reduced-size JPEG decoding stops at this multiple of the resize target (see Engine.open_kwargs).
+# Fast decoding (the default of `classify`; see Engine.open_kwargs and Engine.transform): JPEGs decode at
+# reduced size, no smaller than DRAFT_MARGIN × the resize target, by FAST_JPEG_DECODER, and with
+# FAST_CROPPED_RESIZE only the region the centre crop keeps would be resized, straight to the crop size.
+# The fast-decoding table in docs/benchmarks.md measures every combination: Pillow's draft at 1.5× with
+# the processor's own resize was the fastest that changes no more top-1s than it (simplejpeg changed
+# more at every margin and was no faster; Pillow's crop-only resize was slower than torchvision's
+# resize of the whole image).
 DRAFT_MARGIN = 1.5
+FAST_JPEG_DECODER = "pillow"
+FAST_CROPPED_RESIZE = False
 # Scheduling priority (nice) of the decode workers when the model runs on the CPU (see iter_batches).
 # Normal priority: at nice 19 the workers starve behind any busy program (with one busy process per
 # core, `effnet classify` made a handful of records a minute), and with the model's threads waiting
@@ -131,7 +139,13 @@ class Engine:
     # ------------------------------------------------------------ transforms
     @property
     def transform(self) -> Any:
-        """The picklable per-image preprocessing the decode workers run."""
+        """The picklable per-image preprocessing the decode workers run.
+
+        Exact decoding runs the processor's own resize then crop (bit-identical to transformers);
+        fast decoding resizes only the region the crop keeps (within one 8-bit level of it).
+        """
+        if self.draft and FAST_CROPPED_RESIZE:
+            return self.processor.preprocess_pil_cropped
         return self.processor.preprocess_pil
 
     @property
@@ -140,6 +154,7 @@ class Engine:
         kwargs: dict[str, Any] = {"max_pixels": self.max_pixels}
         size = self.processor.size
         if self.draft and self.processor.do_resize:
+            kwargs["jpeg_decoder"] = FAST_JPEG_DECODER
             # PIL's draft keeps both sides at least this large. Decoding right down to the resize target
             # lets the DCT's crude scaling replace the resize's filter, which flipped close top-1 calls
             # on the sample photos; with DRAFT_MARGIN the resize still does the last 1.5× or more

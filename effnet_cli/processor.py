@@ -804,6 +804,44 @@ class EfficientNetImageProcessor:
             raise InputError(f"preprocess_pil takes a PIL image, got {type(image).__name__}.")
         return self._process_one(image, None, to_rgb=True)
 
+    def preprocess_pil_cropped(self, image: Image.Image) -> torch.Tensor:
+        """Like :meth:`preprocess_pil`, but resizes only the part of the image the centre crop keeps.
+
+        The fast-decode path: one PIL ``resize(box=...)`` from the source region that survives
+        the crop straight to the crop size, instead of resizing the whole image and throwing the
+        margins away. Same filter, same sample positions, so the pixels are within one 8-bit
+        level of ``preprocess_pil``'s (Pillow computes the filter weights from the region's own
+        coordinates, and rounding differs), but not identical: exact preprocessing never uses it.
+        Falls back to :meth:`preprocess_pil` when there is no resize + crop to fuse (no crop, or
+        an image smaller than the crop, which is padded) and for nearest resampling (the hub's
+        b0 configs), which has no filter to save and where a rounding picks a neighbouring pixel.
+        """
+        if not isinstance(image, Image.Image):
+            raise InputError(f"preprocess_pil_cropped takes a PIL image, got {type(image).__name__}.")
+        if not (self.do_resize and self.do_center_crop) or self.resample == Image.Resampling.NEAREST:
+            return self.preprocess_pil(image)
+        height, width = self.resize_target(image.height, image.width)
+        crop_h, crop_w = self.crop_size["height"], self.crop_size["width"]
+        if height < crop_h or width < crop_w:
+            return self.preprocess_pil(image)
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2  # the crop's offsets, as _center_crop takes them
+        # The crop's window in source coordinates: output pixel i samples around (left + i + 0.5) * scale.
+        scale_x, scale_y = image.width / width, image.height / height
+        box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
+        rgb = _pil_to_rgb(image)
+        pixels = _pil_to_tensor(rgb.resize((crop_w, crop_h), resample=self.resample, box=box))
+        scale, shift = _affine_coefficients(
+            self.do_rescale,
+            self.rescale_factor,
+            self.rescale_offset,
+            self.do_normalize,
+            self.image_mean,
+            self.image_std,
+            self.include_top,
+        )
+        out = pixels.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        return out.mul_(scale).add_(shift)
+
     def _process_one(self, image: ImageLike, data_format: str | None, to_rgb: bool = False) -> torch.Tensor:
         """The whole pipeline for one image, in the reference's order."""
         if isinstance(image, Image.Image) and image.mode != "RGB" and not (to_rgb or self.do_convert_rgb):
