@@ -333,8 +333,8 @@ def render(results: dict[str, Any]) -> str:
             f"(tests/test_decode.py `test_cropped_resize_is_within_one_level_of_resize_then_crop`). So it is no "
             f"free speed-up for the exact path, which must stay bit-identical to transformers. When decoding fast "
             f"it took {span(crop_ratios)} the time of resizing the whole image and cropping"
-            + (" (torchvision's vectorised uint8 resize of the whole image beats Pillow's resampling of the part "
-               "that is kept)." if crop_ratios and min(crop_ratios) > 1 else "."))
+            + (" (the processor resizes with torchvision's uint8 kernels, which are faster on the whole image than "
+               "Pillow's resampling is on the kept part alone)." if crop_ratios and min(crop_ratios) > 1 else "."))
         sj = [(r, same("pillow", r["margin"], r["cropped"])) for r in rows if r["decoder"] == "simplejpeg"]
         sj = [(r, p) for r, p in sj if p]
         if sj:
