@@ -106,6 +106,27 @@ def test_hostile_jpegs_fail_or_decode_exactly_as_with_pillow(tmp_path):
 
 
 @needs_simplejpeg
+def test_the_loader_gives_every_hostile_file_the_same_record_with_either_decoder(tmp_path, photos):
+    from effnet_cli.data import iter_batches
+    from effnet_cli.processor import EfficientNetImageProcessor
+
+    processor = EfficientNetImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56},
+                                           do_center_crop=True, resample=2)
+    paths = [str(p) for p in (*photos, *hostile_jpegs(tmp_path).values())] + [str(tmp_path / "missing.jpg")]
+
+    def records(decoder: str) -> list[tuple[int, str | None]]:
+        kwargs = {"draft_size": (96, 96), "jpeg_decoder": decoder}
+        return [(pos, err) for batch in iter_batches(paths, processor.preprocess_pil, batch_size=4, workers=0,
+                                                     open_kwargs=kwargs)
+                for pos, _, err in batch.outcomes()]
+
+    pillow, fast = records("pillow"), records("simplejpeg")
+    assert fast == pillow
+    assert [pos for pos, _ in fast] == list(range(len(paths)))  # every input has its record, in order
+    assert sum(err is not None for _, err in fast) >= 4  # damaged files and the missing one are refused
+
+
+@needs_simplejpeg
 def test_grey_and_cmyk_jpegs_decode_as_before(tmp_path):
     cases = hostile_jpegs(tmp_path)
     for name in ("grey", "cmyk"):
