@@ -260,49 +260,94 @@ def run_decode(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_draft(args: argparse.Namespace) -> dict[str, Any]:
-    """Top-1 with draft decoding at several margins against a full decode, with the bundled Lite0 (real weights)."""
+    """The fast-decode options against exact decoding, with the bundled Lite0 (real weights).
+
+    Each option is the whole per-image path a decode worker runs (open, decode, resize, crop,
+    tensor), timed on one thread. The machine is shared, so the options are interleaved image by
+    image (every option decodes an image, in a shuffled order, before the next image): a burst of
+    other work then lands on all of them alike. Each round gives each option a mean over all the
+    images; the median round is kept. Top-1 flips are counted against exact decoding (full
+    decode + the processor's own resize).
+    """
+    import random
+
+    import torch
+
     import effnet_cli.inference as inference
     from effnet_cli import load_pretrained
-    from effnet_cli.inference import Engine, classify_paths
+    from effnet_cli.data import open_image
+    from effnet_cli.inference import Engine
 
     model, processor = load_pretrained("lite0")
     samples = sorted(str(p) for p in prepare.SAMPLES.glob("*.jpg"))
     paths = samples + Path(args.list).read_text().splitlines()
+    side = processor.size["shortest_edge"]
 
-    def top1(engine: Engine) -> list[tuple[int, float]]:
+    def option(decoder: str | None, margin: float | None, cropped: bool) -> Callable[[str], Any]:
+        from decoders import open_simplejpeg, preprocess_cropped
+
+        opener: Callable[..., Any] = open_simplejpeg if decoder == "simplejpeg" else open_image
+        kwargs: dict[str, Any] = {} if decoder is None else {"draft_size": (round(margin * side),) * 2}
+        if cropped:
+            return lambda path: preprocess_cropped(processor, opener(path, **kwargs))
+        return lambda path: processor.preprocess_pil(opener(path, **kwargs))
+
+    try:
+        import simplejpeg  # noqa: F401  (without it open_simplejpeg would quietly be Pillow's path)
+
+        decoders = ("pillow", "simplejpeg")
+    except ImportError:
+        decoders = ("pillow",)
+    options: list[dict[str, Any]] = [{"decoder": None, "margin": None, "cropped": False}]
+    for margin in args.margins:
+        for decoder in decoders:
+            for cropped in (False, True):
+                options.append({"decoder": decoder, "margin": margin, "cropped": cropped})
+    runs = [option(o["decoder"], o["margin"], o["cropped"]) for o in options]
+
+    # Time: one thread (what each decode worker gets), interleaved rounds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times: list[list[float]] = [[] for _ in options]
+    rng = random.Random(0)
+    for path in paths[:8]:  # warm up: file cache, lazy imports, first-call allocations
+        for run in runs:
+            run(path)
+    for _ in range(args.rounds):
+        spent = [0.0] * len(options)
+        order = list(range(len(options)))
+        for path in paths:
+            rng.shuffle(order)
+            for i in order:
+                start = time.perf_counter()
+                runs[i](path)
+                spent[i] += time.perf_counter() - start
+        for i, total in enumerate(spent):
+            times[i].append(total / len(paths) * 1e3)
+    torch.set_num_threads(threads)
+
+    # Top-1 (and the top-2 gap) per option, from the model on the same pixels.
+    engine = Engine(model, processor, device="cpu", draft=False)
+
+    def top1(run: Callable[[str], Any]) -> list[tuple[int, float]]:
         out = []
-        for results in classify_paths(engine, paths, top_k=2, batch_size=16, workers=0):
-            for r in results:
-                out.append((r.predictions[0].index, r.predictions[0].score - r.predictions[1].score))
+        for first in range(0, len(paths), 32):
+            batch = torch.stack([run(p) for p in paths[first:first + 32]])
+            for preds in engine.topk(batch, 2):
+                out.append((preds[0].index, preds[0].score - preds[1].score))
         return out
 
-    full = top1(Engine(model, processor, device="cpu", draft=False))
+    exact = top1(runs[0])
     rows = []
-    for margin in args.margins:
-        inference.DRAFT_MARGIN = margin
-        engine = Engine(model, processor, device="cpu", draft=True)
-        kwargs = engine.open_kwargs
-        decode_ms = _decode_ms(paths, kwargs)
-        got = top1(engine)
-        flips = [(Path(paths[i]).name, full[i][1], i < len(samples)) for i in range(len(paths))
-                 if got[i][0] != full[i][0]]
-        rows.append({"margin": margin, "draft_size": list(kwargs["draft_size"]), "decode_ms": decode_ms,
-                     "images": len(paths), "flips": len(flips), "flipped": flips,
-                     "max_gap": max((g for _, g, _ in flips), default=None)})
-    return {"full_decode_ms": _decode_ms(paths, {}), "rows": rows}
-
-
-def _decode_ms(paths: list[str], kwargs: dict[str, Any], passes: int = 3) -> float:
-    """Milliseconds per image to decode ``paths`` with ``open_image(**kwargs)``: the best of ``passes``."""
-    from effnet_cli.data import open_image
-
-    best = float("inf")
-    for _ in range(passes):
-        start = time.perf_counter()
-        for path in paths:
-            open_image(path, **kwargs)
-        best = min(best, (time.perf_counter() - start) / len(paths) * 1e3)
-    return best
+    for o, run, ms in zip(options, runs, times):
+        got = exact if run is runs[0] else top1(run)
+        flips = [(Path(paths[i]).name, exact[i][1], i < len(samples)) for i in range(len(paths))
+                 if got[i][0] != exact[i][0]]
+        rows.append({**o, "draft_size": None if o["margin"] is None else round(o["margin"] * side),
+                     "ms": statistics.median(ms), "ms_rounds": ms, "images": len(paths), "flips": len(flips),
+                     "flipped": flips, "max_gap": max((g for _, g, _ in flips), default=None)})
+    return {"rounds": args.rounds, "rows": rows,
+            "default": {"decoder": "pillow", "margin": inference.DRAFT_MARGIN, "cropped": False}}
 
 
 def main() -> None:
@@ -327,6 +372,7 @@ def main() -> None:
     draft = sub.add_parser("draft")
     draft.add_argument("--list", required=True, help="file with one image path per line")
     draft.add_argument("--margins", type=float, nargs="+", default=[2.0, 1.5, 1.0])
+    draft.add_argument("--rounds", type=int, default=5, help="interleaved timing passes per option")
     args = parser.parse_args()
     if getattr(args, "lib", "").startswith("effnet-auto"):
         # What the CLI runs: its thread policy is set before torch loads (effnet_cli.cli.app.main).

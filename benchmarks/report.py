@@ -278,21 +278,86 @@ def render(results: dict[str, Any]) -> str:
 
     draft = results.get("draft")
     if draft:
-        add("### Draft decoding and top-1")
+        add("### Fast decoding: options, time and top-1")
         add("")
-        add(f"How often reduced-size (draft) JPEG decoding changes the top-1 against a full decode, with the bundled "
-            f"Lite0 (real ImageNet weights; resize to 256, crop 224) over the 5 sample photos and the 256 camera "
-            f"JPEGs. Draft decoding stops at the given multiple of the resize target (256 px), so the resize "
-            f"filter does the rest; full decoding costs {_f(draft['full_decode_ms'], 2)} ms per image "
-            "(one thread, decode only, best of 3 passes). *top-2 gap* is the largest difference between the top two "
-            "probabilities (on the full decode) among the images whose top-1 changed: only near-ties flip.")
+        rows = draft["rows"]
+        exact = next(row for row in rows if row["decoder"] is None)
+        chosen = draft["default"]
+        today = next((row for row in rows if row["decoder"] == "pillow" and row["margin"] == 1.5
+                      and not row["cropped"]), None)
+
+        def is_default(row: dict[str, Any]) -> bool:
+            return (row["decoder"] == chosen["decoder"] and row["margin"] == chosen["margin"]
+                    and row["cropped"] == chosen["cropped"])
+
+        add(f"The whole per-image path a decode worker runs (open, decode, resize, crop, to tensor), on one thread, "
+            f"for each way of decoding fast, against exact decoding (full decode, then the processor's own resize "
+            f"and crop, bit-identical to transformers), with the bundled Lite0 (real ImageNet weights; resize to "
+            f"256, crop 224) over the 5 sample photos and {exact['images'] - 5} camera-sized JPEGs (640-1600 px). "
+            f"*margin* is how far the reduced-size decode may go: never below that multiple of the resize target. "
+            f"*Pillow* is `Image.draft` (libjpeg scales 1/2, 1/4, 1/8); *simplejpeg* is libjpeg-turbo's scaled "
+            f"decode (`min_width/min_height`, scales in eighths, so it stops closer to the margin). *crop-only "
+            f"resize* resizes just the region that survives the centre crop, straight to 224×224 (Pillow "
+            f"`resize(box=...)`), instead of resizing the whole image and cropping. Times are the median of "
+            f"{draft['rounds']} rounds (each option decodes every image once per round, the options interleaved "
+            f"image by image in a shuffled order); this machine's 2 cores are shared with other work, so they "
+            f"are noisy: read differences under ~10% as ties. *top-2 gap* is the largest difference between the "
+            f"top two probabilities (on the exact decode) among the images whose top-1 changed.")
         add("")
         lines.extend(_table(
-            ("margin", "decodes at least (px)", "decode (ms/image)", "top-1 changed", "largest top-2 gap among them",
-             "sample photos changed"), "rrrrrl",
-            ((f"{row['margin']:g}×", row["draft_size"][0], _f(row["decode_ms"], 2), f"{row['flips']} of {row['images']}",
-              _f(row["max_gap"], 3), ", ".join(name for name, _, is_sample in row["flipped"] if is_sample) or "none")
-             for row in draft["rows"])))
+            ("decoder", "margin", "decodes at least (px)", "resize", "ms/image", "÷ exact", "top-1 changed",
+             "largest top-2 gap among them", "sample photos changed"), "lrrlrrrrl",
+            (("exact (full decode)" if row["decoder"] is None else row["decoder"]
+              + (" **(default)**" if is_default(row) else ""),
+              "–" if row["margin"] is None else f"{row['margin']:g}×",
+              "–" if row["draft_size"] is None else row["draft_size"],
+              "crop only" if row["cropped"] else "whole, then crop",
+              _f(row["ms"], 2), _ratio(row["ms"], exact["ms"]), f"{row['flips']} of {row['images']}",
+              _f(row["max_gap"], 3),
+              ", ".join(name for name, _, is_sample in row["flipped"] if is_sample) or "none")
+             for row in rows)))
+        add("")
+        def same(decoder: str, margin: float, cropped: bool) -> dict[str, Any] | None:
+            return next((r for r in rows if r["decoder"] == decoder and r["margin"] == margin
+                         and r["cropped"] == cropped), None)
+
+        def span(ratios: list[float]) -> str:
+            return f"{min(ratios):.2f}–{max(ratios):.2f}×" if ratios else "–"
+
+        crop_ratios = [r["ms"] / whole["ms"] for r in rows if r["cropped"]
+                       for whole in [same(r["decoder"], r["margin"], False)] if whole]
+        add(f"* **Crop-only resize.** Resizing only the crop's region samples the same source positions with "
+            f"the same filter, but Pillow computes the filter weights from the region's own coordinates and the "
+            f"rounding differs: on the sample photos the pixels are within one 8-bit level of resize-then-crop "
+            f"(with Pillow's resize and with torchvision's, which the exact path uses), not identical "
+            f"(benchmarks/decoders.py `preprocess_cropped`). So it is no "
+            f"free speed-up for the exact path, which must stay bit-identical to transformers. When decoding fast "
+            f"it took {span(crop_ratios)} the time of resizing the whole image and cropping"
+            + (" (the processor resizes with torchvision's uint8 kernels, which are faster on the whole image than "
+               "Pillow's resampling is on the kept part alone)." if crop_ratios and min(crop_ratios) > 1 else "."))
+        sj = [(r, same("pillow", r["margin"], r["cropped"])) for r in rows if r["decoder"] == "simplejpeg"]
+        sj = [(r, p) for r, p in sj if p]
+        if sj:
+            counts = ", ".join(f"{r['flips']} at {r['margin']:g}× (Pillow {p['flips']})"
+                               for r, p in sj if not r["cropped"])
+            add(f"* **simplejpeg.** With the same margin and resize it changed the top-1 of {counts} images, "
+                f"in {span([r['ms'] / p['ms'] for r, p in sj])} Pillow's time. Its scales come in eighths, so it decodes "
+                f"closer to the margin than Pillow, which stops at the power of two above it, and leaves more of "
+                f"the downscaling to the DCT's cruder scaled IDCTs (benchmarks/decoders.py `open_simplejpeg`; "
+                f"files it cannot decode without a warning go through effnet's decoder).")
+        if today:
+            within = [r for r in rows if r["decoder"] is not None and r["flips"] <= today["flips"]
+                      and not any(is_sample for _, _, is_sample in r["flipped"])]
+            best = min(within, key=lambda r: r["ms"]) if within else None
+            add(f"* **The bound for the fast default**: no more top-1 changes against exact decoding than Pillow's "
+                f"draft at 1.5× with the whole-image resize (the default before this measurement: "
+                f"{today['flips']} of {today['images']} here), and none on the 5 sample photos; the fastest option "
+                f"within it becomes the default. "
+                + (f"Fastest within it in this run: {best['decoder']} at {best['margin']:g}× with "
+                   f"{'the crop-only' if best['cropped'] else 'the whole-image'} resize, {_f(best['ms'], 2)} ms/image "
+                   f"({_ratio(best['ms'], exact['ms'])} exact decoding). " if best else "")
+                + f"The default (`effnet_cli.inference.DRAFT_MARGIN`) is {chosen['decoder']} at "
+                f"{chosen['margin']:g}× with {'the crop-only' if chosen['cropped'] else 'the whole-image'} resize.")
         add("")
 
     cli = results.get("cli")
@@ -429,7 +494,7 @@ PROSE = """\
   the resize's own filter still does the last step of the downscaling. Decoding right down to the resize
   target is cheaper but lets the DCT's cruder scaling change close calls: with the bundled Lite0 it flipped
   the top-1 of astronaut.jpg (bobsled 0.148 vs football helmet 0.129 on a full decode), which fails the guard
-  (tests/test_optimize.py). The draft table above shows what each margin costs and changes.
+  (tests/test_optimize.py). The fast-decoding table above shows what each margin and decoder costs and changes.
 * **Decode overlapped with the model** (kept): worker processes decode and preprocess whole batches ahead
   of the model; see `--workers 0` for what the overlap is worth.
 * **bfloat16** (opt-in, `--dtype bfloat16`). On CPUs with AMX/AVX512-BF16 (this one) the convs run ~1.5×

@@ -249,10 +249,10 @@ def run_sustained(quick: bool) -> dict[str, Any]:
 
 
 def run_draft(quick: bool) -> dict[str, Any] | None:
-    """Top-1 agreement of draft decoding with a full decode (bundled Lite0), per margin."""
+    """Fast-decode options (decoder, margin, cropped resize): time per image and top-1 flips (bundled Lite0)."""
     listing = prepare.OUT / "draft.txt"
     listing.write_text("\n".join(str(p) for p in prepare.camera_jpegs(256)[: 32 if quick else 256]) + "\n")
-    return _contender_json(["draft", "--list", str(listing)])
+    return _contender_json(["draft", "--list", str(listing), "--rounds", "2" if quick else "5"])
 
 
 # ------------------------------------------------------------------ CLI
