@@ -145,7 +145,8 @@ def _time_backend(backend: str, model: Any, processor: Any, dtype: str, x: Any) 
         from effnet_cli.optimize import optimize
 
         fast = optimize(model, device="cpu", dtype=getattr(torch, dtype))
-        xt = x.to(getattr(torch, dtype)).contiguous(memory_format=torch.channels_last)
+        # bfloat16's float32 stem reads float32 pixels (optimize's input_dtype), as the Engine passes them.
+        xt = x.to(getattr(fast, "input_dtype", getattr(torch, dtype))).contiguous(memory_format=torch.channels_last)
 
         def call() -> None:
             with torch.inference_mode():
@@ -358,7 +359,8 @@ def keep_float32(path: Path) -> str:
     the pooling after the last convolution in float32 and gives the classifier a float32 output;
     the classifier cannot be marked (the attribute does not survive OpenVINO's conversion of the
     MatMul to its own FullyConnected op). Without the export's config.json, or when no layer has
-    that name, nothing is marked.
+    that name, nothing is marked; an IR marked already (``effnet export --dtype bfloat16``) is
+    returned as it is.
     """
     import re
     import xml.etree.ElementTree as ET
@@ -367,7 +369,7 @@ def keep_float32(path: Path) -> str:
 
     text = path.read_text("utf-8")
     config_file = path.parent / "config.json"
-    if not config_file.is_file():
+    if not config_file.is_file() or _KEEP_PRECISION["name"] in text:  # no config, or marked already
         return text
     blocks = EfficientNetConfig.from_json_file(config_file).blocks()
     boundary = next((b.index for b in blocks if b.stage > 0), None)

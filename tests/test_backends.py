@@ -87,6 +87,19 @@ def test_openvino_bfloat16_keeps_stem_and_first_stage_in_float32(small, tmp_path
     assert precisions[:first] == ["f32"] * first
     assert set(precisions[first:]) == {"bf16"}
     assert relative_error(torch.from_numpy(got), logits) < 5e-2
+    # `effnet export --format openvino --dtype bfloat16` writes the marks into the IR, for OpenVINO used directly.
+    import openvino as ov
+
+    from effnet_cli.export import write_export
+
+    exported = tmp_path / "bf16-export"
+    exported.mkdir()
+    write_export(model, processor, exported, fmt="openvino", dtype="bfloat16",
+                 onnx_source=model_file(cached_export(model, processor, "onnx", cache=tmp_path), "onnx"))
+    compiled = ov.Core().compile_model(str(model_file(exported, "openvino")), "CPU")  # the IR's own bf16 hint
+    direct = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+              if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    assert direct == precisions
 
 
 def test_export_is_cached_and_keyed_by_weights_and_size(small, tmp_path):
