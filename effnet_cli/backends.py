@@ -154,7 +154,8 @@ def _forward_call(backend: str, model: Any, processor: Any, dtype: str, x: Any) 
         from effnet_cli.optimize import optimize
 
         fast = optimize(model, device="cpu", dtype=getattr(torch, dtype))
-        xt = x.to(getattr(torch, dtype)).contiguous(memory_format=torch.channels_last)
+        # bfloat16's float32 stem reads float32 pixels (optimize's input_dtype), as the Engine passes them.
+        xt = x.to(getattr(fast, "input_dtype", getattr(torch, dtype))).contiguous(memory_format=torch.channels_last)
 
         def call() -> None:
             with torch.inference_mode():
@@ -376,6 +377,56 @@ class OnnxRuntimeRunner:
         return dict(zip(outputs, got))
 
 
+# OpenVINO's runtime attribute that keeps a layer at its own (float32) precision; the CPU plugin
+# honours it under the bfloat16 inference precision hint too (checked in tests/test_backends.py).
+_KEEP_PRECISION = {"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:f16"}
+
+
+def keep_float32(path: Path) -> str:
+    """The IR text of ``path`` (model.xml) with the stem and the first stage marked to run in float32.
+
+    Compiled with bfloat16 precision, OpenVINO then runs these layers in float32 and the rest in
+    bfloat16: the split :func:`effnet_cli.optimize.optimize` uses in bfloat16, for the same reason
+    (most top-1 flips come from rounding early in the network; benchmarks/bf16_agreement.py). They
+    are every layer before the first weight of the second stage's first block (named after the
+    PyTorch module in the export; the IR's layers are in topological order). OpenVINO itself keeps
+    the pooling after the last convolution in float32 and gives the classifier a float32 output;
+    the classifier cannot be marked (the attribute does not survive OpenVINO's conversion of the
+    MatMul to its own FullyConnected op). Without the export's config.json, or when no layer has
+    that name, nothing is marked; an IR marked already (``effnet export --dtype bfloat16``) is
+    returned as it is.
+    """
+    import re
+    import xml.etree.ElementTree as ET
+
+    from effnet_cli.config import EfficientNetConfig
+
+    text = path.read_text("utf-8")
+    config_file = path.parent / "config.json"
+    if not config_file.is_file() or _KEEP_PRECISION["name"] in text:  # no config, or marked already
+        return text
+    blocks = EfficientNetConfig.from_json_file(config_file).blocks()
+    boundary = next((b.index for b in blocks if b.stage > 0), None)
+    if boundary is None:
+        return text
+    root = ET.fromstring(text)
+    early = []
+    for layer in root.iter("layer"):
+        kind, name = layer.get("type"), layer.get("name", "")
+        if kind == "Const" and re.search(rf"encoder\.blocks\.{boundary}\.", name):
+            break
+        if kind not in ("Const", "Parameter"):
+            early.append(layer)
+    else:  # no such weight: an IR named otherwise; marking every layer would run it all in float32
+        return text
+    for layer in early:
+        rt_info = layer.find("rt_info")
+        if rt_info is None:
+            rt_info = ET.SubElement(layer, "rt_info")
+        ET.SubElement(rt_info, "attribute", _KEEP_PRECISION)
+    return ET.tostring(root, encoding="unicode")
+
+
 class OpenVinoRunner:
     """An OpenVINO model on the CPU, compiled for the batch size it first sees.
 
@@ -389,7 +440,11 @@ class OpenVinoRunner:
         import openvino as ov
 
         self.core = ov.Core()
-        self.model = self.core.read_model(str(path))
+        if dtype == "bfloat16":
+            self.model = self.core.read_model(keep_float32(path), ov.Tensor(np.fromfile(path.with_suffix(".bin"),
+                                                                                        dtype=np.uint8)))
+        else:
+            self.model = self.core.read_model(str(path))
         self.dtype = dtype
         self.compiled: Any = None
         self.queue: Any = None

@@ -213,6 +213,13 @@ def write_export(model: nn.Module, processor: Any, directory: Path, *, fmt: str,
     from effnet_cli.hub import config_json
 
     (directory / "config.json").write_text(config_json(model), "utf-8")
+    if fmt == "openvino" and dtype == "bfloat16":
+        from effnet_cli.backends import keep_float32
+
+        # The stem and first stage marked float32 in the IR itself, so OpenVINO used directly keeps them
+        # too (keep_float32 reads the config.json just written).
+        xml_path = directory / OPENVINO_NAME
+        xml_path.write_text(keep_float32(xml_path), "utf-8")
     processor.to_json_file(directory / "preprocessor_config.json")
     return ExportResult(directory=directory, format=fmt, dtype=dtype, image_size=image_size, batch=batch,
                         outputs=output_names(model), files=sorted(directory.iterdir()))

@@ -167,7 +167,9 @@ class Engine:
             x = x.pin_memory().to(self.device, non_blocking=True)
         else:
             x = x.to(self.device)
-        return x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        # optimize()'s bfloat16 model reads float32 pixels (its stem is float32); others read self.dtype.
+        dtype = getattr(self._model, "input_dtype", self.dtype)
+        return x.to(dtype).contiguous(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------- model
     @torch.inference_mode()

@@ -56,7 +56,8 @@ from effnet_cli.model import (
     EfficientNetSqueezeExciteLayer,
 )
 
-__all__ = ["optimize", "fold_batch_norm", "fold_batch_norms", "fuse_model", "resolve_device", "FusedConv2d", "keep_freed_memory"]
+__all__ = ["optimize", "fold_batch_norm", "fold_batch_norms", "fuse_model", "resolve_device", "FusedConv2d", "Float32Island",
+           "keep_freed_memory"]
 
 # (module type, conv attribute, norm attribute, activation attribute or None): each conv
 # is followed directly by its norm, and the norm by the activation when there is one.
@@ -280,6 +281,59 @@ def fuse_model(model: nn.Module, *, onednn: bool = True, fold_padding: bool = Tr
     return model
 
 
+# ------------------------------------------------------------------ bfloat16
+class Float32Island(nn.Module):
+    """A part of a bfloat16 model kept in float32: its input is cast up, its output to ``out_dtype``.
+
+    bfloat16 keeps 8 bits of mantissa. Measured on Lite0 with real weights
+    (benchmarks/bf16_agreement.py), most of the error that changes a top-1
+    class comes from the stem and the first stage, whose rounding every later
+    layer carries; they are a small part of the work. The head (pooling and
+    classifier) is kept in float32 too, so logits are not rounded to bfloat16
+    (steps of 1/16 near 10), which would turn close calls into ties.
+    """
+
+    def __init__(self, module: nn.Module, out_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.module = module.float()
+        self.out_dtype = out_dtype  # None: leave the output in float32
+        if hasattr(module, "spec"):
+            self.spec = module.spec  # EfficientNetModel.stage_output reads each block's spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.module(x.float())
+        return y if self.out_dtype is None else y.to(self.out_dtype)
+
+
+def _keep_float32_parts(fast: nn.Module, plain: EfficientNetPreTrainedModel, low: torch.dtype) -> None:
+    """Replace, in the bfloat16 copy ``fast``, the stem, the first stage and the head by float32 islands.
+
+    ``plain`` is the batch-norm-folded float32 model the islands are built from (not the bfloat16
+    weights: rounding the weights is part of the error). The stem and first-stage blocks pass
+    float32 between them and cast to bfloat16 once, after the last of them; the head conv's output
+    is cast up, so pooling and the classifier run in float32 and return float32.
+    """
+    base_fast = getattr(fast, "efficientnet", fast)
+    base_plain = getattr(plain, "efficientnet", plain)
+    blocks_fast, blocks_plain = base_fast.encoder.blocks, base_plain.encoder.blocks
+    first = [i for i, block in enumerate(blocks_plain) if block.spec.stage == 0]
+    base_fast.embeddings = Float32Island(base_plain.embeddings, None if first else low)
+    for i in first:
+        blocks_fast[i] = Float32Island(blocks_plain[i], low if i == first[-1] else None)
+    top = base_fast.encoder.top_conv
+    base_fast.encoder.top_conv = nn.Sequential(top, _ToFloat32())
+    if isinstance(getattr(fast, "classifier", None), nn.Linear):
+        fast.classifier = plain.classifier.float()
+    fast.input_dtype = torch.float32  # the stem reads float32 pixels: rounding them would lose input precision
+
+
+class _ToFloat32(nn.Module):
+    """Casts to float32: after the head conv, so pooling and the classifier run in float32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+
 # ------------------------------------------------------------------ device
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """``auto`` picks CUDA, then MPS, then CPU; other strings are checked against what is present."""
@@ -324,6 +378,10 @@ def optimize(model: EfficientNetPreTrainedModel, device: str | torch.device | No
     page-faulting them in again (:func:`effnet_cli.malloc.keep_freed_memory`:
     process-wide, about 1.4× on b0 at batch 16, more peak memory for b7);
     pass False to leave the process's allocator alone.
+    With ``dtype=torch.bfloat16`` the stem, the first stage and the head
+    (pooling, classifier) stay in float32 (:class:`Float32Island`): the model
+    takes float32 pixel values (``input_dtype``) and returns float32 logits and
+    features; everything between runs in bfloat16.
     Inputs may be given in either memory format; call it under
     ``torch.inference_mode()`` (or ``no_grad``). In float32 the logits agree
     with the original model's within 1e-4 of the largest logit (typically
@@ -337,6 +395,9 @@ def optimize(model: EfficientNetPreTrainedModel, device: str | torch.device | No
         malloc.keep_freed_memory()  # through the module: the keyword argument shadows the name here
     fast = fast.to(device=target, dtype=_dtype(dtype))
     fuse_model(fast)  # after the move: the fused path is chosen per call from the input's device and dtype
+    if _dtype(dtype) == torch.bfloat16:
+        plain = fuse_model(fold_batch_norms(copy.deepcopy(model).eval()).to(device=target, dtype=torch.float32))
+        _keep_float32_parts(fast, plain, torch.bfloat16)
     fast = fast.to(memory_format=torch.channels_last)
     for param in fast.parameters():
         param.requires_grad_(False)

@@ -54,13 +54,53 @@ def test_lite0_float32_and_bfloat16_on_the_photos(photos):
     pixels = sample_pixels(processor, photos)
     with torch.inference_mode():
         want = model(pixels).logits
+    bf16_backends = ["torch"]
     for backend in ("onnxruntime", "openvino"):
         if backend == "openvino" and not __import__("importlib").util.find_spec("openvino"):
             continue
         assert relative_error(Engine(model, processor, device="cpu", backend=backend).logits(pixels), want) <= 1e-4
         if backend == "openvino":
-            bf16 = Engine(model, processor, device="cpu", backend=backend, dtype="bfloat16")
-            assert bf16.logits(pixels).argmax(-1).tolist() == want.argmax(-1).tolist()
+            bf16_backends.append(backend)
+    for backend in bf16_backends:
+        bf16 = Engine(model, processor, device="cpu", backend=backend, dtype="bfloat16")
+        assert bf16.logits(pixels).argmax(-1).tolist() == want.argmax(-1).tolist(), backend
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="openvino not installed")
+def test_openvino_bfloat16_keeps_stem_and_first_stage_in_float32(small, tmp_path):
+    """OpenVINO honours the float32 marks under the bfloat16 hint: the first convolutions run in float32."""
+    from effnet_cli.backends import OpenVinoRunner, _openvino_bf16, keep_float32
+    from effnet_cli.export import model_file
+
+    if not _openvino_bf16():
+        pytest.skip("OpenVINO reports no native bfloat16 on this CPU")
+    model, processor, pixels, logits, *_ = small
+    path = model_file(cached_export(model, processor, "openvino", cache=tmp_path), "openvino")
+    assert "DisablePrecisionConversion" in keep_float32(path)
+    assert "DisablePrecisionConversion" not in path.read_text()  # the cached IR itself stays plain float32
+    runner = OpenVinoRunner(path, dtype="bfloat16")
+    got = runner.run(pixels.numpy(), ["logits"])["logits"]
+    precisions = [op.get_rt_info()["runtimePrecision"].astype(str)
+                  for op in runner.compiled.get_runtime_model().get_ordered_ops()
+                  if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    # Stem (1 conv) and the first stage (b0: depthwise, two squeeze-excite 1x1s, projection) in float32.
+    first = 1 + 4 * sum(1 for b in model.config.blocks() if b.stage == 0)
+    assert precisions[:first] == ["f32"] * first
+    assert set(precisions[first:]) == {"bf16"}
+    assert relative_error(torch.from_numpy(got), logits) < 5e-2
+    # `effnet export --format openvino --dtype bfloat16` writes the marks into the IR, for OpenVINO used directly.
+    import openvino as ov
+
+    from effnet_cli.export import write_export
+
+    exported = tmp_path / "bf16-export"
+    exported.mkdir()
+    write_export(model, processor, exported, fmt="openvino", dtype="bfloat16",
+                 onnx_source=model_file(cached_export(model, processor, "onnx", cache=tmp_path), "onnx"))
+    compiled = ov.Core().compile_model(str(model_file(exported, "openvino")), "CPU")  # the IR's own bf16 hint
+    direct = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+              if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    assert direct == precisions
 
 
 def test_export_is_cached_and_keyed_by_weights_and_size(small, tmp_path):

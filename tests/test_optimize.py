@@ -172,10 +172,40 @@ def test_bfloat16_runs_close():
     fast = optimize(model, dtype="bfloat16")
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(6))
     with torch.inference_mode():
-        got = fast(x.to(torch.bfloat16)).logits
+        got = fast(x).logits
         want = model(x).logits
-    assert got.dtype == torch.bfloat16
+    assert got.dtype == torch.float32  # the classifier runs in float32: logits are not rounded to bfloat16
     assert relative_error(got, want) < 5e-2  # bfloat16 keeps 8 bits of mantissa: opt-in, never the default
+
+
+def test_bfloat16_keeps_stem_first_stage_and_head_in_float32():
+    """The parts whose bfloat16 rounding flipped top-1 classes stay float32; everything else is bfloat16."""
+    model = random_model()
+    fast = optimize(model, dtype="bfloat16")
+    base = fast.efficientnet
+    first_stage = [b for b in model.efficientnet.encoder.blocks if b.spec.stage == 0]
+
+    def dtypes(module: nn.Module) -> set[torch.dtype]:
+        return {p.dtype for p in module.parameters()}
+
+    assert dtypes(base.embeddings) == {torch.float32}
+    assert dtypes(fast.classifier) == {torch.float32}
+    blocks = list(base.encoder.blocks)
+    assert all(dtypes(b) == {torch.float32} for b in blocks[:len(first_stage)])
+    assert all(dtypes(b) == {torch.bfloat16} for b in blocks[len(first_stage):])
+    assert dtypes(base.encoder.top_conv) == {torch.bfloat16}
+    assert fast.input_dtype == torch.float32
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        out = fast(x, output_hidden_states=True)
+        stage = base.stage_output(x.contiguous(memory_format=torch.channels_last), 2)
+        plain_stage = model.efficientnet.stage_output(x, 2)
+    assert out.logits.dtype == torch.float32 and out.hidden_states[-1].dtype == torch.bfloat16
+    assert relative_error(stage, plain_stage) < 5e-2
+    # The float32 path is untouched: no islands, float32 weights throughout.
+    plain_fast = optimize(model)
+    assert not hasattr(plain_fast, "input_dtype")
+    assert {p.dtype for p in plain_fast.parameters()} == {torch.float32}
 
 
 def test_optimize_sets_the_allocator_on_cpu_unless_told_not_to(monkeypatch):
