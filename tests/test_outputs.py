@@ -399,3 +399,16 @@ def test_resume_with_another_backend_is_refused(b0_small_dir: Path, photos: list
     res = run(["embed", *common, "--resume", "--backend", "onnxruntime"])
     assert res.exit_code == 2 and 'backend="torch" there, "onnxruntime" now' in res.stderr, res.stderr
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["classify", "embed"])
+def test_a_refused_run_leaves_no_directories_behind(command: str, photos: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "out"
+    res = run([command, str(photos[0]), "--model", str(tmp_path / "no-such-model"), "--output-dir", str(out)])
+    assert res.exit_code != 0 and "no-such-model" in res.stderr, res.stderr
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "theirs.txt").write_text("someone's file\n")
+    res = run([command, str(photos[0]), "--model", str(tmp_path / "no-such-model"), "--output-dir", str(kept)])
+    assert res.exit_code != 0 and sorted(p.name for p in kept.iterdir()) == ["theirs.txt"]

@@ -38,20 +38,32 @@ _HELD: set[Path] = set()  # lock files this process holds, so an early lock is n
 
 @contextlib.contextmanager
 def hold_lock(path: Path, output: Path) -> Iterator[None]:
-    """Hold the lock file ``path`` of ``output`` for the block (a no-op when this process already holds it)."""
+    """Hold the lock file ``path`` of ``output`` for the block (a no-op when this process already holds it).
+
+    Directories made for the lock are removed again when the run leaves them empty (it was refused,
+    or failed before writing anything), so a refused run leaves no trace.
+    """
     from effnet_cli.output.atomic import make_dir
 
     path = Path(os.path.abspath(path))
     if path in _HELD:
         yield
         return
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     make_dir(path.parent)
-    with OutputLock(path, output):
-        _HELD.add(path)
-        try:
-            yield
-        finally:
-            _HELD.discard(path)
+    try:
+        with OutputLock(path, output):
+            _HELD.add(path)
+            try:
+                yield
+            finally:
+                _HELD.discard(path)
+    finally:
+        for directory in made:  # deepest first; stops at the first one that holds something
+            try:
+                directory.rmdir()
+            except OSError:
+                break
 
 
 def lock_output(job: ShardJob) -> contextlib.AbstractContextManager[None]:
