@@ -400,7 +400,7 @@ def render(results: dict[str, Any]) -> str:
             "the records, when decoding and the model run side by side (the first quarter includes start-up, model "
             "loading and the batches decoded ahead meanwhile). b7 reads 32 files and its images/s covers the second "
             "half. **wall** is the whole process, start-up included. The contenders ran in rounds (order rotated; "
-            "timm and torchvision only in the first); each row is the round with the median images/s and *runs* lists "
+            "timm and torchvision only in the first, over the first 512 of the b0 paths); each row is the round with the median images/s and *runs* lists "
             "them all. effnet is the real CLI (`effnet classify - --model DIR --format jsonl --top-k 5 -b 16`, paths "
             "on stdin, default decode workers) with its default backend and with each `--backend`; ONNX Runtime and "
             "OpenVINO used directly run effnet's export fed by effnet's processor in a DataLoader of 2 workers; "
@@ -418,7 +418,9 @@ def render(results: dict[str, Any]) -> str:
             lines.extend(_table(
                 ("contender", "images/s", "runs", "wall (s)", "first batch at (s)", "peak RSS (MB)", "tree PSS (MB)",
                  "effnet ÷ this"), "lrlrrrrr",
-                ((E2E_LABELS[row["lib"]] + ("" if row["ok"] else " (failed)"), _f(row["steady_images_per_s"]),
+                ((E2E_LABELS[row["lib"]] + ("" if row["ok"] else " (failed)")
+                  + (f" ({row['images']:,} paths)" if row["images"] != rows[0]["images"] else ""),
+                  _f(row["steady_images_per_s"]),
                   ", ".join(_f(r) for r in row.get("runs", [row["steady_images_per_s"]])), _f(row["wall_s"]),
                   _f(row["first_batch_s"]), _f(row["peak_rss_mb"], 0), _f(row["peak_tree_pss_mb"], 0),
                   _ratio(ours, row["steady_images_per_s"])) for row in rows)))
@@ -558,7 +560,8 @@ def render(results: dict[str, Any]) -> str:
         add("")
         if ab.get("e2e"):
             add("**End to end**, `effnet classify` in steady state with b0 (the 1,024 linked camera JPEG paths, "
-                "images/s over the middle half of the records, median of the repeats, variants interleaved):")
+                "images/s over the middle half of the records, the settings run one after another; *runs* lists "
+                "each pass):")
             add("")
             lines.extend(_table(("setting", "images/s", "runs"), "lrl",
                                 ((row["name"], _f(row["images_per_s"]), ", ".join(_f(r) for r in row["runs"]))
