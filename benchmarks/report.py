@@ -221,9 +221,14 @@ def why_not_met(results: dict[str, Any]) -> list[str]:
     if r and r["median"] < 1.3:
         a7 = _forward_lookup(fwd, "b7", 16, "effnet-auto")
         t7 = _forward_lookup(fwd, "b7", 16, "effnet-engine")
-        notes.append("b7 end to end against `--backend torch`: b7 is all model, so end to end follows the forward, "
-                     + (f"where the default backend is {a7 / t7:.2f}× torch at batch 16 here."
-                        if a7 and t7 else "which the runtimes barely speed up on this CPU."))
+        c7 = ((results.get("auto") or {}).get("b7") or {}).get("float32/16") or {}
+        probe = ", ".join(f"{b} {v:.2f}" for b, v in (c7.get("measured") or {}).items())
+        notes.append(f"b7 end to end against `--backend torch` ({r['median']:.2f}×): b7 is all model, so end to end "
+                     "follows the forward"
+                     + (f", where the default backend is {a7 / t7:.2f}× torch at batch 16 here" if a7 and t7 else "")
+                     + (f"; auto chose {c7['backend']} from its short probe ({probe} images/s), which the longer "
+                        "timed run did not bear out" if c7.get("backend") and c7["backend"] != "torch" else "")
+                     + ".")
     loaded = results.get("loaded") or {}
     for row in loaded.get("rows", []):
         need = {1: 0.40, 2: 0.25}.get(row["busy"])
@@ -333,7 +338,7 @@ def render(results: dict[str, Any]) -> str:
     if auto:
         add("`auto`'s choices in this run (the backend it picked, and the images/s its own probe measured): " + "; ".join(
             f"{variant} {key.replace('/', ', batch ')}: **{c['backend']}**" + (
-                " (" + ", ".join(f"{b} {v:.0f}" for b, v in c["measured"].items()) + ")" if c.get("measured") else "")
+                " (" + ", ".join(f"{b} {v:.3g}" for b, v in c["measured"].items()) + ")" if c.get("measured") else "")
             for variant, choices in auto.items() for key, c in choices.items()) + ".")
         add("")
     fr = results.get("forward_ratios")
