@@ -91,7 +91,7 @@ def peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------ forward
-def build_forward(lib: str, variant: str) -> tuple[Callable[[Any], Any], bool]:
+def build_forward(lib: str, variant: str, batch: int = 16) -> tuple[Callable[[Any], Any], bool]:
     """(model call returning logits, whether it wants channels-last input)."""
     import torch
 
@@ -109,8 +109,10 @@ def build_forward(lib: str, variant: str) -> tuple[Callable[[Any], Any], bool]:
     if lib in ("effnet-auto", "effnet-auto-bf16"):
         from effnet_cli.inference import Engine
 
+        # Told the batch size, as the CLI tells it: auto's choice is measured per batch size (and remembered
+        # in $EFFNET_CACHE, where run.py has measured it already, so this process only reads it).
         engine = Engine.from_pretrained(str(prepare.effnet_dir(variant)), device="cpu", backend="auto",
-                                        dtype="bfloat16" if lib.endswith("bf16") else None)
+                                        dtype="bfloat16" if lib.endswith("bf16") else None, batch_size=batch)
         return engine.logits, False
     if lib == "torchvision":
         model = prepare.torchvision_model(variant).to(memory_format=torch.channels_last)
@@ -133,7 +135,7 @@ def run_forward(args: argparse.Namespace) -> dict[str, Any]:
     if args.lib in NUMPY_LIBS:
         call, channels_last = runtime_forward(args.lib, args.variant, args.batch), False
     else:
-        call, channels_last = build_forward(args.lib, args.variant)
+        call, channels_last = build_forward(args.lib, args.variant, args.batch)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, size, size, generator=gen)
     if channels_last:
@@ -152,6 +154,32 @@ def run_forward(args: argparse.Namespace) -> dict[str, Any]:
     return {"lib": args.lib, "variant": args.variant, "size": size, "batch": args.batch, "warmup": args.warmup,
             "iters": args.iters, "images_per_s": args.batch / median, "times_s": times,
             "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(), "channels_last": channels_last}
+
+
+def run_prewarm(args: argparse.Namespace) -> dict[str, Any]:
+    """Make `--backend auto` measure and remember its choice for each batch size and dtype, now.
+
+    The choice is stored in $EFFNET_CACHE; the timed contenders and CLI runs after this one read
+    it instead of exporting and measuring inside the time being measured.
+    """
+    import json as json_
+
+    from effnet_cli.hub import cache_root
+    from effnet_cli.inference import Engine
+
+    out: dict[str, Any] = {}
+    for dtype in args.dtypes:
+        for batch in args.batches:
+            engine = Engine.from_pretrained(str(prepare.effnet_dir(args.variant)), device="cpu", backend="auto",
+                                            dtype=dtype, batch_size=batch)
+            out[f"{dtype}/{batch}"] = {"backend": engine.backend}
+    # What each backend measured, from the remembered records (one per model, batch size and dtype).
+    for record in sorted((cache_root() / "exports" / "auto").glob("*.json")):
+        data = json_.loads(record.read_text())
+        key = f"{data.get('dtype')}/{data.get('batch')}"
+        if key in out and data.get("size", [0])[0] == prepare.VARIANTS[args.variant][0]:
+            out[key]["measured"] = data.get("images_per_s")
+    return {"variant": args.variant, "choices": out}
 
 
 # ------------------------------------------------------------------ end to end
@@ -200,9 +228,21 @@ def run_e2e(args: argparse.Namespace) -> None:
     if args.lib == "transformers":
         from transformers import pipeline
 
+        from torch.utils.data import Dataset
+
+        class Paths(Dataset):
+            """The paths as a sized Dataset: the pipeline then streams results as batches finish and
+            decodes in ``num_workers`` DataLoader workers (a generator would force one worker, a list
+            would return everything at the end)."""
+
+            def __len__(self) -> int:
+                return len(paths)
+
+            def __getitem__(self, i: int) -> str:
+                return paths[i]
+
         pipe = pipeline("image-classification", model=str(prepare.hf_dir(args.variant)), device="cpu")
-        # A generator streams results as batches finish instead of returning one list at the end.
-        results = pipe((p for p in paths), batch_size=args.batch, top_k=5)
+        results = pipe(Paths(), batch_size=args.batch, num_workers=args.workers, top_k=5)
         for path, preds in zip(paths, results):
             _emit(path, [p["score"] for p in preds], [p["label"] for p in preds])
             sys.stdout.flush()
@@ -359,6 +399,8 @@ def main() -> None:
     fwd.add_argument("--batch", type=int, required=True)
     fwd.add_argument("--warmup", type=int, default=2)
     fwd.add_argument("--iters", type=int, default=10)
+    fwd.add_argument("--thread-policy", choices=("cli", "torch"), default="cli",
+                     help="effnet's Engine rows: the CLI's OpenMP waiting policy (default) or torch's own")
     e2e = sub.add_parser("e2e")
     e2e.add_argument("--lib", choices=LIBS, required=True)
     e2e.add_argument("--variant", choices=sorted(prepare.VARIANTS), required=True)
@@ -369,13 +411,19 @@ def main() -> None:
     dec.add_argument("--variant", choices=sorted(prepare.VARIANTS), required=True)
     dec.add_argument("--batch", type=int, default=16)
     dec.add_argument("--list", required=True, help="file with one image path per line")
+    warm = sub.add_parser("prewarm")
+    warm.add_argument("--variant", choices=sorted(prepare.VARIANTS), required=True)
+    warm.add_argument("--batches", type=int, nargs="+", default=[16])
+    warm.add_argument("--dtypes", nargs="+", default=["float32"])
     draft = sub.add_parser("draft")
     draft.add_argument("--list", required=True, help="file with one image path per line")
     draft.add_argument("--margins", type=float, nargs="+", default=[2.0, 1.5, 1.0])
     draft.add_argument("--rounds", type=int, default=5, help="interleaved timing passes per option")
     args = parser.parse_args()
-    if getattr(args, "lib", "").startswith("effnet-auto"):
-        # What the CLI runs: its thread policy is set before torch loads (effnet_cli.cli.app.main).
+    cli_policy = getattr(args, "thread_policy", "cli") == "cli"
+    if (cli_policy and getattr(args, "lib", "").startswith(("effnet-auto", "effnet-engine"))) or args.what == "prewarm":
+        # What the CLI runs (its default backend, and `--backend torch`): its thread policy is set before
+        # torch loads (effnet_cli.cli.app.main).
         from effnet_cli.cli.app import _thread_waiting_policy
 
         _thread_waiting_policy()
@@ -383,6 +431,8 @@ def main() -> None:
         print(json.dumps(run_forward(args)))
     elif args.what == "decode":
         print(json.dumps(run_decode(args)))
+    elif args.what == "prewarm":
+        print(json.dumps(run_prewarm(args)))
     elif args.what == "draft":
         print(json.dumps(run_draft(args)))
     else:

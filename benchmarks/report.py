@@ -14,10 +14,11 @@ from typing import Any
 
 LIB_LABELS = {
     "effnet": "effnet `optimize(keep_freed_memory=False)` (glibc's default allocator behaviour)",
-    "effnet-engine": "effnet `optimize()` — what `effnet classify` runs (`--backend torch`, the default)",
+    "effnet-engine": "effnet `optimize()` — what `effnet classify --backend torch` runs",
     "effnet-engine-bf16": "effnet `optimize(dtype=bfloat16)`",
-    "effnet-auto": "effnet `Engine(backend=\"auto\")` — `effnet classify --backend auto`",
-    "effnet-auto-bf16": "effnet `Engine(backend=\"auto\", dtype=\"bfloat16\")`",
+    "effnet-auto": "effnet's default backend: `Engine(backend=\"auto\", batch_size=N)`, as `effnet classify` runs it",
+    "effnet-auto-bf16": "effnet's default backend in bfloat16: `Engine(backend=\"auto\", dtype=\"bfloat16\", "
+                        "batch_size=N)`",
     "onnxruntime": "ONNX Runtime used directly (ORT_ENABLE_ALL, threads = cores)",
     "openvino": "OpenVINO used directly (float32, THROUGHPUT/LATENCY hint, async requests)",
     "openvino-bf16": "OpenVINO used directly, bfloat16 inference precision",
@@ -26,11 +27,13 @@ LIB_LABELS = {
     "transformers": "transformers `EfficientNetForImageClassification`",
 }
 E2E_LABELS = {
-    "effnet": "`effnet classify` (the CLI, jsonl to a pipe)",
+    "effnet": "`effnet classify` (the CLI, jsonl to a pipe; default backend `auto`)",
     "effnet-torch": "`effnet classify --backend torch`",
+    "effnet-onnxruntime": "`effnet classify --backend onnxruntime`",
+    "effnet-openvino": "`effnet classify --backend openvino`",
     "onnxruntime": "ONNX Runtime used directly (effnet's processor + DataLoader)",
     "openvino": "OpenVINO used directly (effnet's processor + DataLoader)",
-    "transformers": "transformers `pipeline(\"image-classification\")`",
+    "transformers": "transformers `pipeline(\"image-classification\")`, `num_workers=2`",
     "timm": "timm (`resolve_data_config` + `create_transform` + DataLoader)",
     "torchvision": "torchvision (weights' `transforms()` + DataLoader)",
 }
@@ -82,7 +85,7 @@ def _check(ok: bool | None) -> str:
 
 
 def sustained_share(sustained: dict[str, Any] | None, variant: str) -> tuple[float, list[float]] | None:
-    """(median, per pair) of the CLI's steady-state images/s over `optimize()`'s forward images/s."""
+    """(median, per pair) of the CLI's steady-state images/s over its default backend's forward images/s."""
     if not sustained:
         return None
     pairs = sustained["pairs"] if variant == "b0" else [sustained.get(variant, {})]
@@ -91,11 +94,162 @@ def sustained_share(sustained: dict[str, Any] | None, variant: str) -> tuple[flo
     return (statistics.median(shares), shares) if shares else None
 
 
+def _ratio_row(ratios: list[dict[str, Any]], name: str, **where: Any) -> dict[str, Any] | None:
+    for r in ratios:
+        if r["name"] == name and all(r.get(k) == v for k, v in where.items()) and r.get("median") is not None:
+            return r
+    return None
+
+
+def _rounds(r: dict[str, Any]) -> str:
+    runs = r["per_round"]
+    return f"{r['median']:.2f}×" + (f" (median of {len(runs)} rounds: {', '.join(f'{x:.2f}' for x in runs)})"
+                                    if len(runs) > 1 else " (one round)")
+
+
+def _e2e_rss(e2e: list[dict[str, Any]], lib: str) -> float | None:
+    for row in e2e:
+        if row["variant"] == "b0" and row["lib"] == lib:
+            return row["peak_rss_mb"]
+    return None
+
+
+def speed_targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for each "must be true" line of the backends work: medians of per-round ratios."""
+    fr = results.get("forward_ratios", [])
+    er = results.get("e2e_ratios", [])
+    out = []
+    best = "default ÷ best(ONNX Runtime, OpenVINO)"
+    for batch in (1, 16):
+        r = _ratio_row(fr, best, batch=batch)
+        out.append(((f"forward b0/224, float32, batch {batch}: the default backend ≥ 1.0× the best of ONNX Runtime "
+                     "and OpenVINO used directly"), _rounds(r) if r else "–", _check(r["median"] >= 1.0) if r else "–"))
+    r = _ratio_row(fr, "default ÷ --backend torch", batch=1)
+    out.append(("forward b0/224, float32, batch 1: the default backend ≥ 2.5× `--backend torch`",
+                _rounds(r) if r else "–", _check(r["median"] >= 2.5) if r else "–"))
+    bf = [_ratio_row(fr, "default bf16 ÷ OpenVINO bf16", batch=b) for b in (1, 16)]
+    bf = [r for r in bf if r]
+    out.append(("forward b0/224 in bfloat16: the default backend ≥ 1.0× OpenVINO bf16 used directly",
+                "; ".join(f"batch {r['batch']}: {_rounds(r)}" for r in bf) or "–",
+                _check(all(r["median"] >= 1.0 for r in bf)) if bf else "–"))
+    for name, label, need in (("default ÷ --backend torch", "`effnet classify --backend torch`", 1.5),
+                              ("default ÷ transformers pipeline", "the transformers pipeline (`num_workers=2`)", 5.0)):
+        r = _ratio_row(er, name, variant="b0")
+        out.append(((f"end to end b0, {r['images'] if r else 1024:,} camera JPEG paths → top-5, steady state, "
+                     f"batch 16: `effnet classify` ≥ {need:g}× {label}"), _rounds(r) if r else "–",
+                    _check(r["median"] >= need) if r else "–"))
+    r = _ratio_row(er, "default ÷ --backend torch", variant="b7")
+    out.append(("end to end b7: `effnet classify` ≥ 1.3× `--backend torch`", _rounds(r) if r else "–",
+                _check(r["median"] >= 1.3) if r else "–"))
+    loaded = results.get("loaded")
+    for busy, need in ((1, 0.40), (2, 0.25)):
+        row = next((x for x in (loaded or {}).get("rows", []) if x["lib"] == "effnet" and x["busy"] == busy), None)
+        share = row.get("share") if row else None
+        which = "a busy process pinned to one core" if busy == 1 else "one pinned to each core"
+        out.append((f"`effnet classify` with {which}: ≥ {need:.0%} of its unloaded steady state",
+                    (f"{share:.0%} ({_f(row['images_per_s'])} images/s; rounds: "
+                     f"{', '.join(f'{x:.0%}' for x in row['share_per_round'])})") if share is not None else "–",
+                    _check(share >= need) if share is not None else "–"))
+    rss = {lib: _e2e_rss(results.get("e2e", []), lib) for lib in ("effnet", "effnet-torch", "effnet-onnxruntime",
+                                                                   "effnet-openvino")}
+    if rss["effnet"] is not None:
+        out.append(("peak RSS of the main process of `effnet classify` b0 ≤ 500 MB",
+                    f"{rss['effnet']:.0f} MB (default); " + ", ".join(
+                        f"{lib.removeprefix('effnet-')} {v:.0f} MB" for lib, v in rss.items()
+                        if v is not None and lib != "effnet"),
+                    _check(rss["effnet"] <= 500)))
+    else:
+        out.append(("peak RSS of the main process of `effnet classify` b0 ≤ 500 MB", "–", "–"))
+    return out
+
+
+def why_not_met(results: dict[str, Any]) -> list[str]:
+    """One or two sentences per unmet speed target, computed from this run's numbers."""
+    fwd = results.get("forward", [])
+    fr = results.get("forward_ratios", [])
+    er = results.get("e2e_ratios", [])
+    auto = (results.get("auto") or {}).get("b0", {})
+    notes = []
+    for batch in (1, 16):
+        r = _ratio_row(fr, "default ÷ best(ONNX Runtime, OpenVINO)", batch=batch)
+        if r and r["median"] < 1.0:
+            choice = auto.get(f"float32/{batch}", {}).get("backend", "?")
+            notes.append(f"Forward at batch {batch}: the default backend ran {choice} (auto's choice in this run) and "
+                         f"reached {r['median']:.2f}× the faster runtime used directly (rounds "
+                         f"{min(r['per_round']):.2f}–{max(r['per_round']):.2f}): what is left is the wrapping around "
+                         "the runtime (the input handed over as numpy, the outputs copied back), or auto's short "
+                         "probe ranking the runtimes differently from the longer timed runs.")
+    r = _ratio_row(fr, "default ÷ --backend torch", batch=1)
+    if r and r["median"] < 2.5:
+        torch1 = _forward_lookup(fwd, "b0", 1, "effnet-engine")
+        best1 = max(filter(None, (_forward_lookup(fwd, "b0", 1, lib) for lib in ("onnxruntime", "openvino"))),
+                    default=None)
+        if torch1 and best1:
+            notes.append(f"Forward at batch 1 against `--backend torch`: on this CPU the fastest runtime used directly "
+                         f"is itself only {best1 / torch1:.2f}× `optimize()` ({best1:.0f} against {torch1:.0f} images/s), "
+                         "so no choice of backend reaches 2.5× here; the issue's 2.9–3.4× was an Intel Xeon with AMX.")
+    for batch in (1, 16):
+        r = _ratio_row(fr, "default bf16 ÷ OpenVINO bf16", batch=batch)
+        if r and r["median"] < 1.0:
+            choice = auto.get(f"bfloat16/{batch}", {}).get("backend", "?")
+            notes.append(f"bfloat16 forward at batch {batch}: the default backend ran {choice} and reached "
+                         f"{r['median']:.2f}× OpenVINO bf16 used directly.")
+    sus = results.get("sustained") or {}
+    pairs = [x for x in sus.get("pairs", []) if x.get("forward") and x.get("decode")]
+    r = _ratio_row(er, "default ÷ --backend torch", variant="b0")
+    if r and r["median"] < 1.5:
+        f_auto = _forward_lookup(fwd, "b0", 16, "effnet-auto")
+        f_torch = _forward_lookup(fwd, "b0", 16, "effnet-engine")
+        decode = statistics.median(x["decode"] for x in pairs) if pairs else None
+        if f_auto and f_torch and decode:
+            ceil_a, ceil_t = 1 / (1 / f_auto + 1 / decode), 1 / (1 / f_torch + 1 / decode)
+            notes.append(f"End to end against `--backend torch`: decoding and the model share the 2 cores, so the "
+                         f"ceiling is 1/(1/forward + 1/decode): with decode at {decode:.0f} images/s, "
+                         f"{ceil_a:.0f} images/s for the default's forward ({f_auto:.0f}) against {ceil_t:.0f} for "
+                         f"torch's ({f_torch:.0f}): at most {ceil_a / ceil_t:.2f}×, whatever the backend.")
+        else:
+            notes.append(f"End to end against `--backend torch`: {r['median']:.2f}×; decoding and the model share the "
+                         "2 cores, so a faster forward gains only part of its speed-up end to end.")
+    r = _ratio_row(er, "default ÷ transformers pipeline", variant="b0")
+    if r and r["median"] < 5.0:
+        ours = _e2e_lookup(results.get("e2e", []), "b0", "effnet")
+        pipe = _e2e_lookup(results.get("e2e", []), "b0", "transformers")
+        notes.append(f"End to end against the transformers pipeline: with `num_workers=2` the pipeline decodes in "
+                     f"parallel too ({_f(pipe)} images/s against effnet's {_f(ours)}); effnet's lead is then its "
+                     "forward and its cheaper draft decode, bounded by the same decode-plus-forward ceiling.")
+    r = _ratio_row(er, "default ÷ --backend torch", variant="b7")
+    if r and r["median"] < 1.3:
+        a7 = _forward_lookup(fwd, "b7", 16, "effnet-auto")
+        t7 = _forward_lookup(fwd, "b7", 16, "effnet-engine")
+        c7 = ((results.get("auto") or {}).get("b7") or {}).get("float32/16") or {}
+        probe = ", ".join(f"{b} {v:.2f}" for b, v in (c7.get("measured") or {}).items())
+        notes.append(f"b7 end to end against `--backend torch` ({r['median']:.2f}×): b7 is all model, so end to end "
+                     "follows the forward"
+                     + (f", where the default backend is {a7 / t7:.2f}× torch at batch 16 here" if a7 and t7 else "")
+                     + (f"; auto chose {c7['backend']} from its short probe ({probe} images/s), which the longer "
+                        "timed run did not bear out" if c7.get("backend") and c7["backend"] != "torch" else "")
+                     + ".")
+    loaded = results.get("loaded") or {}
+    for row in loaded.get("rows", []):
+        need = {1: 0.40, 2: 0.25}.get(row["busy"])
+        if row["lib"] == "effnet" and need and row.get("share") is not None and row["share"] < need:
+            notes.append(f"Under load ({row['load']}): {row['share']:.0%} of the unloaded rate; each busy process "
+                         "takes a core's worth of time slices from the model's threads and the decode workers alike.")
+    rss = _e2e_rss(results.get("e2e", []), "effnet")
+    if rss is not None and rss > 500:
+        base = results.get("import_torch_rss_mb")
+        notes.append(f"Memory: the main process peaks at {rss:.0f} MB"
+                     + (f"; `import torch` alone is {base:.0f} MB here" if base else "")
+                     + ", and the CLI imports torch with every backend (the decode pipeline hands batches over as "
+                     "tensors), so 500 MB is out of reach until the runtimes' path avoids torch.")
+    return notes
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) rows."""
     fwd = results.get("forward", [])
     e2e = results.get("e2e", [])
-    out = []
+    out = speed_targets(results)
     opt = _forward_lookup(fwd, "b0", 16, "effnet")
     eng = _forward_lookup(fwd, "b0", 16, "effnet-engine")
     tv = _forward_lookup(fwd, "b0", 16, "torchvision")
@@ -106,16 +260,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                         f"`optimize()` {eng / other:.2f}×" + (f" (with glibc's default allocator behaviour: "
                                                               f"{opt / other:.2f}×)" if opt else ""),
                         _check(eng / other >= need)))
-    for variant, need in (("b0", 3.0), ("b7", 2.0)):
+    for variant, need in (("b0", None), ("b7", 2.0)):
         ours = _e2e_lookup(e2e, variant, "effnet")
         pipe = _e2e_lookup(e2e, variant, "transformers")
-        if ours and pipe:
+        if ours and pipe and need:  # b0 against the pipeline: the 5× line above
             out.append((f"end to end {variant}: `effnet classify` ≥ {need:g}× the pipeline", f"{ours / pipe:.2f}×",
                         _check(ours / pipe >= need)))
         share = sustained_share(results.get("sustained"), variant)
         if share is not None:
             median, shares = share
-            out.append((f"end to end {variant}: ≥ 80% of effnet's own forward (batch 16), steady state",
+            out.append((f"end to end {variant}: ≥ 80% of effnet's own forward (default backend, batch 16), steady state",
                         f"{100 * median:.0f}%" + (f" (median of pairs: {', '.join(f'{100 * x:.0f}%' for x in shares)})"
                                                    if len(shares) > 1 else ""),
                         _check(median >= 0.8)))
@@ -168,6 +322,36 @@ def render(results: dict[str, Any]) -> str:
     add("")
     lines.extend(_table(("target", "measured", ""), "lll", targets(results)))
     add("")
+    add("Ratios are taken within each round of interleaved measurements (each contender in its own process, the "
+        "order rotated every round) and the median over the rounds is reported, so that drift in the machine's "
+        "speed cancels out. \"The default backend\" is `--backend auto`, what `effnet classify` and `Engine` run "
+        "unless told otherwise: it picks the fastest of PyTorch, ONNX Runtime and OpenVINO by measuring them once "
+        "per model, batch size and machine (this run measured first, so no timed process includes that).")
+    add("")
+    notes = why_not_met(results)
+    if notes:
+        add("Where a target is not met, why (from the numbers of this run):")
+        add("")
+        lines.extend(f"* {n}" for n in notes)
+        add("")
+    auto = results.get("auto")
+    if auto:
+        add("`auto`'s choices in this run (the backend it picked, and the images/s its own probe measured): " + "; ".join(
+            f"{variant} {key.replace('/', ', batch ')}: **{c['backend']}**" + (
+                " (" + ", ".join(f"{b} {v:.3g}" for b, v in c["measured"].items()) + ")" if c.get("measured") else "")
+            for variant, choices in auto.items() for key, c in choices.items()) + ".")
+        add("")
+    fr = results.get("forward_ratios")
+    er = results.get("e2e_ratios")
+    if fr or er:
+        add("All ratios of the default backend, per round:")
+        add("")
+        cells = [(f"forward {r['variant']}, batch {r['batch']}", r["name"], _rounds(r)) for r in fr or []
+                 if r.get("median") is not None]
+        cells += [(f"end to end {r['variant']}, {r['images']:,} paths", r["name"], _rounds(r)) for r in er or []
+                  if r.get("median") is not None]
+        lines.extend(_table(("measurement", "ratio", "median (rounds)"), "lll", cells))
+        add("")
 
     fwd = results.get("forward")
     if fwd:
@@ -177,7 +361,11 @@ def render(results: dict[str, Any]) -> str:
             "threads. Each library runs in its own process (peak memory is that process's RSS high-water mark, "
             "imports and weights included). images/s is from the median iteration; where a row was repeated, the "
             "median of the repeats. torchvision and timm get channels-last weights and inputs (their fastest eager "
-            "setting); transformers runs as shipped.")
+            "setting); transformers runs as shipped. The rows of effnet's default backend and of `optimize()` as "
+            "`--backend torch` runs it (and their bfloat16 rows) run with the CLI's OpenMP setting "
+            "(`OMP_WAIT_POLICY=PASSIVE`, set before torch loads), as `effnet classify` does. The default backend, "
+            "`--backend torch` and the runtimes used directly were measured in every round (order rotated), the "
+            "other libraries in the first round only.")
         add("")
         keys = []
         for row in fwd:
@@ -212,26 +400,32 @@ def render(results: dict[str, Any]) -> str:
         add("")
         add("Camera-sized JPEGs (640–1600 px on the long side, generated from the sample photos by crops, resizes "
             "and flips) to top-5 labels, batch 16 for everyone, each contender a separate process that prints one "
-            "record per image. **images/s** is measured over the second half of the records, timed by the parent as "
-            "they arrive: the first half includes start-up, model loading and the batches decoded ahead meanwhile; "
-            "**wall** is the whole process, start-up included. Where the contenders ran several times (in rotated "
-            "order), each row is the run with the median images/s and *runs* lists them all. "
-            "effnet is the real CLI (`effnet classify - --model DIR --format jsonl --top-k 5 -b 16`, paths on "
-            "stdin, default decode workers); transformers' pipeline loads the same weights through its own "
-            "`from_pretrained` and image processor; timm and torchvision use their own preprocessing with a "
-            "DataLoader of 2 workers, as timm's inference script does. Peak RSS is the main process's high-water "
-            "mark; the tree PSS sums every process (decode workers included) with shared pages counted once, "
-            "sampled every 0.5 s.")
+            "record per image, timed by the parent as the records arrive. b0 runs in steady state: 1,024 paths (256 "
+            "files hard-linked 4 times, so each path is decoded), and **images/s** is taken over the middle half of "
+            "the records, when decoding and the model run side by side (the first quarter includes start-up, model "
+            "loading and the batches decoded ahead meanwhile). b7 reads 32 files and its images/s covers the second "
+            "half. **wall** is the whole process, start-up included. The contenders ran in rounds (order rotated; "
+            "timm and torchvision only in the first, over the first 512 of the b0 paths); each row is the round with the median images/s and *runs* lists "
+            "them all. effnet is the real CLI (`effnet classify - --model DIR --format jsonl --top-k 5 -b 16`, paths "
+            "on stdin, default decode workers) with its default backend and with each `--backend`; ONNX Runtime and "
+            "OpenVINO used directly run effnet's export fed by effnet's processor in a DataLoader of 2 workers; "
+            "transformers' pipeline loads the same weights through its own `from_pretrained` and image processor and "
+            "gets the paths as a Dataset with `batch_size=16, num_workers=2`, so it decodes in parallel too; timm and "
+            "torchvision use their own preprocessing with a DataLoader of 2 workers, as timm's inference script "
+            "does. Peak RSS is the main process's high-water mark (the largest over the rounds); the tree PSS sums "
+            "every process (decode workers included) with shared pages counted once, sampled every 0.5 s.")
         add("")
         for variant in dict.fromkeys(r["variant"] for r in e2e):
             rows = [r for r in e2e if r["variant"] == variant]
             ours = _e2e_lookup(e2e, variant, "effnet")
-            add(f"**{variant}, {rows[0]['images']} images**")
+            add(f"**{variant}, {rows[0]['images']:,} images**")
             add("")
             lines.extend(_table(
                 ("contender", "images/s", "runs", "wall (s)", "first batch at (s)", "peak RSS (MB)", "tree PSS (MB)",
                  "effnet ÷ this"), "lrlrrrrr",
-                ((E2E_LABELS[row["lib"]] + ("" if row["ok"] else " (failed)"), _f(row["steady_images_per_s"]),
+                ((E2E_LABELS[row["lib"]] + ("" if row["ok"] else " (failed)")
+                  + (f" ({row['images']:,} paths)" if row["images"] != rows[0]["images"] else ""),
+                  _f(row["steady_images_per_s"]),
                   ", ".join(_f(r) for r in row.get("runs", [row["steady_images_per_s"]])), _f(row["wall_s"]),
                   _f(row["first_batch_s"]), _f(row["peak_rss_mb"], 0), _f(row["peak_tree_pss_mb"], 0),
                   _ratio(ours, row["steady_images_per_s"])) for row in rows)))
@@ -241,12 +435,11 @@ def render(results: dict[str, Any]) -> str:
     if sus:
         add("### Steady state: is decoding the bottleneck?")
         add("")
-        add(f"The 256 files above are 16 batches, and most of them are decoded while the model is still loading, "
-            f"so the rates above flatter everyone who decodes in worker processes. Here `effnet classify` reads "
-            f"{sus['images']:,} paths (the 256 files, hard-linked {sus['images'] // 256} times, so each path is "
-            "decoded) and its rate is taken over the middle half of the records, when decoding and the model run "
-            "side by side. Each row is one pair measured back to back, because the machine's speed drifts: the "
-            "model forward of `optimize()` (b0, batch 16, 20 timed iterations), effnet's decode pipeline alone (same "
+        add(f"Where the time goes: `effnet classify` reads the {sus['images']:,} paths (the 256 files, hard-linked "
+            f"{sus['images'] // 256} times, so each path is decoded) and its rate is taken over the middle half of "
+            "the records, when decoding and the model run side by side, next to the model alone and the decoding "
+            "alone. Each row is one pair measured back to back, because the machine's speed drifts: the "
+            "model forward of the default backend (`Engine(backend=\"auto\", batch_size=16)`, b0, 20 timed iterations), effnet's decode pipeline alone (same "
             "workers, draft decoding and preprocessing, no model), and the CLI. *ceiling* is what the 2 cores "
             "could give if decoding and the model shared them perfectly, 1 / (1/forward + 1/decode).")
         add("")
@@ -274,6 +467,37 @@ def render(results: dict[str, Any]) -> str:
                 f"ceiling column; an estimate from rates timed separately, so a single pair can land above it), "
                 f"short of the 80% target; on a GPU, or with more cores than the model uses, decoding moves off "
                 f"the model's critical path. For b7 decoding is a rounding error.")
+        add("")
+
+    loaded = results.get("loaded")
+    if loaded:
+        add("### Under load: a fair share of a busy machine")
+        add("")
+        add(f"`effnet classify` in steady state over the {loaded['images']:,} paths above (b0, batch 16, images/s "
+            "over the middle half of the records) with nothing else running, with one CPU-bound Python loop at "
+            "normal priority pinned to core 0, and with one pinned to each core. Each round measures every load "
+            "for both backends, and each share is against the unloaded rate of the same round (median of the "
+            f"rounds); a run that had not finished after {loaded['timeout_s']:.0f} s is stopped and its rate "
+            "taken over what it produced. A fair share of 2 cores with one busy process is about half; with two, "
+            "about a third.")
+        add("")
+        lines.extend(_table(("backend", "load", "images/s", "runs", "share of unloaded"), "llrlr", (
+            ("default (`auto`)" if row["lib"] == "effnet" else "`--backend torch`", row["load"],
+             _f(row["images_per_s"]), ", ".join(_f(x) for x in row["runs"]),
+             f"{row['share']:.0%}" if row.get("share") is not None else "–") for row in loaded["rows"])))
+        add("")
+    if e2e and any(r["lib"] in ("effnet-onnxruntime", "effnet-openvino") for r in e2e):
+        add("### Memory of `effnet classify` per backend")
+        add("")
+        base = results.get("import_torch_rss_mb")
+        add("b0, the 1,024-path runs above: the main process's resident-set high-water mark and the summed PSS "
+            "of the whole process tree (decode workers included)."
+            + (f" For scale: a Python process that only runs `import torch` peaks at {base:.0f} MB here." if base else ""))
+        add("")
+        lines.extend(_table(("backend", "peak RSS, main process (MB)", "peak PSS, all processes (MB)"), "lrr", (
+            (E2E_LABELS[row["lib"]], _f(row["peak_rss_mb"], 0), _f(row["peak_tree_pss_mb"], 0)) for row in e2e
+            if row["variant"] == "b0" and row["lib"] in ("effnet", "effnet-torch", "effnet-onnxruntime",
+                                                         "effnet-openvino"))))
         add("")
 
     draft = results.get("draft")
@@ -406,7 +630,8 @@ def render(results: dict[str, Any]) -> str:
         add("")
         if ab.get("e2e"):
             add("**End to end**, `effnet classify` in steady state with b0 (the 1,024 linked camera JPEG paths, "
-                "images/s over the middle half of the records, median of the repeats, variants interleaved):")
+                "images/s over the middle half of the records, the settings run one after another; *runs* lists "
+                "each pass):")
             add("")
             lines.extend(_table(("setting", "images/s", "runs"), "lrl",
                                 ((row["name"], _f(row["images_per_s"]), ", ".join(_f(r) for r in row["runs"]))
@@ -500,17 +725,22 @@ PROSE = """\
 * **bfloat16** (opt-in, `--dtype bfloat16`). On CPUs with AMX/AVX512-BF16 (this one) the convs run ~1.5×
   faster, but logits move by ~1e-3 relative, outside the 1e-4 guard, so it is never the default.
   `torch.autocast` on top of the float32 model gains nothing (the fused convs are outside its op lists).
-* **Backends** (`--backend onnxruntime|openvino|auto`, opt-in; `auto` picks the fastest installed backend for
-  the model on this CPU, measured once per model and machine and remembered; torch on a GPU). The plain model
-  is exported once (dynamo exporter, opset 18; TF padding folded into the convs' pads) and cached by weights
-  hash. No one backend wins everywhere: in the issue's run on an Intel Xeon with AMX, OpenVINO and ONNX
-  Runtime were 1.0-1.2× `optimize()` at batch 16 and ~3× at batch 1, and OpenVINO's bfloat16 1.56× torch's.
-  The forward tables above show the same picture here at batch 1, but end to end (the table above) `effnet
-  classify` with torch is ahead of both runtimes used directly for b0, and `auto`'s forward-only probe cannot
-  see the decode workers. So the CLI's default stays `--backend torch`, and both runtimes are extras:
-  `effnet-cli[onnx]` (ONNX Runtime with onnx and onnxscript, which the export needs; ~120 MB) and
-  `effnet-cli[openvino]` (~180 MB), which pays mostly in bfloat16 on CPUs with native bf16, at batch 1 and
-  for b7. `--backend torch` is also what `--compile`, `embed --features stage:N` and multi-device runs use.
+* **Backends: `--backend auto` is the default** (`torch`, `onnxruntime` and `openvino` on request; the
+  `EFFNET_BACKEND` environment variable sets the default). The plain model is exported once (dynamo exporter,
+  opset 18; TF padding folded into the convs' pads) and cached by weights hash. `auto` times PyTorch
+  (`optimize()`), ONNX Runtime and OpenVINO on a random batch of the run's batch size, once per model, batch
+  size, dtype and machine, and remembers the fastest in `$EFFNET_CACHE/exports/auto/`; the CLI measures only
+  on runs of 1,000 inputs or more (or an unknown number, such as paths on stdin), because the export and
+  measurement take seconds that a short run would not win back; shorter runs use the remembered choice, or
+  torch. No one backend wins everywhere, which is why it is measured rather than fixed: on this AMD EPYC the
+  runtimes are ~2.7× `optimize()` at batch 1 (the forward tables above) and about level with it at batch
+  16; on the issue's Intel Xeon with AMX they were 1.0-1.2× at batch 16, ~3× at batch 1, and OpenVINO's
+  bfloat16 1.56× torch's. End to end the gain is smaller (about 1.1× `--backend torch` for b0 when the default
+  was decided), because decoding shares the same 2 cores (the steady-state table). Since a faster forward
+  never costs anything and the batch-1 gain is large, ONNX Runtime and OpenVINO are default dependencies, so
+  the README's first command gets the fast path with no extra to install. `--backend torch` remains for
+  `--compile`, `embed --features stage:N`, GPUs and multi-device runs, and it stays a row in every table here
+  so that the PyTorch path's speed stays visible.
 * **Pinned memory + `non_blocking` copies** (kept, CUDA only; nothing to measure on this machine).
 * **`torch.compile`** (opt-in, `--compile`, with inductor's weight freezing). Roughly on par with the eager
   fast path here after tens of seconds of compilation per input shape; worth it only for long runs.
