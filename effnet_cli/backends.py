@@ -124,8 +124,8 @@ def auto_candidates(*, device_type: str, dtype: str, needs_torch: str | None = N
 
 
 PROBE_BATCH = 16  # the CLI's default --batch-size
-PROBE_ITERS = 3
 PROBE_ROUNDS = 3
+PROBE_ROUND_S = 1.0  # the longest a round may take per backend, unless one pass takes longer
 # A probe times at least this many images per backend, so a batch of one is not judged on three calls.
 PROBE_MIN_IMAGES = 48
 # Runs of fewer inputs than this do not export and measure for ``auto`` (they use a remembered choice, or
@@ -146,8 +146,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _forward_call(backend: str, model: Any, processor: Any, dtype: str, x: Any) -> Callable[[], None]:
-    """One forward pass of ``backend`` on the batch ``x``, ready to be timed (warmed up once)."""
+def _forward_call(backend: str, model: Any, processor: Any, dtype: str, x: Any) -> tuple[Callable[[], None], float]:
+    """One forward pass of ``backend`` on the batch ``x``, ready to be timed, and the seconds its warm-up took."""
     import torch
 
     if backend == "torch":
@@ -167,23 +167,30 @@ def _forward_call(backend: str, model: Any, processor: Any, dtype: str, x: Any) 
 
         def call() -> None:
             runner.run(xn, [name])
+    import time
+
     call()  # warm-up: first-call allocations and, for OpenVINO, compilation
-    return call
+    start = time.perf_counter()
+    call()
+    return call, time.perf_counter() - start
 
 
-def _time_backends(calls: dict[str, Callable[[], None]], batch: int) -> dict[str, float]:
+def _time_backends(calls: dict[str, tuple[Callable[[], None], float]], batch: int) -> dict[str, float]:
     """Images/s of each call: :data:`PROBE_ROUNDS` interleaved rounds, the median round per backend.
 
     Interleaving spreads drift in the machine's speed (other programs, clocks) over every backend
-    alike, so two backends a few percent apart are not ranked by when each happened to run.
+    alike, so two backends a few percent apart are not ranked by when each happened to run. A
+    round is :data:`PROBE_MIN_IMAGES` images, or fewer passes when one pass takes long (b7), so
+    the whole measurement stays within about a minute.
     """
     import statistics
     import time
 
-    passes = max(PROBE_ITERS, -(-PROBE_MIN_IMAGES // batch))
+    slowest = max(seconds for _, seconds in calls.values())
+    passes = max(1, min(-(-PROBE_MIN_IMAGES // batch), int(PROBE_ROUND_S / max(slowest, 1e-6))))
     rates: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(PROBE_ROUNDS):
-        for name, call in calls.items():
+        for name, (call, _) in calls.items():
             start = time.perf_counter()
             for _ in range(passes):
                 call()

@@ -86,7 +86,7 @@ def load_engine(variant: Variant | None, model: str | None, revision: str | None
 def _announce_measurement(rates: dict[str, float] | None) -> None:
     if rates is None:
         info_line("choosing the fastest backend for this model and batch size on this machine "
-                  "(once: it exports the model and times each backend; about 10 s)")
+                  "(once: it exports the model and times each backend; about 10 s for b0, a minute or two for b7)")
         return
     best = max(rates, key=rates.__getitem__)
     others = ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items() if name != best)
