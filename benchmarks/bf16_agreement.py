@@ -36,6 +36,7 @@ LABELS = {
     ("openvino", "float32"): "OpenVINO, float32",
     ("openvino", "bfloat16"): "OpenVINO, bfloat16",
     ("torch", "bfloat16"): "torch, bfloat16",
+    ("openvino-direct", "bfloat16"): "OpenVINO used directly, bfloat16 (every layer)",
 }
 
 
@@ -67,6 +68,18 @@ def _logits(run: Any, pixels: Any) -> Any:
         return torch.cat([run(pixels[i:i + BATCH]).float() for i in range(0, len(pixels), BATCH)])
 
 
+def _openvino_direct_bf16(model: Any, processor: Any) -> Any:
+    """effnet's cached OpenVINO IR compiled with bfloat16 inference precision and nothing else."""
+    import openvino as ov
+
+    from effnet_cli.backends import cached_export
+    from effnet_cli.export import model_file
+
+    compiled = ov.Core().compile_model(str(model_file(cached_export(model, processor, "openvino"), "openvino")),
+                                       "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    return lambda x: compiled(x)[compiled.output("logits")]
+
+
 def measure(paths: Sequence[str | Path] | None = None) -> dict[str, Any]:
     """Top-1 agreement of every installed backend/dtype with PyTorch float32, Lite0, exact decoding."""
     import torch
@@ -81,17 +94,22 @@ def measure(paths: Sequence[str | Path] | None = None) -> dict[str, Any]:
     reference = _logits(lambda x: model(x).logits, pixels)
     probs = torch.softmax(reference, dim=-1).topk(2, dim=-1).values
     want = reference.argmax(-1)
+    def row(backend: str, dtype: str, got: Any) -> dict[str, Any]:
+        flipped = (got.argmax(-1) != want).nonzero().flatten().tolist()
+        return {"backend": backend, "dtype": dtype, "equal": len(paths) - len(flipped), "total": len(paths),
+                "max_abs_logit_diff": float((got - reference).abs().max()),
+                "flips": [{"image": paths[i].name, "top2_gap": round(float(probs[i, 0] - probs[i, 1]), 4)}
+                          for i in flipped]}
+
     rows = []
     for backend, dtype in _variants():
         engine = Engine(model, processor, device="cpu", backend=backend, dtype=dtype)
-        got = _logits(engine.logits, pixels)
-        flipped = (got.argmax(-1) != want).nonzero().flatten().tolist()
-        rows.append({
-            "backend": backend, "dtype": dtype, "equal": len(paths) - len(flipped), "total": len(paths),
-            "max_abs_logit_diff": float((got - reference).abs().max()),
-            "flips": [{"image": paths[i].name, "top2_gap": round(float(probs[i, 0] - probs[i, 1]), 4)}
-                      for i in flipped],
-        })
+        rows.append(row(backend, dtype, _logits(engine.logits, pixels)))
+        if (backend, dtype) == ("openvino", "bfloat16"):
+            # For comparison: OpenVINO compiled as its documentation shows, bfloat16 everywhere, without the
+            # float32 stem and first stage effnet keeps.
+            direct = _openvino_direct_bf16(model, processor)
+            rows.append(row("openvino-direct", dtype, _logits(lambda x: torch.from_numpy(direct(x.numpy())), pixels)))
     return {"model": "lite0", "decoding": "exact", "images": len(paths), "rows": rows}
 
 

@@ -31,7 +31,7 @@ nothing, and takes about 40 minutes on 2 cores. It
    CLI's decode/threads settings);
 
 and writes everything as markdown to ``--out`` (and JSON beside it with --json).
-Sections can be chosen with --only (forward,e2e,load,draft,cli,ablation).
+Sections can be chosen with --only (forward,e2e,load,draft,bf16,cli,ablation).
 """
 
 from __future__ import annotations
@@ -340,6 +340,15 @@ def run_draft(quick: bool) -> dict[str, Any] | None:
     return _contender_json(["draft", "--list", str(listing), "--rounds", "2" if quick else "5"])
 
 
+def run_bf16(quick: bool) -> dict[str, Any] | None:
+    """Top-1 agreement of every backend/dtype with PyTorch float32 (benchmarks/bf16_agreement.py, bundled Lite0)."""
+    run = quietly("bf16 agreement", lambda: run_child([PY, str(HERE / "bf16_agreement.py"), "--json"]))
+    if run.returncode != 0:
+        log(f"bf16 agreement failed: {run.stderr[-500:]}")
+        return None
+    return json.loads("\n".join(run.lines))
+
+
 # ------------------------------------------------------------------ under load
 LOADS = (("nothing else running", ()), ("one busy process pinned to core 0", (0,)),
          ("one busy process pinned to each core", (0, 1)))
@@ -567,7 +576,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write (e.g. docs/benchmarks.md)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers as JSON")
-    parser.add_argument("--only", default="forward,e2e,load,draft,cli,ablation",
+    parser.add_argument("--only", default="forward,e2e,load,draft,bf16,cli,ablation",
                         help="comma-separated sections to run")
     parser.add_argument("--quick", action="store_true", help="tiny iteration counts, to check the script runs")
     parser.add_argument("--compile", action="store_true", help="also time optimize(compile=True) in the ablation")
@@ -606,6 +615,8 @@ def main() -> None:
         results["loaded"] = run_loaded(args.quick)
     if "draft" in sections:
         results["draft"] = run_draft(args.quick)
+    if "bf16" in sections:
+        results["bf16"] = run_bf16(args.quick)
     if "cli" in sections:
         results["cli"] = run_cli(args.quick)
     if "ablation" in sections:
