@@ -31,9 +31,10 @@ POOLS = ("mean", "max")
 # Reduced-size JPEG decoding stops at this multiple of the resize target (see Engine.open_kwargs).
 DRAFT_MARGIN = 1.5
 # Scheduling priority (nice) of the decode workers when the model runs on the CPU (see iter_batches).
-# Normal priority: at nice 19 the workers starve behind any busy program (with one busy process per
-# core, `effnet classify` made a handful of records a minute), and with the model's threads waiting
-# passively (OMP_WAIT_POLICY, ONNX Runtime without spinning) the gain it had on an idle machine is gone.
+# Normal priority. Measured with b0 over 1,024 camera JPEGs on 2 cores (images/s idle / with one busy
+# process pinned to each core): nice 0 150 / 85 (57%), nice 10 168 / 42 (25%), nice 19 173 / 7 (4%).
+# A niced worker cannot be given its priority back when other programs start (an unprivileged process
+# can only raise its nice), so the idle gain would cost everything on a busy machine.
 WORKER_NICE = 0
 
 
@@ -105,7 +106,7 @@ class Engine:
             from effnet_cli.backends import runner_for
 
             self.runner = runner_for(model, processor, self.backend, dtype=dtype_name,
-                                     device_type=self.device.type)
+                                     device_type=self.device.type, batch=batch_size)
             # Kept for what the export has no output for (stage features); optimised only if asked to run.
             self._plain = model.eval()
             self._model: torch.nn.Module | None = None
