@@ -191,6 +191,9 @@ def _time_backends(calls: dict[str, tuple[Callable[[], None], float]], batch: in
     rates: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(PROBE_ROUNDS):
         for name, (call, _) in calls.items():
+            # One untimed call first: the runtime timed before may still have threads spinning for work
+            # (OpenVINO's, ONNX Runtime's at batch 1), which would slow this one's first pass.
+            call()
             start = time.perf_counter()
             for _ in range(passes):
                 call()
