@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -27,6 +28,16 @@ def run(args: list[str], input: str | bytes | None = None) -> Outcome:
         sys.stdout.flush()
         sys.stderr.flush()
         return Outcome(code, out.getvalue().decode(), err.getvalue().decode())
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must react to Ctrl-C as one started from a terminal does.
+
+    An ignored SIGINT is inherited across exec (that is how ``nohup`` and ``&`` jobs work), and the
+    test process may have inherited or been left with one; Python then never raises
+    KeyboardInterrupt in the child.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def effnet(*args: str, stdin: bytes | None = None, env: dict | None = None,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import run
+from tests.cli_helpers import default_sigint, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -176,7 +176,7 @@ def test_killed_process_resumes_to_the_same_weights(sig, reference, dataset, b0_
     args = ["finetune", str(dataset), "-o", str(out), "--model", str(b0_small_dir), *_cli_args(TINY)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "effnet_cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE, env=env, preexec_fn=default_sigint)
     _wait_for(out / "checkpoint.pt", proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)

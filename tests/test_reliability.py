@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli_helpers import effnet
+from tests.cli_helpers import default_sigint, effnet
 
 
 def _png_claiming(width: int, height: int) -> bytes:
@@ -180,7 +180,7 @@ def test_classify_ctrl_c_flushes_what_was_computed(b0_dir: Path, tmp_path: Path)
     _many_images(tmp_path / "imgs", 200)
     proc = subprocess.Popen([sys.executable, "-m", "effnet_cli", "classify", str(tmp_path / "imgs"), "--model",
                              str(b0_dir), "-f", "json", "-b", "2", "-j", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     first = os.read(proc.stdout.fileno(), 1)  # unbuffered: the JSON array has begun, results are flowing
     assert first == b"["
     # Interrupt as soon as the first record is out: 200 images at batch 2 leave plenty still to do, however
