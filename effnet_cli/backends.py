@@ -146,7 +146,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _forward_call(backend: str, model: Any, processor: Any, dtype: str, x: Any) -> tuple[Callable[[], None], float]:
+def _forward_call(backend: str, model: Any, processor: Any, dtype: str, x: Any,
+                  weights: str | None = None) -> tuple[Callable[[], None], float]:
     """One forward pass of ``backend`` on the batch ``x``, ready to be timed, and the seconds its warm-up took."""
     import torch
 
@@ -161,7 +162,7 @@ def _forward_call(backend: str, model: Any, processor: Any, dtype: str, x: Any) 
             with torch.inference_mode():
                 fast(xt)
     else:
-        runner = runner_for(model, processor, backend, dtype=dtype, device_type="cpu", batch=len(x))
+        runner = runner_for(model, processor, backend, dtype=dtype, device_type="cpu", batch=len(x), weights=weights)
         xn = x.numpy()
         name = "logits" if "logits" in _outputs(model) else "features"
 
@@ -209,14 +210,16 @@ def _outputs(model: Any) -> list[str]:
 
 def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dtype: str,
                     batch: int = PROBE_BATCH, measure: bool = True, cache: Path | None = None,
-                    announce: Callable[[dict[str, float] | None], None] | None = None) -> str | None:
+                    announce: Callable[[dict[str, float] | None], None] | None = None,
+                    weights: str | None = None) -> str | None:
     """The fastest of ``candidates`` for this model at batch size ``batch`` on this CPU: measured once, remembered.
 
     The measurement (a few forward passes of a random batch of ``batch`` images in each backend)
     is stored as JSON in the cache, under a lock, so concurrent first runs measure once. With
     ``measure=False`` nothing is exported or timed: the remembered choice, or None when there is none.
     ``announce`` is called with None just before a measurement starts (the CLI says why the run
-    pauses), and with the measured images/s per backend once it is done.
+    pauses), and with the measured images/s per backend once it is done. ``weights`` is
+    :func:`weights_hash` of ``model`` when the caller has it already (None: computed here).
     """
     import torch
     from filelock import FileLock
@@ -230,7 +233,8 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
         from importlib.metadata import version
 
         versions["onnxruntime"] = version("onnxruntime")
-    parts = {"weights": weights_hash(model), "size": list(fixed_input_size(processor)), "dtype": dtype,
+    weights = weights or weights_hash(model)
+    parts = {"weights": weights, "size": list(fixed_input_size(processor)), "dtype": dtype,
              "candidates": sorted(candidates), "versions": versions, "cpu": _cpu_name(), "cores": usable_cores(),
              "batch": batch}
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
@@ -256,7 +260,8 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
             announce(None)
         h, w = fixed_input_size(processor)
         x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
-        rates = _time_backends({name: _forward_call(name, model, processor, dtype, x) for name in candidates}, batch)
+        rates = _time_backends({name: _forward_call(name, model, processor, dtype, x, weights)
+                                for name in candidates}, batch)
         choice = max(rates, key=rates.__getitem__)
         write_text(record, json.dumps({"backend": choice, "images_per_s": rates, **parts}, indent=2))
         if announce is not None:
@@ -302,11 +307,14 @@ def _versions(fmt: str) -> dict[str, str]:
     return found
 
 
-def export_key(model: Any, processor: Any, fmt: str, dtype: str) -> str:
-    """The cache key of an export: weights, preprocessing, input size, format, dtype and tool versions."""
+def export_key(model: Any, processor: Any, fmt: str, dtype: str, weights: str | None = None) -> str:
+    """The cache key of an export: weights, preprocessing, input size, format, dtype and tool versions.
+
+    ``weights`` is :func:`weights_hash` of ``model`` when the caller has it already (None: computed here).
+    """
     from effnet_cli.export import fixed_input_size
 
-    parts = {"weights": weights_hash(model), "size": list(fixed_input_size(processor)), "format": fmt,
+    parts = {"weights": weights or weights_hash(model), "size": list(fixed_input_size(processor)), "format": fmt,
              "dtype": dtype, "versions": _versions(fmt), "model_class": type(model).__name__}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -322,7 +330,7 @@ def _writable(directory: Path) -> Path:
 
 
 def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", *,
-                  cache: Path | None = None) -> Path:
+                  cache: Path | None = None, weights: str | None = None) -> Path:
     """The directory of a cached export of ``model`` (made now if missing); safe under concurrent runs.
 
     The first run to need an export takes a lock beside it and writes it into a
@@ -334,12 +342,14 @@ def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", 
     from effnet_cli.export import model_file, write_export
     from effnet_cli.hub import cache_root
 
+    # The weights are hashed once here, not again for the ONNX export an OpenVINO one is converted from.
+    weights = weights or weights_hash(model)
     root = _writable((cache or cache_root()) / "exports" / fmt)
-    final = root / export_key(model, processor, fmt, dtype)
+    final = root / export_key(model, processor, fmt, dtype, weights)
     if model_file(final, fmt).is_file():
         return final
     # OpenVINO converts the (cached) float32 ONNX export rather than exporting again.
-    source = (model_file(cached_export(model, processor, "onnx", "float32", cache=cache), "onnx")
+    source = (model_file(cached_export(model, processor, "onnx", "float32", cache=cache, weights=weights), "onnx")
               if fmt == "openvino" else None)
     with FileLock(str(final) + ".lock"):
         if model_file(final, fmt).is_file():  # another run finished it while we waited
@@ -519,11 +529,15 @@ def open_runner(path: str | Path, fmt: str, *, dtype: str = "float32", device_ty
     return OpenVinoRunner(Path(path), dtype=dtype)
 
 
-def runner_for(model: Any, processor: Any, backend: str, *, dtype: str, device_type: str, batch: int = 16) -> Any:
-    """Export ``model`` for ``backend`` (or reuse the cached export) and open it in that runtime."""
+def runner_for(model: Any, processor: Any, backend: str, *, dtype: str, device_type: str, batch: int = 16,
+               weights: str | None = None) -> Any:
+    """Export ``model`` for ``backend`` (or reuse the cached export) and open it in that runtime.
+
+    ``weights`` is :func:`weights_hash` of ``model`` when the caller has it already (None: computed here).
+    """
     from effnet_cli.export import model_file
 
     fmt = _FORMAT[backend]
     # The cached OpenVINO IR is float32; bfloat16 is the precision it is compiled with.
-    directory = cached_export(model, processor, fmt, "float32")
+    directory = cached_export(model, processor, fmt, "float32", weights=weights)
     return open_runner(model_file(directory, fmt), fmt, dtype=dtype, device_type=device_type, batch=batch)

@@ -21,7 +21,6 @@ import torch
 from effnet_cli.backends import choose_backend
 from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
 from effnet_cli.errors import InputError
-from effnet_cli.export import has_classifier
 from effnet_cli.hub import _dtype, load_pretrained
 from effnet_cli.optimize import optimize, resolve_device
 from effnet_cli.results import EmbedBatch, Prediction, Result
@@ -92,13 +91,15 @@ class Engine:
         dtype_name = str(self.dtype).split(".")[-1]
         self.backend = choose_backend(backend, device_type=self.device.type, dtype=dtype_name,
                                       needs_torch=needs_torch)
+        weights = None  # the weights' hash keys both auto's record and the export: computed once, if needed
         if self.backend == "auto":  # several candidates: the fastest here, measured once and remembered
-            from effnet_cli.backends import auto_candidates, measured_choice
+            from effnet_cli.backends import auto_candidates, measured_choice, weights_hash
 
+            weights = weights_hash(model)
             try:
                 self.backend = measured_choice(model, processor, auto_candidates(
                     device_type=self.device.type, dtype=dtype_name, needs_torch=needs_torch), dtype=dtype_name,
-                    batch=batch_size, measure=measure, announce=announce) or "torch"
+                    batch=batch_size, measure=measure, announce=announce, weights=weights) or "torch"
             except InputError:  # no writable cache for exports: PyTorch needs none
                 self.backend = "torch"
         self.runner: Any = None
@@ -106,7 +107,7 @@ class Engine:
             from effnet_cli.backends import runner_for
 
             self.runner = runner_for(model, processor, self.backend, dtype=dtype_name,
-                                     device_type=self.device.type, batch=batch_size)
+                                     device_type=self.device.type, batch=batch_size, weights=weights)
             # Kept for what the export has no output for (stage features); optimised only if asked to run.
             self._plain = model.eval()
             self._model: torch.nn.Module | None = None
