@@ -31,7 +31,7 @@ def _folded(model: Any) -> Any:
     """The previous optimize(): batch norms folded, channels-last, nothing fused."""
     import torch
 
-    from effnet_cli.optimize import fold_batch_norms
+    from effnet_cli.runtime.fused import fold_batch_norms
 
     fast = fold_batch_norms(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
     for p in fast.parameters():
@@ -42,7 +42,7 @@ def _folded(model: Any) -> Any:
 def _fused(model: Any, **switches: bool) -> Any:
     import torch
 
-    from effnet_cli.optimize import fuse_model
+    from effnet_cli.runtime.fused import fuse_model
 
     return fuse_model(_folded(model), **switches).to(memory_format=torch.channels_last)
 
@@ -51,7 +51,7 @@ def variants(model: Any, x: Any, *, compile: bool) -> list[tuple[str, Callable[[
     """(name, call returning logits, note), each step adding one optimisation to the one before."""
     import torch
 
-    from effnet_cli.optimize import optimize
+    from effnet_cli.runtime.fused import optimize
 
     xc = x.contiguous(memory_format=torch.channels_last)
     cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -123,7 +123,7 @@ def main() -> None:
     import torch
 
     from effnet_cli import load_pretrained
-    from effnet_cli.optimize import keep_freed_memory
+    from effnet_cli.runtime.fused import keep_freed_memory
 
     if args.keep_freed_memory:
         keep_freed_memory()

@@ -47,7 +47,7 @@ def default_paths() -> list[Path]:
 
 def _variants() -> list[tuple[str, str]]:
     """The (backend, dtype) pairs this installation can run, in table order."""
-    from effnet_cli.backends import _openvino_bf16, installed
+    from effnet_cli.runtime.backends import _openvino_bf16, installed
 
     found = []
     if installed("onnxruntime"):
@@ -72,8 +72,8 @@ def _openvino_direct_bf16(model: Any, processor: Any) -> Any:
     """effnet's cached OpenVINO IR compiled with bfloat16 inference precision and nothing else."""
     import openvino as ov
 
-    from effnet_cli.backends import cached_export
-    from effnet_cli.export import model_file
+    from effnet_cli.runtime.backends import cached_export
+    from effnet_cli.runtime.export import model_file
 
     compiled = ov.Core().compile_model(str(model_file(cached_export(model, processor, "openvino"), "openvino")),
                                        "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
@@ -84,9 +84,9 @@ def measure(paths: Sequence[str | Path] | None = None) -> dict[str, Any]:
     """Top-1 agreement of every installed backend/dtype with PyTorch float32, Lite0, exact decoding."""
     import torch
 
-    from effnet_cli.export import sample_pixels
+    from effnet_cli.runtime.export import sample_pixels
     from effnet_cli.hub import load_pretrained
-    from effnet_cli.inference import Engine
+    from effnet_cli.runtime.engine import Engine
 
     paths = [Path(p) for p in (paths if paths is not None else default_paths())]
     model, processor = load_pretrained("lite0")

@@ -35,7 +35,7 @@ NUMPY_LIBS = ("onnxruntime", "openvino", "openvino-bf16")
 def _onnx_file(variant: str) -> str:
     """The same weights as every other contender, exported once to ONNX (effnet's exporter, its cache)."""
     from effnet_cli import load_pretrained
-    from effnet_cli.backends import cached_export
+    from effnet_cli.runtime.backends import cached_export
 
     model, processor = load_pretrained(str(prepare.effnet_dir(variant)))
     return str(cached_export(model, processor, "onnx") / "model.onnx")
@@ -97,7 +97,7 @@ def build_forward(lib: str, variant: str, batch: int = 16) -> tuple[Callable[[An
 
     if lib in ("effnet", "effnet-engine", "effnet-engine-bf16"):
         from effnet_cli import load_pretrained
-        from effnet_cli.optimize import optimize
+        from effnet_cli.runtime.fused import optimize
 
         model, _ = load_pretrained(str(prepare.effnet_dir(variant)))
         # "effnet-engine": optimize() as `--backend torch` runs it; "effnet": glibc's allocator at its defaults.
@@ -107,7 +107,7 @@ def build_forward(lib: str, variant: str, batch: int = 16) -> tuple[Callable[[An
         fast = optimize(model, keep_freed_memory=lib != "effnet")
         return (lambda x: fast(x).logits), True
     if lib in ("effnet-auto", "effnet-auto-bf16"):
-        from effnet_cli.inference import Engine
+        from effnet_cli.runtime.engine import Engine
 
         # Told the batch size, as the CLI tells it: auto's choice is measured per batch size (and remembered
         # in $EFFNET_CACHE, where run.py has measured it already, so this process only reads it).
@@ -165,7 +165,7 @@ def run_prewarm(args: argparse.Namespace) -> dict[str, Any]:
     import json as json_
 
     from effnet_cli.hub import cache_root
-    from effnet_cli.inference import Engine
+    from effnet_cli.runtime.engine import Engine
 
     out: dict[str, Any] = {}
     for dtype in args.dtypes:
@@ -284,7 +284,7 @@ def run_e2e(args: argparse.Namespace) -> None:
 def run_decode(args: argparse.Namespace) -> dict[str, Any]:
     """effnet's decode pipeline alone (workers, draft decoding, preprocessing, batching): no model."""
     from effnet_cli.data import default_workers
-    from effnet_cli.inference import Engine
+    from effnet_cli.runtime.engine import Engine
 
     engine = Engine.from_pretrained(str(prepare.effnet_dir(args.variant)), device="cpu")
     paths = Path(args.list).read_text().splitlines()
@@ -313,10 +313,10 @@ def run_draft(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    import effnet_cli.inference as inference
+    import effnet_cli.runtime.engine as inference
     from effnet_cli import load_pretrained
     from effnet_cli.data import open_image
-    from effnet_cli.inference import Engine
+    from effnet_cli.runtime.engine import Engine
 
     model, processor = load_pretrained("lite0")
     samples = sorted(str(p) for p in prepare.SAMPLES.glob("*.jpg"))

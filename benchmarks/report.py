@@ -599,7 +599,7 @@ def render(results: dict[str, Any]) -> str:
                 + (f"Fastest within it in this run: {best['decoder']} at {best['margin']:g}× with "
                    f"{'the crop-only' if best['cropped'] else 'the whole-image'} resize, {_f(best['ms'], 2)} ms/image "
                    f"({_ratio(best['ms'], exact['ms'])} exact decoding). " if best else "")
-                + f"The default (`effnet_cli.inference.DRAFT_MARGIN`) is {chosen['decoder']} at "
+                + f"The default (`effnet_cli.runtime.engine.DRAFT_MARGIN`) is {chosen['decoder']} at "
                 f"{chosen['margin']:g}× with {'the crop-only' if chosen['cropped'] else 'the whole-image'} resize.")
         add("")
 
@@ -751,7 +751,7 @@ PROSE = """\
   `OMP_WAIT_POLICY` set by the user is respected.
 * **JPEG draft mode** (kept, the default for `classify`; `--exact-decode` turns it off; `embed` decodes fully
   unless `--fast-decode`; the same pair of flags on both commands). libjpeg decodes at 1/2, 1/4 or 1/8 scale via the DCT, with a faster IDCT and
-  plain chroma upsampling, but never below 1.5× the resize target (`effnet_cli.inference.DRAFT_MARGIN`), so
+  plain chroma upsampling, but never below 1.5× the resize target (`effnet_cli.runtime.engine.DRAFT_MARGIN`), so
   the resize's own filter still does the last step of the downscaling. Decoding right down to the resize
   target is cheaper but lets the DCT's cruder scaling change close calls: with the bundled Lite0 it flipped
   the top-1 of astronaut.jpg (bobsled 0.148 vs football helmet 0.129 on a full decode), which fails the guard
@@ -785,12 +785,12 @@ PROSE = """\
   for depthwise convs; tracing also cannot carry the fused oneDNN op, and `torch.jit` is deprecated in
   torch 2.14.
 
-### The fast path in Python: `effnet_cli.optimize`
+### The fast path in Python: `effnet_cli.runtime.fused`
 
 ```python
 import torch
 from effnet_cli import load_pretrained
-from effnet_cli.optimize import optimize
+from effnet_cli.runtime.fused import optimize
 
 model, processor = load_pretrained("lite0")
 fast = optimize(model)                      # device=None: the model's own; dtype=None: the model's own
@@ -799,7 +799,7 @@ with torch.inference_mode():
 ```
 
 `optimize(model, device=None, dtype=None, *, compile=False, keep_freed_memory=True)` (also callable as
-`effnet_cli.optimize(model)`) returns a copy for inference only: batch norms
+`effnet_cli.runtime.fused(model)`) returns a copy for inference only: batch norms
 folded, convs fused with their bias, activation and padding, squeeze-excite and residual in place,
 channels-last, parameters frozen, eval mode. The original model is untouched, and the copy keeps the
 model's interface (`logits`, `last_hidden_state`, `output_hidden_states`, `stage_output`). `device` and
@@ -807,7 +807,7 @@ model's interface (`logits`, `last_hidden_state`, `output_hidden_states`, `stage
 freezing. In float32 its logits match the plain model's within 1e-4 relative (tests/test_optimize.py checks
 this, top-1 agreement on the sample photos, and that reduced-size JPEG decoding changes no top-1).
 On the CPU it also sets the allocator to keep freed memory (above; `keep_freed_memory=False` leaves the
-process's allocator alone). `effnet_cli.inference.Engine` adds `inference_mode`, the device transfer (pinned,
+process's allocator alone). `effnet_cli.runtime.engine.Engine` adds `inference_mode`, the device transfer (pinned,
 non-blocking on CUDA) and the decode pipeline.
 
 ### Method and caveats

@@ -442,7 +442,7 @@ def run_cli(quick: bool) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ ablation
-# (name, extra CLI arguments, extra environment, effnet_cli.inference constants to patch)
+# (name, extra CLI arguments, extra environment, effnet_cli.runtime.engine constants to patch)
 E2E_ABLATION: list[tuple[str, list[str], dict[str, str], dict[str, Any]]] = [
     ("defaults: --backend auto, 2 decode workers at normal priority, threads = cores waiting passively, "
      "draft decoding to 1.5× the resize target", [], {}, {}),
@@ -462,11 +462,11 @@ E2E_ABLATION: list[tuple[str, list[str], dict[str, str], dict[str, Any]]] = [
 
 
 def _cli_patched(constants: dict[str, int]) -> list[str]:
-    """The real CLI entry point with module constants of effnet_cli.inference changed (they have no option)."""
+    """The real CLI entry point with module constants of effnet_cli.runtime.engine changed (they have no option)."""
     sets = "; ".join(f"inference.{name} = {value!r}" for name, value in constants.items())
     # The CLI's thread policy first: it must be in the environment before torch loads.
     code = (f"import sys; from effnet_cli.cli.app import _thread_waiting_policy; _thread_waiting_policy(); "
-            f"import effnet_cli.inference as inference; {sets}; "
+            f"import effnet_cli.runtime.engine as inference; {sets}; "
             "from effnet_cli.cli.app import main; sys.argv[0] = 'effnet'; main()")
     return [PY, "-c", code]
 

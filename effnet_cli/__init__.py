@@ -14,14 +14,16 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "EfficientNetConfig": "effnet_cli.config",
-    "EfficientNetModel": "effnet_cli.model",
-    "EfficientNetForImageClassification": "effnet_cli.model",
-    "EfficientNetPreTrainedModel": "effnet_cli.model",
-    "EfficientNetImageProcessor": "effnet_cli.processor",
+    "EfficientNetConfig": "effnet_cli.core.config",
+    "EfficientNetModel": "effnet_cli.core.model",
+    "EfficientNetForImageClassification": "effnet_cli.core.model",
+    "EfficientNetPreTrainedModel": "effnet_cli.core.model",
+    "EfficientNetImageProcessor": "effnet_cli.core.processor",
     "load_pretrained": "effnet_cli.hub",
-    "optimize": "effnet_cli.optimize",
+    "optimize": "effnet_cli.runtime.fused",
     "finetune": "effnet_cli.training",
+    "read_embeddings": "effnet_cli.scale.shards",
+    "read_predictions": "effnet_cli.scale.shards",
     "EffnetError": "effnet_cli.errors",
     "ConfigError": "effnet_cli.errors",
     "WeightsError": "effnet_cli.errors",
@@ -34,7 +36,7 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from effnet_cli.config import EfficientNetConfig
+    from effnet_cli.core.config import EfficientNetConfig
     from effnet_cli.errors import (
         ConfigError,
         DecodeError,
@@ -45,10 +47,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         WeightsError,
     )
     from effnet_cli.hub import load_pretrained
-    from effnet_cli.model import EfficientNetForImageClassification, EfficientNetModel, EfficientNetPreTrainedModel
-    from effnet_cli.optimize import optimize
+    from effnet_cli.core.model import EfficientNetForImageClassification, EfficientNetModel, EfficientNetPreTrainedModel
+    from effnet_cli.runtime.fused import optimize
+    from effnet_cli.scale.shards import read_embeddings, read_predictions
     from effnet_cli.training import finetune
-    from effnet_cli.processor import EfficientNetImageProcessor
+    from effnet_cli.core.processor import EfficientNetImageProcessor
 
 
 def __getattr__(name: str) -> Any:

@@ -17,14 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from effnet_cli.config import VARIANTS, EfficientNetConfig
+from effnet_cli.core.config import VARIANTS, EfficientNetConfig
 from effnet_cli.errors import ConfigError, OfflineError, UnsafeCheckpointError, WeightsError
 
 if TYPE_CHECKING:
     import torch
 
-    from effnet_cli.model import EfficientNetPreTrainedModel
-    from effnet_cli.processor import EfficientNetImageProcessor
+    from effnet_cli.core.model import EfficientNetPreTrainedModel
+    from effnet_cli.core.processor import EfficientNetImageProcessor
 
 CONFIG_NAME = "config.json"
 PROCESSOR_NAME = "preprocessor_config.json"
@@ -414,7 +414,7 @@ def _env_true(name: str) -> bool:
 # --------------------------------------------------------------------- load
 def default_processor(config: EfficientNetConfig) -> EfficientNetImageProcessor:
     """The hub's EfficientNet preprocessing at the config's native size, for checkpoints without one."""
-    from effnet_cli.processor import EfficientNetImageProcessor
+    from effnet_cli.core.processor import EfficientNetImageProcessor
 
     size = {"height": config.image_size, "width": config.image_size}
     return EfficientNetImageProcessor(size=size, resample=0, do_center_crop=False, image_mean=IMAGENET_MEAN,
@@ -424,8 +424,8 @@ def default_processor(config: EfficientNetConfig) -> EfficientNetImageProcessor:
 def load_directory(directory: Path, *, model_class: type | None = None
                    ) -> tuple[EfficientNetPreTrainedModel, EfficientNetImageProcessor]:
     """Build the model and processor a loadable directory describes."""
-    from effnet_cli.model import EfficientNetForImageClassification
-    from effnet_cli.processor import EfficientNetImageProcessor
+    from effnet_cli.core.model import EfficientNetForImageClassification
+    from effnet_cli.core.processor import EfficientNetImageProcessor
 
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():

@@ -8,7 +8,7 @@ two kinds of process here want opposite fixed settings:
 
 * the model process reuses the same few large activation buffers every batch,
   so it keeps freed memory (:func:`keep_freed_memory`, which
-  :func:`effnet_cli.optimize` calls on the CPU) instead of
+  :func:`effnet_cli.runtime.fused` calls on the CPU) instead of
   page-faulting it in again, zero-filled, on each forward pass;
 * a decode worker allocates a decoded image and a preprocessed tensor per
   image and a batch tensor per batch, between long-lived small objects; with
@@ -60,7 +60,7 @@ def keep_freed_memory() -> bool:
     on 2 cores). The price is memory: freed blocks stay in the process, and
     serving large tensors from the heap fragments it, so the peak grows by a
     few percent for b0 and up to ~1.9× for b7 at batch 16
-    (docs/benchmarks.md). Process-wide: :func:`effnet_cli.optimize` calls it
+    (docs/benchmarks.md). Process-wide: :func:`effnet_cli.runtime.fused` calls it
     for models on the CPU unless told not to; cached, so repeated calls are free.
     """
     return _mallopt(((_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES), (_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES)))

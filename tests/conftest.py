@@ -98,7 +98,7 @@ def b0_small_dir(b0_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     """The same weights with 64×64 preprocessing: for tests about files and processes, not numbers."""
     import shutil
 
-    from effnet_cli.processor import EfficientNetImageProcessor
+    from effnet_cli.core.processor import EfficientNetImageProcessor
 
     directory = tmp_path_factory.mktemp("b0-small")
     for name in ("config.json", "model.safetensors"):

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from effnet_cli.backends import auto_candidates, cached_export, choose_backend, export_key
+from effnet_cli.runtime.backends import auto_candidates, cached_export, choose_backend, export_key
 from effnet_cli.errors import InputError
-from effnet_cli.export import sample_pixels
+from effnet_cli.runtime.export import sample_pixels
 from effnet_cli.hub import load_pretrained
-from effnet_cli.inference import Engine
+from effnet_cli.runtime.engine import Engine
 from tests.cli_helpers import run
 
 pytest.importorskip("onnxruntime")
@@ -69,8 +69,8 @@ def test_lite0_float32_and_bfloat16_on_the_photos(photos):
 @pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="openvino not installed")
 def test_openvino_bfloat16_keeps_stem_and_first_stage_in_float32(small, tmp_path):
     """OpenVINO honours the float32 marks under the bfloat16 hint: the first convolutions run in float32."""
-    from effnet_cli.backends import OpenVinoRunner, _openvino_bf16, keep_float32
-    from effnet_cli.export import model_file
+    from effnet_cli.runtime.backends import OpenVinoRunner, _openvino_bf16, keep_float32
+    from effnet_cli.runtime.export import model_file
 
     if not _openvino_bf16():
         pytest.skip("OpenVINO reports no native bfloat16 on this CPU")
@@ -91,7 +91,7 @@ def test_openvino_bfloat16_keeps_stem_and_first_stage_in_float32(small, tmp_path
     # `effnet export --format openvino --dtype bfloat16` writes the marks into the IR, for OpenVINO used directly.
     import openvino as ov
 
-    from effnet_cli.export import write_export
+    from effnet_cli.runtime.export import write_export
 
     exported = tmp_path / "bf16-export"
     exported.mkdir()
@@ -211,14 +211,14 @@ def test_auto_measures_per_batch_size_and_can_be_told_not_to(small, tmp_path, au
 
 
 def test_cli_auto_measures_only_runs_long_enough_to_gain(b0_small_dir, photos, auto_cache, monkeypatch):
-    import effnet_cli.backends
+    import effnet_cli.runtime.backends
 
     tmp_path = auto_cache
     args = ["classify", str(photos[0].parent), "--model", str(b0_small_dir), "-f", "jsonl", "--workers", "0"]
     short = run(args)  # the default backend is auto; five photos are far below the threshold
     assert short.exit_code == 0, short.stderr
     assert not (tmp_path / "exports" / "auto").exists() and "choosing the fastest backend" not in short.stderr
-    monkeypatch.setattr(effnet_cli.backends, "AUTO_MEASURE_MIN_IMAGES", len(photos))
+    monkeypatch.setattr(effnet_cli.runtime.backends, "AUTO_MEASURE_MIN_IMAGES", len(photos))
     long = run(args + ["-b", "4"])
     assert long.exit_code == 0, long.stderr
     assert "choosing the fastest backend" in long.stderr

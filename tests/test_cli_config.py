@@ -1,6 +1,6 @@
 """`effnet config list/show/save` end to end, and the analytic parameter/MAC counts behind them.
 
-The counts in `effnet_cli.flops` are pure arithmetic; here they are checked
+The counts in `effnet_cli.core.flops` are pure arithmetic; here they are checked
 against the real thing: `num_parameters()` of the built model, the published
 parameter counts, and torch's FlopCounterMode (which counts 2 FLOPs per
 multiply-add). Models are built on the meta device, so no weights are allocated.
@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from effnet_cli.cli.app import app
 from effnet_cli.cli.render import run_app
-from effnet_cli.config import VARIANTS, EfficientNetConfig
-from effnet_cli.flops import network_cost
+from effnet_cli.core.config import VARIANTS, EfficientNetConfig
+from effnet_cli.core.flops import network_cost
 
 # Published parameter counts (1000-class head) of the reference models.
 PUBLISHED_PARAMS = {
@@ -56,7 +56,7 @@ def _meta_model(config: EfficientNetConfig):
     """effnet's classifier for ``config`` on the meta device: shapes only, built in milliseconds."""
     import torch
 
-    from effnet_cli.model import EfficientNetForImageClassification
+    from effnet_cli.core.model import EfficientNetForImageClassification
 
     with torch.device("meta"):
         return EfficientNetForImageClassification(config).eval()

@@ -86,7 +86,7 @@ def test_summary_line_after_embed_names_the_output(b0_small_dir: Path, photos: l
 
 def test_compile_announces_itself(b0_small_dir: Path, photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from effnet_cli.errors import WeightsError
-    from effnet_cli.inference import Engine
+    from effnet_cli.runtime.engine import Engine
 
     def stop(*args, **kwargs):
         raise WeightsError("stopped before compiling")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from effnet_cli import ConfigError, EfficientNetConfig
-from effnet_cli.config import VARIANTS, round_filters, round_repeats, tf_same_padding
+from effnet_cli.core.config import VARIANTS, round_filters, round_repeats, tf_same_padding
 
 transformers = pytest.importorskip("transformers")
 

@@ -330,7 +330,7 @@ def test_keras_without_h5py_says_how_to_install(tmp_path, monkeypatch):
 # ------------------------------------------------------------- transformers
 def test_transformers_directory_and_bare_file(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from effnet_cli.config import EfficientNetConfig
+    from effnet_cli.core.config import EfficientNetConfig
 
     hf_config = transformers.EfficientNetConfig.from_dict(EfficientNetConfig.from_variant("b0").to_dict())
     source = randomize(transformers.EfficientNetForImageClassification(hf_config), seed=8)

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from effnet_cli import decode, loader
+from effnet_cli.data import decode, loader
 from effnet_cli.data import (
     CRASH_REASON,
     DEFAULT_MAX_PIXELS,
@@ -655,7 +655,7 @@ def test_workers_run_at_the_asked_lower_priority(tmp_path):
 
 
 def test_engine_keeps_its_workers_at_normal_priority(monkeypatch):
-    from effnet_cli import inference
+    from effnet_cli.runtime import engine as inference
 
     calls = []
     monkeypatch.setattr(inference, "iter_batches", lambda *a, **kw: calls.append(kw["worker_nice"]) or iter(()))

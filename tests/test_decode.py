@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _levels(tensor: torch.Tensor, processor) -> torch.Tensor:
     """Preprocessed pixels back in 8-bit levels (undo the per-channel multiply-add)."""
-    from effnet_cli.processor import _affine_coefficients
+    from effnet_cli.core.processor import _affine_coefficients
 
     scale, shift = _affine_coefficients(processor.do_rescale, processor.rescale_factor, processor.rescale_offset,
                                         processor.do_normalize, processor.image_mean, processor.image_std,
@@ -40,7 +40,7 @@ def lite0():
 
 
 def test_fast_decoding_keeps_top1_of_the_sample_photos_and_stays_close(lite0, photos, tmp_path):
-    from effnet_cli.inference import Engine
+    from effnet_cli.runtime.engine import Engine
 
     model, processor = lite0
     fast = Engine(model, processor, device="cpu", draft=True)  # what `classify` decodes with by default

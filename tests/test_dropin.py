@@ -180,7 +180,7 @@ def test_outputs_are_ordered_mappings_like_the_reference(labels, hidden: bool) -
 def test_outputs_keep_attribute_and_key_in_step_and_pickle() -> None:
     import pickle
 
-    from effnet_cli.model import ImageClassifierOutput
+    from effnet_cli.core.model import ImageClassifierOutput
 
     out = ImageClassifierOutput(logits=torch.ones(1, 2))
     out.logits = torch.zeros(1, 2)

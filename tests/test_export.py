@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from effnet_cli.export import sample_pixels
+from effnet_cli.runtime.export import sample_pixels
 from effnet_cli.hub import load_pretrained
 from tests.cli_helpers import run
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from effnet_cli.pathtext import path_from_fields
-from effnet_cli.records import CSV_HEADER, RecordWriter
-from effnet_cli.results import Prediction, Result
+from effnet_cli.records.pathtext import path_from_fields
+from effnet_cli.records.stream import CSV_HEADER, RecordWriter
+from effnet_cli.records.results import Prediction, Result
 from tests.cli_helpers import effnet, read_terminal, run
 from tests.hostile import HOSTILE_NAMES, make_hostile_corpus
 
@@ -196,7 +196,7 @@ def test_headless_model_is_refused_before_any_output(tmp_path: Path, b0_small_di
     """Reproduction 5: a checkpoint without a classification head: exit 2, one line naming `effnet embed`."""
     from effnet_cli import EfficientNetConfig, EfficientNetForImageClassification
     from effnet_cli.hub import save_pretrained
-    from effnet_cli.processor import EfficientNetImageProcessor
+    from effnet_cli.core.processor import EfficientNetImageProcessor
 
     config = EfficientNetConfig.from_variant("b0", num_labels=0, id2label=None, label2id=None)
     headless = tmp_path / "headless"
@@ -236,14 +236,14 @@ def test_closed_pipe_is_a_quiet_success(b0_small_dir: Path, tmp_path: Path, fmt:
 
 def test_records_do_not_import_the_inference_stack() -> None:
     """Writing records (and reading them back) stays light: no torch, no Rich."""
-    code = "import sys, effnet_cli.records; print('torch' in sys.modules, 'rich' in sys.modules)"
+    code = "import sys, effnet_cli.records.stream; print('torch' in sys.modules, 'rich' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
 
 def test_writers_do_not_import_the_inference_stack() -> None:
     """Writing or reading outputs must not pull in torch (writers.py, records.py, pathtext.py, the shard readers)."""
-    code = ("import sys; import effnet_cli.writers, effnet_cli.records, effnet_cli.pathtext, effnet_cli.output; "
+    code = ("import sys; import effnet_cli.records.manifest, effnet_cli.records.stream, effnet_cli.records.pathtext, effnet_cli.output; "
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -20,7 +20,7 @@ from torch import nn
 
 from conftest import randomize
 from effnet_cli import EfficientNetConfig, EfficientNetForImageClassification
-from effnet_cli.optimize import FusedConv2d, fuse_model, keep_freed_memory, optimize
+from effnet_cli.runtime.fused import FusedConv2d, fuse_model, keep_freed_memory, optimize
 
 TOLERANCE = 1e-4
 
@@ -118,7 +118,7 @@ def test_portable_path_matches_too():
 
 def _unfused(model: nn.Module) -> nn.Module:
     """The model with batch norms folded and nothing else, as fuse_model expects it."""
-    from effnet_cli.optimize import fold_batch_norms
+    from effnet_cli.runtime.fused import fold_batch_norms
 
     return fold_batch_norms(copy.deepcopy(model).eval())
 
@@ -135,14 +135,14 @@ def test_grad_mode_and_requires_grad_inputs_still_work():
 
 def test_effnet_cli_optimize_is_callable_whatever_was_imported_first():
     import effnet_cli
-    import effnet_cli.inference  # noqa: F401 - imports the module effnet_cli.optimize
+    import effnet_cli.runtime.engine  # noqa: F401 - imports the module effnet_cli.runtime.fused
 
     model = random_model(seed=5)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
-    fast = effnet_cli.optimize(model, device="cpu", dtype=None)
+    fast = effnet_cli.runtime.fused(model, device="cpu", dtype=None)
     with torch.inference_mode():
         assert relative_error(fast(x).logits, model(x).logits) < TOLERANCE
-    assert getattr(fast, "optimized", False) and effnet_cli.optimize.keep_freed_memory is keep_freed_memory
+    assert getattr(fast, "optimized", False) and effnet_cli.runtime.fused.keep_freed_memory is keep_freed_memory
 
 
 def test_the_original_model_is_untouched():
@@ -228,7 +228,7 @@ def test_keep_freed_memory_is_idempotent():
 
 # ------------------------------------------------------------------ photos
 def _engine(model, processor, **kwargs):
-    from effnet_cli.inference import Engine
+    from effnet_cli.runtime.engine import Engine
 
     return Engine(model, processor, device="cpu", **kwargs)
 
@@ -245,7 +245,7 @@ def test_top1_agrees_on_every_sample_photo(real_model, photos):
 
 
 def _top1_through_the_loader(engine, paths) -> list[int]:
-    from effnet_cli.inference import classify_paths
+    from effnet_cli.runtime.engine import classify_paths
 
     out = []
     for results in classify_paths(engine, [str(p) for p in paths], top_k=1, batch_size=4, workers=0):

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effnet_cli.pathtext import path_from_fields, split_records
-from effnet_cli.shards import read_embeddings
+from effnet_cli.records.pathtext import path_from_fields, split_records
+from effnet_cli.scale.shards import read_embeddings
 from tests.cli_helpers import effnet, run
 from tests.hostile import make_hostile_corpus
 
@@ -143,7 +143,7 @@ def test_hostile_names_through_output_dir(b0_small_dir: Path, hostile: list[str]
 
 
 def test_hostile_names_through_classify_output_dir(b0_small_dir: Path, hostile: list[str], tmp_path: Path) -> None:
-    from effnet_cli.shards import read_predictions
+    from effnet_cli.scale.shards import read_predictions
 
     out = tmp_path / "preds"
     _assert_clean(run(["classify", *hostile, "--model", str(b0_small_dir), "-j", "0", "--output-dir", str(out)]))

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from effnet_cli.errors import InputError
-from effnet_cli.parallel import parse_devices
-from effnet_cli.shards import read_embeddings
+from effnet_cli.scale.devices import parse_devices
+from effnet_cli.scale.shards import read_embeddings
 from tests.cli_helpers import effnet, run
 
 

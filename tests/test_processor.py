@@ -21,7 +21,7 @@ import transformers
 from PIL import Image
 
 from effnet_cli.errors import ConfigError, InputError
-from effnet_cli.processor import PREPROCESSOR_CONFIG_NAME, EfficientNetImageProcessor
+from effnet_cli.core.processor import PREPROCESSOR_CONFIG_NAME, EfficientNetImageProcessor
 
 transformers.logging.set_verbosity_error()  # its "ambiguous channel dimension" notes are noise here
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from effnet_cli.shards import read_embeddings, read_predictions
+from effnet_cli.scale.shards import read_embeddings, read_predictions
 from tests.cli_helpers import run
 
 # Ray Data warns about its own deprecated settings whenever a dataset copies its context.

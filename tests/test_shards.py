@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from effnet_cli.data import discover_inputs
-from effnet_cli.shards import Partition, parse_shard, read_embeddings, read_predictions
+from effnet_cli.scale.shards import Partition, parse_shard, read_embeddings, read_predictions
 from tests.cli_helpers import effnet, run
 
 

@@ -86,8 +86,8 @@ def classify(
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
     from effnet_cli.cli.common import exact_decoding
-    from effnet_cli.inference import classify_paths, read_labels, require_classifier
-    from effnet_cli.records import RecordWriter
+    from effnet_cli.runtime.engine import classify_paths, read_labels, require_classifier
+    from effnet_cli.records.stream import RecordWriter
 
     full_decode = exact_decoding(exact_decode, False, full_decode)
 

@@ -11,7 +11,7 @@ from effnet_cli.cli.render import info_line
 from effnet_cli.errors import InputError
 
 if TYPE_CHECKING:
-    from effnet_cli.inference import Engine
+    from effnet_cli.runtime.engine import Engine
 
 
 def probe_hub_early(variant: Variant | None, model: str | None) -> None:
@@ -50,12 +50,12 @@ def load_engine(variant: Variant | None, model: str | None, revision: str | None
     """Load the weights named by --variant / --model and prepare them for inference.
 
     With ``--backend auto``, a run of ``inputs`` images (None: unknown) exports and measures the
-    backends only when it is long enough to gain from it (:data:`effnet_cli.backends.AUTO_MEASURE_MIN_IMAGES`);
+    backends only when it is long enough to gain from it (:data:`effnet_cli.runtime.backends.AUTO_MEASURE_MIN_IMAGES`);
     shorter runs use a remembered choice, or PyTorch.
     """
-    from effnet_cli.backends import AUTO_MEASURE_MIN_IMAGES
+    from effnet_cli.runtime.backends import AUTO_MEASURE_MIN_IMAGES
     from effnet_cli.data import DEFAULT_MAX_PIXELS
-    from effnet_cli.inference import Engine
+    from effnet_cli.runtime.engine import Engine
 
     if variant is not None and model is not None:
         raise InputError("Give either --variant or --model, not both.")

@@ -7,7 +7,7 @@ so they answer instantly):
 * ``show``  the stage table of one variant or config.json at a given input size;
 * ``save``  a config.json that transformers reads, for a variant or a new φ.
 
-Parameter and MAC counts come from :mod:`effnet_cli.flops`; MACs are
+Parameter and MAC counts come from :mod:`effnet_cli.core.flops`; MACs are
 multiply-adds, the unit the paper calls FLOPs (B0: 0.39 B).
 """
 
@@ -28,9 +28,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from effnet_cli.cli.render import Command, error_line, stdout_console
-from effnet_cli.config import ALPHA, BETA, GAMMA, VARIANTS, EfficientNetConfig
+from effnet_cli.core.config import ALPHA, BETA, GAMMA, VARIANTS, EfficientNetConfig
 from effnet_cli.errors import ConfigError, InputError
-from effnet_cli.flops import LayerCost, NetworkCost, network_cost
+from effnet_cli.core.flops import LayerCost, NetworkCost, network_cost
 
 app = typer.Typer(help="Inspect and write EfficientNet configs.", no_args_is_help=True)
 

@@ -20,7 +20,7 @@ from effnet_cli.cli.render import (
     summary_line,
 )
 from effnet_cli.errors import InputError
-from effnet_cli.pathtext import display_path
+from effnet_cli.records.pathtext import display_path
 
 
 def _parse_features(value: str | None) -> int | None:
@@ -89,7 +89,7 @@ def embed(
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
     from effnet_cli.cli.common import exact_decoding
-    from effnet_cli.inference import POOLS
+    from effnet_cli.runtime.engine import POOLS
 
     fast_decode = not exact_decoding(exact_decode, True)
 
@@ -136,7 +136,7 @@ def embed(
             job = sharded.make_job("embed", paths, partition, output_dir, shard_size, settings, resume, meta)
         else:
             # -o is the one-shard case of the same machinery: same partials, markers, settings check and lock.
-            from effnet_cli.shards import ShardJob
+            from effnet_cli.scale.shards import ShardJob
 
             job = ShardJob(kind="embed", directory=output.parent, paths=partition.select(paths), total=len(paths),
                            partition=partition, settings=settings, resume=resume, single=output)
@@ -154,10 +154,10 @@ def _embed_per_file(engine, paths: list[str], directory: Path, run: dict, quiet:
 
     import numpy as np
 
-    from effnet_cli.inference import embed_paths
+    from effnet_cli.runtime.engine import embed_paths
     from effnet_cli.output import make_dir, write_bytes
-    from effnet_cli.pathtext import path_fields
-    from effnet_cli.writers import manifest_record, per_file_targets
+    from effnet_cli.records.pathtext import path_fields
+    from effnet_cli.records.manifest import manifest_record, per_file_targets
 
     targets = per_file_targets(directory, paths)  # two inputs for one file: refused before anything is written
     make_dir(directory)

@@ -59,7 +59,7 @@ def export(
     "features_max". See docs/export.md.
     """
     from effnet_cli.data import discover_inputs
-    from effnet_cli.export import export_model, parse_image_size, sample_pixels, verify_export
+    from effnet_cli.runtime.export import export_model, parse_image_size, sample_pixels, verify_export
     from effnet_cli.hub import load_pretrained
 
     size = parse_image_size(image_size)
@@ -74,7 +74,7 @@ def export(
                   f"{', '.join(result.outputs)})", markup=False, highlight=False, soft_wrap=True)
     console.print("files: " + ", ".join(p.name for p in result.files), markup=False, highlight=False, soft_wrap=True)
     if images:
-        from effnet_cli.export import processor_for_size
+        from effnet_cli.runtime.export import processor_for_size
 
         pixels = sample_pixels(processor_for_size(processor, size), images)
         report = verify_export(result, net, pixels)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from effnet_cli.config import VARIANTS
+from effnet_cli.core.config import VARIANTS
 
 DEFAULT_VARIANT = "lite0"  # the bundled ImageNet weights: works offline, no download
 

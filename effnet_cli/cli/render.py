@@ -30,10 +30,10 @@ from rich.table import Table
 from rich.text import Text
 
 from effnet_cli.errors import ConfigError, EffnetError, InputError
-from effnet_cli.pathtext import display_path
+from effnet_cli.records.pathtext import display_path
 
 if TYPE_CHECKING:
-    from effnet_cli.results import Result
+    from effnet_cli.records.results import Result
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -56,7 +56,7 @@ def utf8_stdout() -> None:
     """Make stdout encode UTF-8 whatever the locale: machine records are UTF-8 text by definition.
 
     The records themselves never hold a character UTF-8 cannot encode (see
-    :mod:`effnet_cli.pathtext`), so this stays strict.
+    :mod:`effnet_cli.records.pathtext`), so this stays strict.
     """
     stream = sys.stdout
     if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
@@ -69,7 +69,7 @@ def shown_text(text: str) -> str:
     A name is printed, not interpreted: a carriage return or an escape sequence in
     it must neither move the cursor nor colour the screen, and a newline must not
     break the one line an error takes. Bytes that are not UTF-8 show as U+FFFD;
-    the records on stdout keep the exact name (see :mod:`effnet_cli.pathtext`).
+    the records on stdout keep the exact name (see :mod:`effnet_cli.records.pathtext`).
     """
     text = display_path(text)
     if text.isprintable():
@@ -261,7 +261,7 @@ def usage_message(exc: Exception) -> str:
 
 def _variant_hint(option: str, value: str) -> str:
     # A Lite variant effnet knows but has no weights for: say how to get them rather than only refuse it.
-    from effnet_cli.config import VARIANTS
+    from effnet_cli.core.config import VARIANTS
 
     variant = VARIANTS.get(value.lower()) if option == "--variant" else None
     if variant is None or not variant.lite:

@@ -2,7 +2,7 @@
 
 One process (the user's ``--device``), one worker process per device
 (``--devices``), or Ray (``--engine ray``) all write the same shard layout
-through :mod:`effnet_cli.shards`; this module only wires options to them,
+through :mod:`effnet_cli.scale.shards`; this module only wires options to them,
 shows one progress bar, and turns the outcome into an exit status.
 """
 
@@ -25,8 +25,8 @@ from effnet_cli.cli.render import (
     summary_line,
 )
 from effnet_cli.errors import InputError
-from effnet_cli.pathtext import display_path
-from effnet_cli.shards import (
+from effnet_cli.records.pathtext import display_path
+from effnet_cli.scale.shards import (
     DEFAULT_SHARD_SIZE,
     META_FORMATS,
     Partition,
@@ -58,11 +58,11 @@ def check_options(*, output_dir: Path | None, shard_size: int | None, devices: s
     if devices is not None and device != "auto":
         raise InputError("Give --device or --devices, not both.")
     if devices is not None:
-        from effnet_cli.parallel import parse_devices
+        from effnet_cli.scale.devices import parse_devices
 
         parse_devices(devices)  # a bad device list is a usage error before the model loads
     if engine is EngineKind.ray:
-        from effnet_cli.ray_engine import require_ray
+        from effnet_cli.scale.ray import require_ray
 
         require_ray()  # a missing extra is one line now, not after the model has loaded
 
@@ -75,7 +75,7 @@ def model_name(variant: Variant | None, model: str | None) -> str:
 
 def engine_spec(engine: Any, name: str, dtype: DType, compile: bool) -> Any:
     """How workers and actors load the parent's model again, pinned to the revision the parent resolved."""
-    from effnet_cli.parallel import EngineSpec
+    from effnet_cli.scale.devices import EngineSpec
 
     source = engine.source or {}
     return EngineSpec(name=name, revision=source.get("revision"), dtype=dtype.value, compile=compile,
@@ -85,7 +85,7 @@ def engine_spec(engine: Any, name: str, dtype: DType, compile: bool) -> Any:
 def output_lock(kind: str, *, output: Path | None = None, output_dir: Path | None = None,
                 per_file: Path | None = None, partition: Partition = Partition()) -> Any:
     """The lock of the output a command names, to hold for the whole run (see :mod:`effnet_cli.output.lock`)."""
-    from effnet_cli.shards import hold_lock, lock_path
+    from effnet_cli.scale.shards import hold_lock, lock_path
 
     if output is not None:
         return hold_lock(lock_path(kind, output.parent, partition, output), output)
@@ -96,7 +96,7 @@ def output_lock(kind: str, *, output: Path | None = None, output_dir: Path | Non
 
 def meta_format_of(meta_format: str | None, output_dir: Path | None) -> str:
     """``--meta-format``, checked before any work: parquet (the default) needs pyarrow."""
-    from effnet_cli.shards import check_meta_format
+    from effnet_cli.scale.shards import check_meta_format
 
     if meta_format is None:
         meta_format = "parquet"
@@ -153,7 +153,7 @@ def run(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, Any], *, d
     Unless ``quiet``, the run ends with a summary line on stderr (``started``: when the command began,
     from :func:`time.monotonic`).
     """
-    from effnet_cli.shards import lock_output
+    from effnet_cli.scale.shards import lock_output
 
     with lock_output(job):
         return _run_locked(job, engine, spec, run_options, devices=devices, engine_kind=engine_kind,
@@ -168,7 +168,7 @@ def _run_locked(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, An
 
     device_list = None
     if devices is not None:
-        from effnet_cli.parallel import parse_devices, usable_cores
+        from effnet_cli.scale.devices import parse_devices, usable_cores
 
         device_list = parse_devices(devices)
         if workers is None:  # decode processes per device worker: the cores shared out, at most 4 each
@@ -183,16 +183,16 @@ def _run_locked(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, An
                 advance(plan.done_inputs)
 
             if engine_kind is EngineKind.ray:
-                from effnet_cli.ray_engine import run_ray
+                from effnet_cli.scale.ray import run_ray
 
                 summary = run_ray(job, spec, engine, run_options, address=ray_address, actors=ray_actors,
                                   on_plan=skip_kept, **report)
             elif device_list is not None and len(device_list) > 1:
-                from effnet_cli.parallel import run_on_devices
+                from effnet_cli.scale.devices import run_on_devices
 
                 summary = run_on_devices(job, device_list, spec, run_options, **report)
             else:
-                from effnet_cli import shards
+                from effnet_cli.scale import shards
 
                 if device_list is not None:  # a single device: no worker process needed
                     engine = spec.build(device_list[0])

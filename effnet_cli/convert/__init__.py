@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from effnet_cli.config import EfficientNetConfig
+from effnet_cli.core.config import EfficientNetConfig
 from effnet_cli.convert.common import (
     Checkpoint,
     Plan,
@@ -38,7 +38,7 @@ from effnet_cli.convert.common import (
 from effnet_cli.errors import ConfigError, InputError, WeightsError
 
 if TYPE_CHECKING:
-    from effnet_cli.model import EfficientNetForImageClassification
+    from effnet_cli.core.model import EfficientNetForImageClassification
 
 # Detection order matters only in theory: the layouts share no stem key.
 SOURCES = ("hf", "torchvision", "timm", "efficientnet_pytorch", "keras")
@@ -172,7 +172,7 @@ def build_model(ckpt: Checkpoint, plan: Plan) -> EfficientNetForImageClassificat
     """Steps 1-3: rename and permute the tensors, check them against our model, load them."""
     import torch
 
-    from effnet_cli.model import EfficientNetForImageClassification
+    from effnet_cli.core.model import EfficientNetForImageClassification
 
     converted = apply_renames(ckpt.tensors, plan)
     with torch.device("meta"):
@@ -270,7 +270,7 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
     """Refuse a destination convert must not write: a file, a non-empty directory, or (even with
     ``overwrite``) a directory holding anything but effnet's own model files."""
     from effnet_cli.output import MODEL_DIR_FILES, foreign_files
-    from effnet_cli.pathtext import display_path
+    from effnet_cli.records.pathtext import display_path
 
     if out_dir.exists() and not out_dir.is_dir():
         raise WeightsError(f"{display_path(out_dir)} exists and is not a directory.")

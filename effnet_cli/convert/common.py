@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from effnet_cli.config import VARIANTS, BlockSpec, EfficientNetConfig
+from effnet_cli.core.config import VARIANTS, BlockSpec, EfficientNetConfig
 from effnet_cli.errors import ConfigError, WeightsError
 
 # ------------------------------------------------------------------ checkpoints
@@ -124,7 +124,7 @@ PERMUTES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 # --------------------------------------------------------------- step 1: renames
-# Our key for each part of the network (module names of effnet_cli.model, i.e. the
+# Our key for each part of the network (module names of effnet_cli.core.model, i.e. the
 # transformers reference's keys). "{i}" is the block's index in encoder.blocks.
 OUR_PARTS: dict[str, str] = {
     "stem_conv": "efficientnet.embeddings.convolution",
@@ -377,7 +377,7 @@ def count_classes(tensors: Mapping[str, torch.Tensor], bias_key: str) -> int:
 
 def expected_state(config: EfficientNetConfig) -> dict[str, torch.Tensor]:
     """Our model's state dict for ``config`` on the meta device: names and shapes, no memory."""
-    from effnet_cli.model import EfficientNetForImageClassification
+    from effnet_cli.core.model import EfficientNetForImageClassification
 
     with torch.device("meta"):
         return EfficientNetForImageClassification(config).state_dict()

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from effnet_cli.config import VARIANTS, BlockSpec, EfficientNetConfig
+from effnet_cli.core.config import VARIANTS, BlockSpec, EfficientNetConfig
 from effnet_cli.convert.common import (
     B_VARIANTS,
     LITE_VARIANTS,

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from effnet_cli.config import BlockSpec, EfficientNetConfig
+from effnet_cli.core.config import BlockSpec, EfficientNetConfig
 from effnet_cli.convert.common import (
     B_VARIANTS,
     IMAGENET_MEAN,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet_cli.errors import InputError
-from effnet_cli.pathtext import display_path
+from effnet_cli.records.pathtext import display_path
 
 __all__ = ["OutputBusyError", "OutputLock"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from effnet_cli.data import IMAGE_EXTENSIONS, discover_inputs
-from effnet_cli.inputs import _natural_key
+from effnet_cli.data.inputs import _natural_key
 from effnet_cli.errors import InputError
 
 LIST_SUFFIXES = (".csv", ".jsonl")

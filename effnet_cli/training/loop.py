@@ -270,7 +270,7 @@ def _finetune(data: str, output_dir: str | Path | None, callback: Callback | Non
                          "or choose another output directory.")
 
     from effnet_cli.hub import load_pretrained
-    from effnet_cli.optimize import resolve_device
+    from effnet_cli.runtime.fused import resolve_device
 
     device = resolve_device(opts.device)
     base_model, processor = load_pretrained(opts.model)
@@ -425,7 +425,7 @@ def _sized_processor(processor: Any, image_size: int) -> Any:
 
 def _open_kwargs(processor: Any) -> dict[str, Any]:
     """Decode JPEGs at reduced size when that still leaves 1.5× the pixels the model needs."""
-    from effnet_cli.inference import DRAFT_MARGIN
+    from effnet_cli.runtime.engine import DRAFT_MARGIN
 
     size = processor.size
     side = size.get("shortest_edge") or max(size.get("height", 0), size.get("width", 0))
@@ -441,7 +441,7 @@ def _default_workers() -> int:
 def _extract_features(model: nn.Module, processor: Any, split: Split, opts: FinetuneOptions, device: torch.device,
                       emit: Callback) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Pooled features of every image (the linear probe's inputs), streamed as ``effnet embed`` does."""
-    from effnet_cli.inference import Engine, embed_paths
+    from effnet_cli.runtime.engine import Engine, embed_paths
 
     engine = Engine(model, processor, device=device, dtype=opts.dtype)
     workers = min(2, _default_workers()) if opts.workers is None else opts.workers

@@ -19,7 +19,7 @@ list. A :class:`Partition` ``I/N`` (``--shard I/N``, one per device with
 N)``; its files carry the partition in their names (``emb_p001of004_00000.npy``)
 so independent jobs can share one directory. Every record carries ``index``,
 the input's position in the full list, and its path as
-:mod:`effnet_cli.pathtext` writes paths.
+:mod:`effnet_cli.records.pathtext` writes paths.
 
 Why errors live beside the metadata rather than in it: embedding-reader's
 ``parquet_npy`` format pairs ``meta_*.parquet`` row ``i`` with ``emb_*.npy``
@@ -35,17 +35,17 @@ Modules: :mod:`.partition` (which inputs), :mod:`.job` (file names),
 callbacks.
 """
 
-from effnet_cli.shards.job import (
+from effnet_cli.scale.shards.job import (
     DEFAULT_SHARD_SIZE,
     META_FORMATS,
     Shard,
     ShardJob,
     lock_path,
 )
-from effnet_cli.shards.partition import Partition, parse_shard
-from effnet_cli.shards.plan import Plan, Summary, Todo, plan_shards
-from effnet_cli.shards.read import read_embeddings, read_jsonl, read_predictions
-from effnet_cli.shards.run import (
+from effnet_cli.scale.shards.partition import Partition, parse_shard
+from effnet_cli.scale.shards.plan import Plan, Summary, Todo, plan_shards
+from effnet_cli.scale.shards.read import read_embeddings, read_jsonl, read_predictions
+from effnet_cli.scale.shards.run import (
     check_meta_format,
     classify_into_shards,
     embed_into_shards,
@@ -53,7 +53,7 @@ from effnet_cli.shards.run import (
     lock_output,
     parquet_available,
 )
-from effnet_cli.shards.writer import (
+from effnet_cli.scale.shards.writer import (
     ShardWriter,
     write_classify_shards,
     write_embed_shards,

@@ -19,7 +19,7 @@
   (one GPU each when the cluster has GPUs).
 * The driver receives results in input order (``preserve_order``), merges
   the pre-checked error rows by index, and writes the same shard files as a
-  local run with :mod:`effnet_cli.shards`, shard by shard as results
+  local run with :mod:`effnet_cli.scale.shards`, shard by shard as results
   arrive, so its memory stays bounded however many inputs there are.
 
 Ray is an optional dependency (``pip install 'effnet-cli[ray]'``); it is
@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from effnet_cli.errors import ConfigError, DecodeError, EffnetError
-from effnet_cli.parallel import EngineSpec, usable_cores
-from effnet_cli.shards import Plan, ShardJob, Summary, plan_shards, write_classify_shards, write_embed_shards
+from effnet_cli.scale.devices import EngineSpec, usable_cores
+from effnet_cli.scale.shards import Plan, ShardJob, Summary, plan_shards, write_classify_shards, write_embed_shards
 
 __all__ = ["require_ray", "connect", "default_actors", "run_ray"]
 
@@ -254,7 +254,7 @@ def _expected_shape(engine: Any) -> tuple[int, ...]:
 def _ordered_batches(kind: str, todo: list[str], early: dict[int, str], results: Iterator[dict[str, np.ndarray]],
                      index_of: dict[str, int]) -> Iterator[Any]:
     """Merge Ray's results with the pre-checked errors and yield them in input order, as local batches do."""
-    from effnet_cli.results import EmbedBatch, Prediction, Result
+    from effnet_cli.records.results import EmbedBatch, Prediction, Result
 
     pending: dict[int, tuple[str | None, Any]] = {pos: (reason, None) for pos, reason in early.items()}
     next_pos = 0

@@ -10,9 +10,9 @@ from typing import Any
 
 from effnet_cli.errors import InputError
 from effnet_cli.output.lock import OutputLock
-from effnet_cli.shards.job import ShardJob
-from effnet_cli.shards.plan import Plan, Summary, plan_shards
-from effnet_cli.shards.writer import FailureFn, ProgressFn, write_shards
+from effnet_cli.scale.shards.job import ShardJob
+from effnet_cli.scale.shards.plan import Plan, Summary, plan_shards
+from effnet_cli.scale.shards.writer import FailureFn, ProgressFn, write_shards
 
 __all__ = ["embed_into_shards", "classify_into_shards", "lock_output", "hold_lock", "parquet_available", "check_meta_format"]
 
@@ -87,7 +87,7 @@ def embed_into_shards(engine: Any, job: ShardJob, run: dict[str, Any], *, on_pro
     ``on_plan`` sees the plan before any work (the CLI advances its progress
     bar past what a resume keeps). The caller holds the output's lock.
     """
-    from effnet_cli.inference import embed_paths
+    from effnet_cli.runtime.engine import embed_paths
 
     return _run(engine, job, lambda todo: embed_paths(engine, todo, **run), on_plan,
                 dim=engine.feature_dim(run.get("stage")), dtype=engine.output_numpy_dtype,
@@ -98,7 +98,7 @@ def classify_into_shards(engine: Any, job: ShardJob, run: dict[str, Any], *,
                          on_progress: ProgressFn | None = None, on_failure: FailureFn | None = None,
                          on_plan: Callable[[Plan], None] | None = None) -> Summary:
     """Classify a partition into ``pred_*.jsonl`` shards; ``run`` holds :func:`classify_paths`' options."""
-    from effnet_cli.inference import classify_paths
+    from effnet_cli.runtime.engine import classify_paths
 
     return _run(engine, job, lambda todo: classify_paths(engine, todo, **run), on_plan,
                 on_progress=on_progress, on_failure=on_failure)

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from effnet_cli.backends import choose_backend
+from effnet_cli.runtime.backends import choose_backend
 from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
 from effnet_cli.errors import InputError
 from effnet_cli.hub import _dtype, load_pretrained
-from effnet_cli.optimize import optimize, resolve_device
-from effnet_cli.results import EmbedBatch, Prediction, Result
+from effnet_cli.runtime.fused import optimize, resolve_device
+from effnet_cli.records.results import EmbedBatch, Prediction, Result
 
 POOLS = ("mean", "max")
 
@@ -66,7 +66,7 @@ class Engine:
     """A model ready for inference: optimised copy, device, dtype and preprocessing.
 
     ``backend`` runs the model in PyTorch ("torch", the default here), in ONNX Runtime or
-    OpenVINO (an export made once and cached, see :mod:`effnet_cli.backends`), or "auto": the
+    OpenVINO (an export made once and cached, see :mod:`effnet_cli.runtime.backends`), or "auto": the
     fastest of those that can run it at ``batch_size``, measured once per model, batch size and
     machine (the CLI's default). With ``measure=False``, "auto" takes a remembered measurement
     or PyTorch, and never exports or measures; ``announce`` hears when a measurement starts (None)
@@ -93,7 +93,7 @@ class Engine:
                                       needs_torch=needs_torch)
         weights = None  # the weights' hash keys both auto's record and the export: computed once, if needed
         if self.backend == "auto":  # several candidates: the fastest here, measured once and remembered
-            from effnet_cli.backends import auto_candidates, measured_choice, weights_hash
+            from effnet_cli.runtime.backends import auto_candidates, measured_choice, weights_hash
 
             weights = weights_hash(model)
             try:
@@ -104,7 +104,7 @@ class Engine:
                 self.backend = "torch"
         self.runner: Any = None
         if self.backend != "torch":
-            from effnet_cli.backends import runner_for
+            from effnet_cli.runtime.backends import runner_for
 
             self.runner = runner_for(model, processor, self.backend, dtype=dtype_name,
                                      device_type=self.device.type, batch=batch_size, weights=weights)

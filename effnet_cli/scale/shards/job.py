@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet_cli.errors import InputError
-from effnet_cli.shards.partition import Partition
+from effnet_cli.scale.shards.partition import Partition
 
 __all__ = ["DEFAULT_SHARD_SIZE", "MARKER_FORMAT", "META_FORMATS", "KINDS", "ShardJob", "Shard", "lock_path"]
 

@@ -1,7 +1,7 @@
 """Reading a finished run back in input order, however it was partitioned.
 
 Records are split on ``\\n`` only and paths come back through
-:func:`effnet_cli.pathtext.path_from_fields`, so every name the filesystem
+:func:`effnet_cli.records.pathtext.path_from_fields`, so every name the filesystem
 allows (newlines, U+2028, bytes that are not UTF-8) returns exactly.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from effnet_cli.errors import InputError
-from effnet_cli.pathtext import path_from_fields, split_records
-from effnet_cli.shards.plan import MARKER_RE, read_marker
+from effnet_cli.records.pathtext import path_from_fields, split_records
+from effnet_cli.scale.shards.plan import MARKER_RE, read_marker
 
 __all__ = ["read_embeddings", "read_predictions", "read_jsonl"]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from effnet_cli.config import BlockSpec, EfficientNetConfig
+from effnet_cli.core.config import BlockSpec, EfficientNetConfig
 
 STEM_KERNEL = 3  # the stem is a 3×3, stride-2 conv in every variant
 STEM_STRIDE = 2
@@ -80,7 +80,7 @@ def conv_output_size(config: EfficientNetConfig, size: int, kernel_size: int, st
                      adjust: bool = True, stem: bool = False) -> int:
     """Side of a k×k conv's output on a ``size``-wide input, under the config's padding mode.
 
-    Mirrors ``effnet_cli.model._pad_for``: the "fixed" mode's asymmetric pads
+    Mirrors ``effnet_cli.core.model._pad_for``: the "fixed" mode's asymmetric pads
     (stem, and stride-2 depthwise convs not listed in ``depthwise_padding``) pad
     one pixel less than TF-'same' would, which only shows at odd input sizes,
     where the output is floor(size/2) instead of ceil(size/2).

@@ -44,9 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from effnet_cli import malloc
-from effnet_cli.config import tf_same_padding
+from effnet_cli.core.config import tf_same_padding
 from effnet_cli.malloc import keep_freed_memory
-from effnet_cli.model import (
+from effnet_cli.core.model import (
     EfficientNetDepthwiseLayer,
     EfficientNetEmbeddings,
     EfficientNetEncoder,
@@ -412,9 +412,9 @@ def optimize(model: EfficientNetPreTrainedModel, device: str | torch.device | No
 class _CallableModule(types.ModuleType):
     """This module, callable as :func:`optimize`.
 
-    ``effnet_cli.optimize`` is both this module and, through the package's lazy
+    ``effnet_cli.runtime.fused`` is both this module and, through the package's lazy
     attribute, the function; once anything imports the module, the package
-    attribute is the module. Being callable, ``effnet_cli.optimize(model)``
+    attribute is the module. Being callable, ``effnet_cli.runtime.fused(model)``
     works either way.
     """
 

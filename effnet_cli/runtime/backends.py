@@ -2,7 +2,7 @@
 
 ``Engine(..., backend=...)`` and the CLI's ``--backend`` choose among
 :data:`BACKENDS`. For ``onnxruntime`` and ``openvino`` the model is exported
-once (:mod:`effnet_cli.export`) into effnet's cache and reused by every later
+once (:mod:`effnet_cli.runtime.export`) into effnet's cache and reused by every later
 run; :func:`cached_export` keys each export by everything that changes its
 contents: the weights, the dtype, the input size, the format and the versions
 of the exporter and the runtime. Concurrent runs are safe: one exports while
@@ -95,7 +95,7 @@ def choose_backend(requested: str, *, device_type: str, dtype: str, needs_torch:
     if requested == "auto":
         candidates = auto_candidates(device_type=device_type, dtype=dtype, needs_torch=needs_torch)
         return candidates[0] if len(candidates) == 1 else "auto"
-    from effnet_cli.export import require_runtime
+    from effnet_cli.runtime.export import require_runtime
 
     require_runtime(requested)
     if needs_torch:
@@ -152,7 +152,7 @@ def _forward_call(backend: str, model: Any, processor: Any, dtype: str, x: Any,
     import torch
 
     if backend == "torch":
-        from effnet_cli.optimize import optimize
+        from effnet_cli.runtime.fused import optimize
 
         fast = optimize(model, device="cpu", dtype=getattr(torch, dtype))
         # bfloat16's float32 stem reads float32 pixels (optimize's input_dtype), as the Engine passes them.
@@ -203,7 +203,7 @@ def _time_backends(calls: dict[str, tuple[Callable[[], None], float]], batch: in
 
 
 def _outputs(model: Any) -> list[str]:
-    from effnet_cli.export import output_names
+    from effnet_cli.runtime.export import output_names
 
     return output_names(model)
 
@@ -224,7 +224,7 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
     import torch
     from filelock import FileLock
 
-    from effnet_cli.export import fixed_input_size
+    from effnet_cli.runtime.export import fixed_input_size
     from effnet_cli.hub import cache_root
 
     batch = max(1, int(batch))
@@ -294,7 +294,7 @@ def _versions(fmt: str) -> dict[str, str]:
     import torch
 
     from effnet_cli import __version__
-    from effnet_cli.export import GRAPH_VERSION, OPSET
+    from effnet_cli.runtime.export import GRAPH_VERSION, OPSET
 
     found = {"effnet": __version__, "graph": str(GRAPH_VERSION), "opset": str(OPSET), "torch": torch.__version__}
     for name in ("onnx", "onnxscript") + (("openvino",) if fmt == "openvino" else ()):
@@ -312,7 +312,7 @@ def export_key(model: Any, processor: Any, fmt: str, dtype: str, weights: str | 
 
     ``weights`` is :func:`weights_hash` of ``model`` when the caller has it already (None: computed here).
     """
-    from effnet_cli.export import fixed_input_size
+    from effnet_cli.runtime.export import fixed_input_size
 
     parts = {"weights": weights or weights_hash(model), "size": list(fixed_input_size(processor)), "format": fmt,
              "dtype": dtype, "versions": _versions(fmt), "model_class": type(model).__name__}
@@ -339,7 +339,7 @@ def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", 
     """
     from filelock import FileLock
 
-    from effnet_cli.export import model_file, write_export
+    from effnet_cli.runtime.export import model_file, write_export
     from effnet_cli.hub import cache_root
 
     # The weights are hashed once here, not again for the ONNX export an OpenVINO one is converted from.
@@ -412,7 +412,7 @@ def keep_float32(path: Path) -> str:
     """The IR text of ``path`` (model.xml) with the stem and the first stage marked to run in float32.
 
     Compiled with bfloat16 precision, OpenVINO then runs these layers in float32 and the rest in
-    bfloat16: the split :func:`effnet_cli.optimize.optimize` uses in bfloat16, for the same reason
+    bfloat16: the split :func:`effnet_cli.runtime.fused.optimize` uses in bfloat16, for the same reason
     (most top-1 flips come from rounding early in the network; benchmarks/bf16_agreement.py). They
     are every layer before the first weight of the second stage's first block (named after the
     PyTorch module in the export; the IR's layers are in topological order). OpenVINO itself keeps
@@ -425,7 +425,7 @@ def keep_float32(path: Path) -> str:
     import re
     import xml.etree.ElementTree as ET
 
-    from effnet_cli.config import EfficientNetConfig
+    from effnet_cli.core.config import EfficientNetConfig
 
     text = path.read_text("utf-8")
     config_file = path.parent / "config.json"
@@ -520,7 +520,7 @@ class OpenVinoRunner:
 def open_runner(path: str | Path, fmt: str, *, dtype: str = "float32", device_type: str = "cpu",
                 batch: int = 16) -> Any:
     """A runner for the export at ``path`` (model.onnx or model.xml) in its runtime, set up for batches of ``batch``."""
-    from effnet_cli.export import require_runtime
+    from effnet_cli.runtime.export import require_runtime
 
     if fmt == "onnx":
         require_runtime("onnxruntime")
@@ -535,7 +535,7 @@ def runner_for(model: Any, processor: Any, backend: str, *, dtype: str, device_t
 
     ``weights`` is :func:`weights_hash` of ``model`` when the caller has it already (None: computed here).
     """
-    from effnet_cli.export import model_file
+    from effnet_cli.runtime.export import model_file
 
     fmt = _FORMAT[backend]
     # The cached OpenVINO IR is float32; bfloat16 is the precision it is compiled with.

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from PIL import Image
 
-from effnet_cli.decode import _short, open_image
+from effnet_cli.data.decode import _short, open_image
 from effnet_cli.errors import DecodeError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported lazily at run time

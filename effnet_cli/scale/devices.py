@@ -2,7 +2,7 @@
 
 ``--devices cuda:0,cuda:1`` splits a sharded job round-robin (worker ``i`` of
 ``n`` takes the inputs at positions ≡ i mod n of the job's list, see
-:meth:`effnet_cli.shards.Partition.split`) and runs each part in a process
+:meth:`effnet_cli.scale.shards.Partition.split`) and runs each part in a process
 of its own, started with the ``spawn`` method (forking a process that has
 touched CUDA is unsafe). Workers load their own copy of the model on their
 device, run the same code as a single-device run, and report progress and
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from effnet_cli.errors import EffnetError, InputError
-from effnet_cli.shards import ShardJob, Summary, plan_shards
+from effnet_cli.scale.shards import ShardJob, Summary, plan_shards
 
 __all__ = ["EngineSpec", "WorkerError", "parse_devices", "usable_cores", "split_job", "run_on_devices"]
 
@@ -53,8 +53,8 @@ class EngineSpec:
     max_pixels: int | None = None
 
     def build(self, device: str) -> Any:
-        """An :class:`effnet_cli.inference.Engine` on ``device``."""
-        from effnet_cli.inference import Engine
+        """An :class:`effnet_cli.runtime.engine.Engine` on ``device``."""
+        from effnet_cli.runtime.engine import Engine
 
         return Engine.from_pretrained(self.name, revision=self.revision, device=device, dtype=self.dtype,
                                       compile=self.compile, draft=self.draft, max_pixels=self.max_pixels)
@@ -149,7 +149,7 @@ def _worker_main(task: _WorkerTask, events: Any) -> None:
     _exit_with_parent()
     import torch
 
-    from effnet_cli.shards import classify_into_shards, embed_into_shards
+    from effnet_cli.scale.shards import classify_into_shards, embed_into_shards
 
     torch.set_num_threads(task.threads)
     n = task.number

@@ -26,10 +26,10 @@ from effnet_cli.output.atomic import (
     write_bytes,
 )
 from effnet_cli.output.npy import NpyAppender
-from effnet_cli.pathtext import PATH_BYTES_FIELD, path_fields, split_records
-from effnet_cli.records import classify_record
-from effnet_cli.shards.job import MARKER_FORMAT, ShardJob
-from effnet_cli.shards.plan import Plan, Summary, Todo, recorded_settings, remove_temporaries
+from effnet_cli.records.pathtext import PATH_BYTES_FIELD, path_fields, split_records
+from effnet_cli.records.stream import classify_record
+from effnet_cli.scale.shards.job import MARKER_FORMAT, ShardJob
+from effnet_cli.scale.shards.plan import Plan, Summary, Todo, recorded_settings, remove_temporaries
 
 __all__ = ["ShardWriter", "write_classify_shards", "write_embed_shards", "write_shards"]
 

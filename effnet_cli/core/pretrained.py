@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from effnet_cli.config import EfficientNetConfig
+from effnet_cli.core.config import EfficientNetConfig
 from effnet_cli.errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:
-    from effnet_cli.model import EfficientNetPreTrainedModel
+    from effnet_cli.core.model import EfficientNetPreTrainedModel
 
 # transformers keywords that change nothing for a local, single-device, eager model.
 _IGNORED = frozenset({

@@ -1,9 +1,9 @@
-"""Manifest records and ``--per-file`` names (classify's stdout records live in effnet_cli.records).
+"""Manifest records and ``--per-file`` names (classify's stdout records live in effnet_cli.records.stream).
 
-Writers take :class:`effnet_cli.results.Result` objects in input order and
+Writers take :class:`effnet_cli.records.results.Result` objects in input order and
 never hold the whole run in memory. Files are published through
 :mod:`effnet_cli.output` (atomic, exclusive temporaries, the umask's modes);
-paths appear as :mod:`effnet_cli.pathtext` says.
+paths appear as :mod:`effnet_cli.records.pathtext` says.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from effnet_cli.errors import InputError
-from effnet_cli.pathtext import display_path, path_fields
-from effnet_cli.records import MACHINE_FORMATS, RecordWriter, classify_record
-from effnet_cli.results import Result
+from effnet_cli.records.pathtext import display_path, path_fields
+from effnet_cli.records.stream import MACHINE_FORMATS, RecordWriter, classify_record
+from effnet_cli.records.results import Result
 
 NAME_MAX = 255  # bytes in one file name on every common Linux filesystem
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
 
 
 def manifest_record(result: Result, **extra: Any) -> dict[str, Any]:
-    """One manifest line: the path (see :mod:`effnet_cli.pathtext`) and row (None when failed), the error if any."""
+    """One manifest line: the path (see :mod:`effnet_cli.records.pathtext`) and row (None when failed), the error if any."""
     record: dict[str, Any] = {**path_fields(result.path), "row": result.row}
     record.update(extra)
     if result.error is not None:

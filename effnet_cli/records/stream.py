@@ -1,6 +1,6 @@
 """classify's machine records: JSON, JSONL, CSV and TSV on a text stream, free of the inference stack.
 
-Paths follow :mod:`effnet_cli.pathtext`: ``path`` is the name as valid UTF-8
+Paths follow :mod:`effnet_cli.records.pathtext`: ``path`` is the name as valid UTF-8
 text, and a name whose bytes are not UTF-8 also gets ``path_bytes`` (the raw
 bytes, base64), so every record is valid UTF-8 and names its file exactly.
 
@@ -19,8 +19,8 @@ import json
 from collections.abc import Iterable
 from typing import IO, Any
 
-from effnet_cli.pathtext import PATH_BYTES_FIELD, path_fields
-from effnet_cli.results import Result
+from effnet_cli.records.pathtext import PATH_BYTES_FIELD, path_fields
+from effnet_cli.records.results import Result
 
 __all__ = ["CSV_HEADER", "MACHINE_FORMATS", "RecordWriter", "classify_record", "utf8_text"]
 

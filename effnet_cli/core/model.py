@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effnet_cli.config import BlockSpec, EfficientNetConfig, tf_same_padding
+from effnet_cli.core.config import BlockSpec, EfficientNetConfig, tf_same_padding
 
 _ACTIVATIONS = {
     "swish": nn.SiLU,
@@ -413,9 +413,9 @@ class EfficientNetPreTrainedModel(nn.Module):
         also returns ``{"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"}``;
         ``dtype=``/``torch_dtype=``, ``device=``, ``revision=``, ``cache_dir=``,
         ``local_files_only=``; ``from_pretrained(None, config=..., state_dict=...)`` builds
-        from weights in memory. See :mod:`effnet_cli.pretrained`.
+        from weights in memory. See :mod:`effnet_cli.core.pretrained`.
         """
-        from effnet_cli.pretrained import from_pretrained
+        from effnet_cli.core.pretrained import from_pretrained
 
         return from_pretrained(cls, name_or_path, **kwargs)
 

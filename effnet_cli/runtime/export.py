@@ -12,7 +12,7 @@ output) and returns up to three outputs:
 * ``features``: the last feature map averaged over H×W (``effnet embed``'s rows);
 * ``features_max``: the same feature map's maximum over H×W (``--pool max``).
 
-The plain model is exported, not :func:`effnet_cli.optimize`'s copy: its fused
+The plain model is exported, not :func:`effnet_cli.runtime.fused`'s copy: its fused
 oneDNN op has no ONNX equivalent, and the runtimes fold batch norm and fuse
 activations themselves. The dynamo exporter folds TF-"same" padding into the
 convolutions' own pads, and pooling is a mean over H×W, so the graph has no
@@ -214,7 +214,7 @@ def write_export(model: nn.Module, processor: Any, directory: Path, *, fmt: str,
 
     (directory / "config.json").write_text(config_json(model), "utf-8")
     if fmt == "openvino" and dtype == "bfloat16":
-        from effnet_cli.backends import keep_float32
+        from effnet_cli.runtime.backends import keep_float32
 
         # The stem and first stage marked float32 in the IR itself, so OpenVINO used directly keeps them
         # too (keep_float32 reads the config.json just written).
@@ -283,7 +283,7 @@ class VerifyReport:
 
 def verify_export(result: ExportResult, model: nn.Module, pixel_values: torch.Tensor) -> VerifyReport:
     """Run the export in its own runtime on ``pixel_values`` and compare with the plain PyTorch model."""
-    from effnet_cli.backends import open_runner
+    from effnet_cli.runtime.backends import open_runner
 
     runner = open_runner(result.model_path, result.format, dtype=result.dtype)
     x = pixel_values.float()
@@ -312,6 +312,6 @@ def verify_export(result: ExportResult, model: nn.Module, pixel_values: torch.Te
 
 def sample_pixels(processor: Any, paths: Sequence[str | Path]) -> torch.Tensor:
     """The processor's pixel values for ``paths`` (exact decoding), stacked."""
-    from effnet_cli.decode import open_image
+    from effnet_cli.data.decode import open_image
 
     return torch.stack([processor.preprocess_pil(open_image(p)) for p in paths])

@@ -22,8 +22,8 @@ from effnet_cli.errors import InputError
 from effnet_cli.output.atomic import make_dir, temporaries_of
 from effnet_cli.output.npy import npy_rows
 from effnet_cli.output.settings import check_settings
-from effnet_cli.pathtext import display_path, path_from_fields
-from effnet_cli.shards.job import MARKER_FORMAT, Shard, ShardJob
+from effnet_cli.records.pathtext import display_path, path_from_fields
+from effnet_cli.scale.shards.job import MARKER_FORMAT, Shard, ShardJob
 
 __all__ = ["Todo", "Plan", "Summary", "plan_shards", "read_marker", "recorded_settings", "MARKER_RE"]
 

@@ -1,0 +1,1 @@
+"""The transformers-compatible core: config, image processor, model and their loading."""
