@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,21 @@ def test_every_shown_output_matches_a_real_run() -> None:
     proc = subprocess.run([sys.executable, str(REPO / "docs" / "examples.py"), "--check"], capture_output=True,
                           text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_the_runtime_only_program_in_the_docs_gives_classifys_top_1(tmp_path: Path, photos: list[Path]) -> None:
+    # docs/export.md's "Running model.onnx without effnet" is a whole program: run it as printed on a
+    # fresh export and compare its top classes with effnet classify's on the same photos.
+    (block,) = [e for e in examples.find_examples(REPO / "docs" / "export.md") if "onnxruntime" in e.commands[0]]
+    program = block.commands[0].split("\n", 1)[1].rsplit("\nEOF", 1)[0]
+    effnet = [sys.executable, "-m", "effnet_cli"]
+    subprocess.run([*effnet, "export", "lite0", "-o", str(tmp_path / "lite0-onnx")], check=True, capture_output=True)
+    paths = [str(p) for p in photos]
+    shown = subprocess.run([sys.executable, "-c", program, *paths], cwd=tmp_path, check=True, capture_output=True,
+                           text=True).stdout.splitlines()
+    classified = subprocess.run([*effnet, "classify", *paths, "-k", "1", "-f", "jsonl"], check=True,
+                                capture_output=True, text=True).stdout.splitlines()
+    assert [line.split("\t")[:2] for line in shown] == [
+        [record["path"], str(record["predictions"][0]["index"])] for record in map(json.loads, classified)
+    ]
