@@ -72,7 +72,7 @@ def _openvino_direct_bf16(model: Any, processor: Any) -> Any:
     """effnet's cached OpenVINO IR compiled with bfloat16 inference precision and nothing else."""
     import openvino as ov
 
-    from effnet_cli.runtime.backends import cached_export
+    from effnet_cli.runtime.cache import cached_export
     from effnet_cli.runtime.export import model_file
 
     compiled = ov.Core().compile_model(str(model_file(cached_export(model, processor, "openvino"), "openvino")),

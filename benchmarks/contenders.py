@@ -35,7 +35,7 @@ NUMPY_LIBS = ("onnxruntime", "openvino", "openvino-bf16")
 def _onnx_file(variant: str) -> str:
     """The same weights as every other contender, exported once to ONNX (effnet's exporter, its cache)."""
     from effnet_cli import load_pretrained
-    from effnet_cli.runtime.backends import cached_export
+    from effnet_cli.runtime.cache import cached_export
 
     model, processor = load_pretrained(str(prepare.effnet_dir(variant)))
     return str(cached_export(model, processor, "onnx") / "model.onnx")

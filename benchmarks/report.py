@@ -785,12 +785,12 @@ PROSE = """\
   for depthwise convs; tracing also cannot carry the fused oneDNN op, and `torch.jit` is deprecated in
   torch 2.14.
 
-### The fast path in Python: `effnet_cli.runtime.fused`
+### The fast path in Python: `effnet_cli.optimize`
 
 ```python
 import torch
 from effnet_cli import load_pretrained
-from effnet_cli.runtime.fused import optimize
+from effnet_cli import optimize
 
 model, processor = load_pretrained("lite0")
 fast = optimize(model)                      # device=None: the model's own; dtype=None: the model's own
@@ -799,7 +799,7 @@ with torch.inference_mode():
 ```
 
 `optimize(model, device=None, dtype=None, *, compile=False, keep_freed_memory=True)` (also callable as
-`effnet_cli.runtime.fused(model)`) returns a copy for inference only: batch norms
+`effnet_cli.optimize(model)`) returns a copy for inference only: batch norms
 folded, convs fused with their bias, activation and padding, squeeze-excite and residual in place,
 channels-last, parameters frozen, eval mode. The original model is untouched, and the copy keeps the
 model's interface (`logits`, `last_hidden_state`, `output_hidden_states`, `stage_output`). `device` and

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from effnet_cli.host import EFFNET_VERSION as __version__
 
 # public name -> module that defines it
 _LAZY = {

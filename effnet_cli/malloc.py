@@ -21,6 +21,9 @@ two kinds of process here want opposite fixed settings:
   initial 128 KiB, decoding ran ~1.4× slower on this VM.
 
 Both return False (and change nothing) where the C library is not glibc.
+
+A bottom-floor module (standard library only), beside :mod:`effnet_cli.host`: host
+reads facts about the machine, this module changes the process, so the two stay apart.
 """
 
 from __future__ import annotations

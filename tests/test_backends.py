@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from effnet_cli.runtime.backends import auto_candidates, cached_export, choose_backend, export_key
+from effnet_cli.runtime.backends import auto_candidates, choose_backend
+from effnet_cli.runtime.cache import cached_export, export_key
 from effnet_cli.errors import InputError
 from effnet_cli.runtime.export import sample_pixels
 from effnet_cli.hub import load_pretrained
@@ -69,7 +70,8 @@ def test_lite0_float32_and_bfloat16_on_the_photos(photos):
 @pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="openvino not installed")
 def test_openvino_bfloat16_keeps_stem_and_first_stage_in_float32(small, tmp_path):
     """OpenVINO honours the float32 marks under the bfloat16 hint: the first convolutions run in float32."""
-    from effnet_cli.runtime.backends import OpenVinoRunner, _openvino_bf16, keep_float32
+    from effnet_cli.runtime.backends import _openvino_bf16
+    from effnet_cli.runtime.runners import OpenVinoRunner, keep_float32
     from effnet_cli.runtime.export import model_file
 
     if not _openvino_bf16():

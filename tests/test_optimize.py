@@ -133,13 +133,14 @@ def test_grad_mode_and_requires_grad_inputs_still_work():
     assert relative_error(got.detach(), want) < TOLERANCE
 
 
-def test_effnet_cli_optimize_is_callable_whatever_was_imported_first():
+def test_effnet_cli_optimize_is_the_function_whatever_was_imported_first():
     import effnet_cli
     import effnet_cli.runtime.engine  # noqa: F401 - imports the module effnet_cli.runtime.fused
 
     model = random_model(seed=5)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
-    fast = effnet_cli.runtime.fused(model, device="cpu", dtype=None)
+    assert effnet_cli.optimize is optimize
+    fast = effnet_cli.optimize(model, device="cpu", dtype=None)
     with torch.inference_mode():
         assert relative_error(fast(x).logits, model(x).logits) < TOLERANCE
     assert getattr(fast, "optimized", False) and effnet_cli.runtime.fused.keep_freed_memory is keep_freed_memory

@@ -29,6 +29,7 @@ from PIL import Image
 
 from effnet_cli.data.decode import _short, open_image
 from effnet_cli.errors import DecodeError, InputError
+from effnet_cli.host import usable_cores
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported lazily at run time
     import torch
@@ -334,11 +335,7 @@ def default_workers() -> int:
     More than four rarely helps: the model, not JPEG decoding, is the
     bottleneck, and every worker costs memory.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))  # respects taskset / container limits
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 4))
+    return max(1, min(usable_cores(), 4))
 
 
 def iter_batches(

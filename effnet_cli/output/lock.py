@@ -3,7 +3,9 @@
 A second writer is refused at once (the lock is taken without waiting) with
 :class:`OutputBusyError`, whose message names the output, the lock file and
 the holder (pid, host and start time, written into the lock file by the
-holder). The kernel releases an ``flock`` when its holder exits, however it
+holder). A lock made with ``wait=True`` waits for the holder instead: what
+effnet's cache uses, where a second run wants the first one's export rather
+than a refusal. The kernel releases an ``flock`` when its holder exits, however it
 exits, so a killed run never leaves a stale lock behind; the lock file itself
 is removed on release, and a writer that finds it replaced between opening
 and locking it starts over (the usual unlink-safe lock-file protocol).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
 import os
 import socket
@@ -34,16 +37,21 @@ class OutputLock:
     """``with OutputLock(lock_path, output):`` — hold the lock of ``output`` for the block.
 
     ``output`` is what the lock protects (a file or a directory), named in the
-    error a second writer gets.
+    error a second writer gets. ``wait=True``: wait for the holder to finish
+    instead of refusing.
     """
 
-    def __init__(self, path: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], output: str | os.PathLike[str], *, wait: bool = False) -> None:
         self.path, self.output = Path(path), Path(output)
+        self.wait = wait
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:
-        """Take the lock now or raise :class:`OutputBusyError` naming the holder."""
-        for _ in range(100):
+        """Take the lock now (or, with ``wait``, once the holder releases it); else :class:`OutputBusyError`."""
+        # A waiting writer retries only after a holder released the lock, so it has no bound on retries;
+        # one that refuses gives up after a run of files replaced under it, which only a race can cause.
+        attempts = itertools.count() if self.wait else range(100)
+        for _ in attempts:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
             except OSError as exc:
@@ -52,10 +60,10 @@ class OutputLock:
                 raise InputError(f"The lock file {display_path(self.path)} is a symlink, which effnet never "
                                  f"follows; remove it.") from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
+                fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BaseException as exc:  # a busy lock, or Ctrl-C while waiting: the descriptor is not kept
                 os.close(fd)
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                if not isinstance(exc, OSError) or exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
                 raise OutputBusyError(self._busy_message()) from None
             try:

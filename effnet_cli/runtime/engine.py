@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from effnet_cli.runtime.backends import choose_backend
 from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
 from effnet_cli.errors import InputError
 from effnet_cli.hub import _dtype, load_pretrained
-from effnet_cli.runtime.fused import optimize, resolve_device
 from effnet_cli.records.results import EmbedBatch, Prediction, Result
+from effnet_cli.runtime.backends import auto_candidates, choose_backend, measured_choice
+from effnet_cli.runtime.cache import runner_for, weights_hash
+from effnet_cli.runtime.fused import optimize, resolve_device
 
 POOLS = ("mean", "max")
 
@@ -66,7 +67,7 @@ class Engine:
     """A model ready for inference: optimised copy, device, dtype and preprocessing.
 
     ``backend`` runs the model in PyTorch ("torch", the default here), in ONNX Runtime or
-    OpenVINO (an export made once and cached, see :mod:`effnet_cli.runtime.backends`), or "auto": the
+    OpenVINO (an export made once and cached, see :mod:`effnet_cli.runtime.cache`), or "auto": the
     fastest of those that can run it at ``batch_size``, measured once per model, batch size and
     machine (the CLI's default). With ``measure=False``, "auto" takes a remembered measurement
     or PyTorch, and never exports or measures; ``announce`` hears when a measurement starts (None)
@@ -93,8 +94,6 @@ class Engine:
                                       needs_torch=needs_torch)
         weights = None  # the weights' hash keys both auto's record and the export: computed once, if needed
         if self.backend == "auto":  # several candidates: the fastest here, measured once and remembered
-            from effnet_cli.runtime.backends import auto_candidates, measured_choice, weights_hash
-
             weights = weights_hash(model)
             try:
                 self.backend = measured_choice(model, processor, auto_candidates(
@@ -104,8 +103,6 @@ class Engine:
                 self.backend = "torch"
         self.runner: Any = None
         if self.backend != "torch":
-            from effnet_cli.runtime.backends import runner_for
-
             self.runner = runner_for(model, processor, self.backend, dtype=dtype_name,
                                      device_type=self.device.type, batch=batch_size, weights=weights)
             # Kept for what the export has no output for (stage features); optimised only if asked to run.

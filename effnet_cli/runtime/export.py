@@ -35,6 +35,7 @@ from torch import nn
 
 from effnet_cli.errors import InputError
 from effnet_cli.output import publish_dir, temp_dir
+from effnet_cli.runtime.runners import keep_float32, open_runner, require_runtime
 
 __all__ = [
     "DTYPES",
@@ -214,8 +215,6 @@ def write_export(model: nn.Module, processor: Any, directory: Path, *, fmt: str,
 
     (directory / "config.json").write_text(config_json(model), "utf-8")
     if fmt == "openvino" and dtype == "bfloat16":
-        from effnet_cli.runtime.backends import keep_float32
-
         # The stem and first stage marked float32 in the IR itself, so OpenVINO used directly keeps them
         # too (keep_float32 reads the config.json just written).
         xml_path = directory / OPENVINO_NAME
@@ -259,18 +258,6 @@ def export_model(model: nn.Module, processor: Any, out: str | Path, *, fmt: str 
     return result
 
 
-def require_runtime(name: str) -> None:
-    """An InputError saying what to install when the package ``name`` is missing.
-
-    The runtimes and the exporter's packages are dependencies of effnet, so this only happens in an
-    environment where one was removed or failed to install (e.g. a platform without its wheels).
-    """
-    import importlib.util
-
-    if importlib.util.find_spec(name) is None:
-        raise InputError(f"{name} is not installed; pip install {name}, or use --backend torch.")
-
-
 @dataclass
 class VerifyReport:
     """How far an export's outputs are from the PyTorch model's on the same pixel values."""
@@ -283,8 +270,6 @@ class VerifyReport:
 
 def verify_export(result: ExportResult, model: nn.Module, pixel_values: torch.Tensor) -> VerifyReport:
     """Run the export in its own runtime on ``pixel_values`` and compare with the plain PyTorch model."""
-    from effnet_cli.runtime.backends import open_runner
-
     runner = open_runner(result.model_path, result.format, dtype=result.dtype)
     x = pixel_values.float()
     if result.batch is not None:

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import sys
-import types
 
 import torch
 import torch.nn.functional as F
@@ -408,18 +406,3 @@ def optimize(model: EfficientNetPreTrainedModel, device: str | torch.device | No
         fast.forward = torch.compile(fast.forward, dynamic=False, options={"freezing": True})
     return fast
 
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`optimize`.
-
-    ``effnet_cli.runtime.fused`` is both this module and, through the package's lazy
-    attribute, the function; once anything imports the module, the package
-    attribute is the module. Being callable, ``effnet_cli.runtime.fused(model)``
-    works either way.
-    """
-
-    # Calling the module calls optimize itself, with its signature and docstring.
-    __call__ = staticmethod(optimize)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from effnet_cli.errors import EffnetError, InputError
+from effnet_cli.host import usable_cores  # re-exported: scale.ray and the CLI read it from here
 from effnet_cli.scale.shards import ShardJob, Summary, plan_shards
 
 __all__ = ["EngineSpec", "WorkerError", "parse_devices", "usable_cores", "split_job", "run_on_devices"]
@@ -58,14 +59,6 @@ class EngineSpec:
 
         return Engine.from_pretrained(self.name, revision=self.revision, device=device, dtype=self.dtype,
                                       compile=self.compile, draft=self.draft, max_pixels=self.max_pixels)
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (respects taskset and container CPU sets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def parse_devices(text: str) -> list[str]:

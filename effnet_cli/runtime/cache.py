@@ -1,0 +1,130 @@
+"""effnet's cache of exports: each model exported once per format and reused by every later run.
+
+:func:`cached_export` keys each export by everything that changes its contents (:func:`export_key`:
+the weights, the dtype, the input size, the format and the versions of the exporter and the
+runtime). Concurrent runs are safe: one exports while the others wait on a lock
+(:class:`effnet_cli.output.OutputLock` in its waiting mode), and an export only ever appears
+under its final name complete (written into a temporary directory, then renamed).
+:func:`runner_for` opens the cached export in its runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from effnet_cli.errors import InputError
+from effnet_cli.host import EFFNET_VERSION, package_version
+from effnet_cli.output import OutputLock, publish_dir, temp_dir
+from effnet_cli.runtime.runners import open_runner
+
+# effnet_cli.runtime.export is imported inside the functions that need it: it imports torch (2.5 s),
+# which choosing a backend, or finding an export that is cached already, does not need.
+
+__all__ = ["FORMAT_OF", "cache_lock", "cached_export", "export_key", "export_versions", "runner_for",
+           "weights_hash", "writable_dir"]
+
+FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}  # backend -> the export format it runs
+
+
+def weights_hash(model: Any) -> str:
+    """sha256 over the model's config and every tensor of its state dict (names, dtypes, shapes, bytes)."""
+    import torch
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)  # numpy has no bfloat16; the bytes are what matter
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_versions(fmt: str) -> dict[str, str]:
+    """Versions of everything that shapes an export of format ``fmt`` ("-" for a package not installed)."""
+    import torch
+
+    from effnet_cli.runtime.export import GRAPH_VERSION, OPSET
+
+    found = {"effnet": EFFNET_VERSION, "graph": str(GRAPH_VERSION), "opset": str(OPSET), "torch": torch.__version__}
+    for name in ("onnx", "onnxscript") + (("openvino",) if fmt == "openvino" else ()):
+        found[name] = package_version(name)  # a missing package simply is not part of the key
+    return found
+
+
+def export_key(model: Any, processor: Any, fmt: str, dtype: str, weights: str | None = None) -> str:
+    """The cache key of an export: weights, preprocessing, input size, format, dtype and tool versions.
+
+    ``weights`` is :func:`weights_hash` of ``model`` when the caller has it already (None: computed here).
+    """
+    from effnet_cli.runtime.export import fixed_input_size
+
+    parts = {"weights": weights or weights_hash(model), "size": list(fixed_input_size(processor)), "format": fmt,
+             "dtype": dtype, "versions": export_versions(fmt), "model_class": type(model).__name__}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def writable_dir(directory: Path) -> Path:
+    """``directory``, created if needed; an InputError saying what to do when it cannot be."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"Cannot write effnet's cache at {directory} ({exc.strerror or exc}); set EFFNET_CACHE "
+                         "to a writable directory, or use --backend torch.") from None
+    return directory
+
+
+def cache_lock(entry: Path) -> OutputLock:
+    """The lock of the cache entry ``entry`` (``ENTRY.lock`` beside it): a second run waits for the first."""
+    return OutputLock(entry.with_name(entry.name + ".lock"), entry, wait=True)
+
+
+def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", *,
+                  cache: Path | None = None, weights: str | None = None) -> Path:
+    """The directory of a cached export of ``model`` (made now if missing); safe under concurrent runs.
+
+    The first run to need an export takes a lock beside it and writes it into a
+    temporary directory that is renamed into place when complete; runs that
+    come meanwhile wait on the lock and then use the finished export.
+    """
+    from effnet_cli.hub import cache_root
+    from effnet_cli.runtime.export import model_file, write_export
+
+    # The weights are hashed once here, not again for the ONNX export an OpenVINO one is converted from.
+    weights = weights or weights_hash(model)
+    root = writable_dir((cache or cache_root()) / "exports" / fmt)
+    final = root / export_key(model, processor, fmt, dtype, weights)
+    if model_file(final, fmt).is_file():
+        return final
+    # OpenVINO converts the (cached) float32 ONNX export rather than exporting again.
+    source = (model_file(cached_export(model, processor, "onnx", "float32", cache=cache, weights=weights), "onnx")
+              if fmt == "openvino" else None)
+    with cache_lock(final):
+        if model_file(final, fmt).is_file():  # another run finished it while we waited
+            return final
+        tmp = temp_dir(final)  # under the lock: publish_dir cannot meet another writer's directory
+        try:
+            write_export(model, processor, tmp, fmt=fmt, dtype=dtype, onnx_source=source)
+            publish_dir(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def runner_for(model: Any, processor: Any, backend: str, *, dtype: str, device_type: str, batch: int = 16,
+               weights: str | None = None) -> Any:
+    """Export ``model`` for ``backend`` (or reuse the cached export) and open it in that runtime.
+
+    ``weights`` is :func:`weights_hash` of ``model`` when the caller has it already (None: computed here).
+    """
+    from effnet_cli.runtime.export import model_file
+
+    fmt = FORMAT_OF[backend]
+    # The cached OpenVINO IR is float32; bfloat16 is the precision it is compiled with.
+    directory = cached_export(model, processor, fmt, "float32", weights=weights)
+    return open_runner(model_file(directory, fmt), fmt, dtype=dtype, device_type=device_type, batch=batch)
