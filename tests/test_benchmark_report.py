@@ -109,7 +109,7 @@ def test_sections_in_order_and_placeholders_filled(report: ModuleType, results: 
         "### Memory of `effnet classify` per backend", "### Fast decoding: options, time and top-1",
         "### bfloat16 and the other backends: top-1 agreement", "## The command line",
         "## What each optimisation is worth", "### The optimisations, and which were kept",
-        "### The fast path in Python: `effnet_cli.runtime.fused`", "### Method and caveats"]
+        "### The fast path in Python: `effnet_cli.optimize`", "### Method and caveats"]
     assert "${" not in page and "$$" not in page
     assert "`$EFFNET_CACHE/exports/auto/`" in page  # a literal dollar of the prose survives the template
     assert page.endswith("timm tf_efficientnet_b7 vs effnet: 3.4e-06.\n")
