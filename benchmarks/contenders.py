@@ -299,28 +299,10 @@ def run_decode(args: argparse.Namespace) -> dict[str, Any]:
             "images_per_s": count / (time.perf_counter() - start)}
 
 
-def run_draft(args: argparse.Namespace) -> dict[str, Any]:
-    """The fast-decode options against exact decoding, with the bundled Lite0 (real weights).
-
-    Each option is the whole per-image path a decode worker runs (open, decode, resize, crop,
-    tensor), timed on one thread. The machine is shared, so the options are interleaved image by
-    image (every option decodes an image, in a shuffled order, before the next image): a burst of
-    other work then lands on all of them alike. Each round gives each option a mean over all the
-    images; the median round is kept. Top-1 flips are counted against exact decoding (full
-    decode + the processor's own resize).
-    """
-    import random
-
-    import torch
-
-    import effnet_cli.runtime.engine as inference
-    from effnet_cli import load_pretrained
+def _draft_options(processor: Any, margins: list[float]) -> tuple[list[dict[str, Any]], list[Callable[[str], Any]]]:
+    """Exact decoding first, then every decoder, margin and resize: each as a description and a path -> tensor."""
     from effnet_cli.data import open_image
-    from effnet_cli.runtime.engine import Engine
 
-    model, processor = load_pretrained("lite0")
-    samples = sorted(str(p) for p in prepare.SAMPLES.glob("*.jpg"))
-    paths = samples + Path(args.list).read_text().splitlines()
     side = processor.size["shortest_edge"]
 
     def option(decoder: str | None, margin: float | None, cropped: bool) -> Callable[[str], Any]:
@@ -339,23 +321,29 @@ def run_draft(args: argparse.Namespace) -> dict[str, Any]:
     except ImportError:
         decoders = ("pillow",)
     options: list[dict[str, Any]] = [{"decoder": None, "margin": None, "cropped": False}]
-    for margin in args.margins:
+    for margin in margins:
         for decoder in decoders:
             for cropped in (False, True):
                 options.append({"decoder": decoder, "margin": margin, "cropped": cropped})
-    runs = [option(o["decoder"], o["margin"], o["cropped"]) for o in options]
+    return options, [option(o["decoder"], o["margin"], o["cropped"]) for o in options]
 
-    # Time: one thread (what each decode worker gets), interleaved rounds.
+
+def _time_options(runs: list[Callable[[str], Any]], paths: list[str], rounds: int) -> list[list[float]]:
+    """ms per image of each option in each round: one thread (what each decode worker gets), interleaved."""
+    import random
+
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    times: list[list[float]] = [[] for _ in options]
+    times: list[list[float]] = [[] for _ in runs]
     rng = random.Random(0)
     for path in paths[:8]:  # warm up: file cache, lazy imports, first-call allocations
         for run in runs:
             run(path)
-    for _ in range(args.rounds):
-        spent = [0.0] * len(options)
-        order = list(range(len(options)))
+    for _ in range(rounds):
+        spent = [0.0] * len(runs)
+        order = list(range(len(runs)))
         for path in paths:
             rng.shuffle(order)
             for i in order:
@@ -365,6 +353,31 @@ def run_draft(args: argparse.Namespace) -> dict[str, Any]:
         for i, total in enumerate(spent):
             times[i].append(total / len(paths) * 1e3)
     torch.set_num_threads(threads)
+    return times
+
+
+def run_draft(args: argparse.Namespace) -> dict[str, Any]:
+    """The fast-decode options against exact decoding, with the bundled Lite0 (real weights).
+
+    Each option is the whole per-image path a decode worker runs (open, decode, resize, crop,
+    tensor), timed on one thread. The machine is shared, so the options are interleaved image by
+    image (every option decodes an image, in a shuffled order, before the next image): a burst of
+    other work then lands on all of them alike. Each round gives each option a mean over all the
+    images; the median round is kept. Top-1 flips are counted against exact decoding (full
+    decode + the processor's own resize).
+    """
+    import torch
+
+    import effnet_cli.runtime.engine as inference
+    from effnet_cli import load_pretrained
+    from effnet_cli.runtime.engine import Engine
+
+    model, processor = load_pretrained("lite0")
+    samples = sorted(str(p) for p in prepare.SAMPLES.glob("*.jpg"))
+    paths = samples + Path(args.list).read_text().splitlines()
+    side = processor.size["shortest_edge"]
+    options, runs = _draft_options(processor, args.margins)
+    times = _time_options(runs, paths, args.rounds)
 
     # Top-1 (and the top-2 gap) per option, from the model on the same pixels.
     engine = Engine(model, processor, device="cpu", draft=False)

@@ -25,6 +25,7 @@ JPEGs for the memory-flatness run (hard links, so discovery sees distinct files)
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -315,6 +316,8 @@ def machine_info() -> dict[str, Any]:
 
 def main() -> None:
     """Make every weight directory and image set run.py needs; print the machine and mapping check as JSON."""
+    # No options: the parser is there so that --help describes the script instead of running it.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     for variant in VARIANTS:
         make_weights(variant)
         make_hf_weights(variant)
