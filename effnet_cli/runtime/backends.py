@@ -225,7 +225,7 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
     from filelock import FileLock
 
     from effnet_cli.runtime.export import fixed_input_size
-    from effnet_cli.hub import cache_root
+    from effnet_cli.weights.resolve import cache_root
 
     batch = max(1, int(batch))
     versions = {name: _versions("openvino").get(name, "-") for name in ("torch", "onnx", "openvino")}
@@ -340,7 +340,7 @@ def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", 
     from filelock import FileLock
 
     from effnet_cli.runtime.export import model_file, write_export
-    from effnet_cli.hub import cache_root
+    from effnet_cli.weights.resolve import cache_root
 
     # The weights are hashed once here, not again for the ONNX export an OpenVINO one is converted from.
     weights = weights or weights_hash(model)

@@ -21,7 +21,8 @@ import torch
 from effnet_cli.runtime.backends import choose_backend
 from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
 from effnet_cli.errors import InputError
-from effnet_cli.hub import _dtype, load_pretrained
+from effnet_cli.core.dtypes import parse_dtype as _dtype
+from effnet_cli.core.loading import load_pretrained
 from effnet_cli.runtime.fused import optimize, resolve_device
 from effnet_cli.records.results import EmbedBatch, Prediction, Result
 
