@@ -34,3 +34,26 @@ class InputError(EffnetError):
 
 class DecodeError(InputError):
     """One image could not be decoded; the run goes on with the others."""
+
+
+def one_line(exc: BaseException, *, upto: str | None = None, limit: int | None = None) -> str:
+    """A library's exception message on one line, to quote inside one of effnet's sentences.
+
+    Whitespace runs (newlines included) become single spaces. ``upto="line"`` keeps the
+    first line only, ``upto="sentence"`` the first sentence, both without the final
+    period (the quoting sentence has its own). ``limit`` cuts longer text with "…".
+    An empty message gives the exception's type name.
+    """
+    text = str(exc).strip()
+    if upto == "line":
+        text = text.splitlines()[0] if text else ""
+    text = " ".join(text.split())
+    if upto == "sentence":
+        end = text.find(". ")
+        text = text[:end] if end > 0 else text
+    if upto is not None:
+        text = text.rstrip(".")
+    text = text or type(exc).__name__
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text

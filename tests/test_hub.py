@@ -233,7 +233,7 @@ def test_hub_files_come_from_one_commit(tmp_path: Path, monkeypatch: pytest.Monk
     """A repository with a pickle: the second request is pinned to the commit the first one resolved."""
     import huggingface_hub
 
-    from effnet_cli import hub
+    from effnet_cli.weights import probe
 
     config = EfficientNetConfig.from_variant("b0", num_labels=3)
     calls = []
@@ -251,7 +251,7 @@ def test_hub_files_come_from_one_commit(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "_unreachable", lambda endpoint: None)
+    monkeypatch.setattr(probe, "unreachable", lambda endpoint: None)
     model, _ = load_pretrained("google/efficientnet-b0", revision="main")
     assert calls == [("main", ("config.json", "preprocessor_config.json", "model.safetensors")),
                      (COMMIT, ("pytorch_model.bin",))]

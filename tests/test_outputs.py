@@ -344,7 +344,7 @@ def test_created_files_follow_the_umask(umask: int, b0_small_dir: Path, photos: 
     import torch
     import torchvision
 
-    from effnet_cli.convert.bundled import ensure_lite0
+    from effnet_cli.weights.bundled import ensure_lite0
     from tests.conftest import randomize
 
     ckpt = tmp_path / "tv_b0.pth"

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from effnet_cli import __version__
+from effnet_cli.host import EFFNET_VERSION
 from effnet_cli.cli import classify, config_cmd, convert, embed, export, finetune
 from effnet_cli.cli.render import Command
 
@@ -27,7 +27,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"effnet {__version__}")
+        typer.echo(f"effnet {EFFNET_VERSION}")
         raise typer.Exit()
 
 

@@ -18,7 +18,7 @@ def probe_hub_early(variant: Variant | None, model: str | None) -> None:
     """For a hub model, start checking that the hub answers now, while torch and the inputs load."""
     name = model if model is not None else (variant.value if variant is not None else DEFAULT_VARIANT)
     if name.lower() != DEFAULT_VARIANT and not Path(name).expanduser().exists():
-        from effnet_cli.hub import start_probe
+        from effnet_cli.weights.probe import start_probe
 
         start_probe()
 

@@ -60,7 +60,7 @@ def export(
     """
     from effnet_cli.data import discover_inputs
     from effnet_cli.runtime.export import export_model, parse_image_size, sample_pixels, verify_export
-    from effnet_cli.hub import load_pretrained
+    from effnet_cli.core.loading import load_pretrained
 
     size = parse_image_size(image_size)
     fixed = _parse_batch(batch)

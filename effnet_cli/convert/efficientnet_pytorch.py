@@ -43,22 +43,14 @@ from effnet_cli.convert.common import (
     variant_config,
 )
 from effnet_cli.errors import ConfigError
+from effnet_cli.weights import bundled
+from effnet_cli.weights.presets import LITE_MEAN, LITE_STD, tf_lite_preprocessing  # noqa: F401 - LITE_* re-exported
 
 NAME = "efficientnet_pytorch"
 PACKAGE = "efficientnet_pytorch"
 
-STEM_HEAD = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head", "head_bn": "_bn1",
-             "classifier": "_fc"}
-BLOCK = {"expand_conv": "_expand_conv", "expand_bn": "_bn0", "dw_conv": "_depthwise_conv", "dw_bn": "_bn1",
-         "se_reduce": "_se_reduce", "se_expand": "_se_expand", "project_conv": "_project_conv",
-         "project_bn": "_bn2"}
-
-# TF-Lite's input normalisation (efficientnet/lite/efficientnet_lite_builder.py:
-# MEAN_RGB = 127, STDDEV_RGB = 128), expressed on the 0-1 scale after rescaling.
-LITE_MEAN = (127 / 255,) * 3
-LITE_STD = (128 / 255,) * 3
-# The TF reference evaluates on a center crop of size/(size+32) of the shorter side.
-CROP_PADDING = 32
+# The module names are the bundled Lite0 file's, so they are written once, with it.
+STEM_HEAD, BLOCK = bundled.STEM_HEAD, bundled.BLOCK
 
 
 def matches(keys: Collection[str]) -> bool:
@@ -78,13 +70,12 @@ def preprocessing(variant: str) -> dict[str, Any]:
     """The eval preprocessing for these weights (see the module docstring)."""
     size = VARIANTS[variant].image_size
     if VARIANTS[variant].lite:
-        return preprocessor_config(crop=size, resize=size + CROP_PADDING, resample="bilinear",
-                                   mean=LITE_MEAN, std=LITE_STD)
+        return tf_lite_preprocessing(size)
     return preprocessor_config(crop=size, resize=size, resample="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def _block_parts(block: BlockSpec, j: int) -> dict[str, str]:
-    return {part: f"_blocks.{block.index}.{path}" for part, path in BLOCK.items()}
+    return {part: f"{bundled.BLOCK_PREFIX}{block.index}.{path}" for part, path in BLOCK.items()}
 
 
 def table(config: EfficientNetConfig) -> list[Rename]:

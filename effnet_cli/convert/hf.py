@@ -37,12 +37,15 @@ from effnet_cli.convert.common import (
     variant_config,
 )
 from effnet_cli.errors import ConfigError, WeightsError
+from effnet_cli.weights.files import CONFIG_NAME, PROCESSOR_NAME, WEIGHT_NAMES
+from effnet_cli.weights.presets import hub_preprocessing
+from effnet_cli.weights.state_dict import read_state_dict
 
 NAME = "hf"
 PACKAGE = "transformers"
 
 PREFIX = "efficientnet."
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_FILES = WEIGHT_NAMES
 
 
 def matches(keys: Collection[str]) -> bool:
@@ -52,8 +55,6 @@ def matches(keys: Collection[str]) -> bool:
 
 def read(path: Path) -> Checkpoint:
     """Read a transformers checkpoint directory or weights file, with its JSON configs when present."""
-    from effnet_cli.hub import read_state_dict
-
     directory = path if path.is_dir() else path.parent
     if path.is_dir():
         found = [directory / name for name in WEIGHT_FILES if (directory / name).is_file()]
@@ -61,7 +62,7 @@ def read(path: Path) -> Checkpoint:
             raise WeightsError(f"{path} has neither {' nor '.join(WEIGHT_FILES)}.")
         path = found[0]
     meta: dict[str, Any] = {}
-    for key, name in (("hf_config", "config.json"), ("hf_preprocessor", "preprocessor_config.json")):
+    for key, name in (("hf_config", CONFIG_NAME), ("hf_preprocessor", PROCESSOR_NAME)):
         file = directory / name
         if file.is_file():
             try:
@@ -74,27 +75,6 @@ def read(path: Path) -> Checkpoint:
         meta.pop("hf_config")  # a config.json of something else (e.g. timm's) says nothing about us
         meta.pop("hf_preprocessor", None)
     return Checkpoint(path, read_state_dict(path), meta)
-
-
-def hub_preprocessing(image_size: int) -> dict[str, Any]:
-    """google/efficientnet-b*'s preprocessor_config.json at ``image_size`` (nearest resize, std applied twice)."""
-    from effnet_cli.hub import HUB_STD_SQRT, IMAGENET_MEAN
-
-    return {
-        "image_processor_type": "EfficientNetImageProcessor",
-        "do_resize": True,
-        "size": {"height": image_size, "width": image_size},
-        "resample": 0,
-        "do_center_crop": False,
-        "crop_size": {"height": 289, "width": 289},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "rescale_offset": False,
-        "do_normalize": True,
-        "image_mean": list(IMAGENET_MEAN),
-        "image_std": list(HUB_STD_SQRT),
-        "include_top": True,
-    }
 
 
 def table(config: EfficientNetConfig, *, prefixed: bool = True) -> list[Rename]:

@@ -12,16 +12,18 @@ Shapes in comments: N batch, C channels, H×W spatial size.
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effnet_cli.core.config import BlockSpec, EfficientNetConfig, tf_same_padding
+from effnet_cli.core.checkpoint import save_pretrained
+from effnet_cli.core.config import EfficientNetConfig
+from effnet_cli.core.hub_mixin import Located, PretrainedMixin
+from effnet_cli.core.outputs import EfficientNetModelOutput, ImageClassifierOutput, ModelOutput  # noqa: F401 - re-exported
+from effnet_cli.core.scaling import BlockSpec, tf_same_padding
 
 _ACTIVATIONS = {
     "swish": nn.SiLU,
@@ -38,78 +40,6 @@ _ACTIVATIONS = {
 def activation(name: str) -> nn.Module:
     """A fresh activation module for a ``hidden_act`` name."""
     return _ACTIVATIONS[name]()
-
-
-# ------------------------------------------------------------------- outputs
-class ModelOutput(OrderedDict):
-    """Model outputs as the reference returns them: an ordered mapping of the fields that are set.
-
-    A field is readable as an attribute (``out.logits``), by key (``out["logits"]``)
-    or by position over the non-None fields (``out[0]``, ``out[1:]``), so code
-    written for either ``return_dict`` setting works. Iterating yields the keys;
-    ``None`` fields are absent from the mapping (``"loss" in out`` is False when
-    no labels were given) but still readable as attributes.
-    """
-
-    def __post_init__(self) -> None:
-        # Subclasses are dataclasses: the generated __init__ set the attributes, fill the mapping from them.
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                super().__setitem__(f.name, value)
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        """The non-None fields in order, as ``return_dict=False`` gives them."""
-        return tuple(self.values())
-
-    def __getitem__(self, key: int | slice | str) -> Any:
-        if isinstance(key, str):
-            return super().__getitem__(key)
-        return self.to_tuple()[key]
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Keep attribute and mapping views in step, as the reference does.
-        if name in self.keys() and value is not None:
-            super().__setitem__(name, value)
-        super().__setattr__(name, value)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
-        super().__setattr__(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        raise TypeError(f"{type(self).__name__} fields cannot be deleted; set them to None instead.")
-
-    def setdefault(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"{type(self).__name__} has a fixed set of fields.")
-
-    def pop(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"{type(self).__name__} fields cannot be removed.")
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError(f"{type(self).__name__} has a fixed set of fields; assign them one by one.")
-
-    def __reduce__(self) -> Any:
-        # Pickle (DataLoader workers, torch.save) as the dataclass it is, not as a plain OrderedDict.
-        return type(self), tuple(getattr(self, f.name) for f in fields(self))
-
-
-@dataclass
-class EfficientNetModelOutput(ModelOutput):
-    """Base-model outputs: the head's feature map, its pooled vector and (optionally) every block's output."""
-
-    last_hidden_state: torch.Tensor | None = None  # N×hidden_dim×h×w
-    pooler_output: torch.Tensor | None = None  # N×hidden_dim
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # stem, then one per block
-
-
-@dataclass
-class ImageClassifierOutput(ModelOutput):
-    """Classifier outputs: loss (when labels were given), logits, hidden states."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 # ------------------------------------------------------------------- padding
@@ -318,7 +248,7 @@ def _frozen_running_stats(module: nn.Module):
 
 
 # -------------------------------------------------------------------- models
-class EfficientNetPreTrainedModel(nn.Module):
+class EfficientNetPreTrainedModel(PretrainedMixin, nn.Module):
     """Shared init, config and save/load helpers of the two models."""
 
     base_model_prefix = "efficientnet"
@@ -391,33 +321,30 @@ class EfficientNetPreTrainedModel(nn.Module):
         """Number of parameters (buffers excluded), as the paper and the reference count them."""
         return sum(p.numel() for p in self.parameters())
 
-    def save_pretrained(self, directory: str | Path, **kwargs: Any) -> None:
-        """Write ``config.json`` and ``model.safetensors``: a directory both effnet and transformers load.
-
-        transformers' other keywords (``safe_serialization``, ``max_shard_size``…) are accepted
-        and change nothing: the weights are always one safetensors file.
-        """
-        from effnet_cli.hub import save_pretrained
-
-        if kwargs.get("push_to_hub"):
-            raise ValueError("push_to_hub is not supported; upload the saved directory with `hf upload`.")
-        save_pretrained(self, directory)
+    # ------------------------------------------------- from/save_pretrained
+    pretrained_file: ClassVar[str | None] = None  # reads the whole directory (config, weights)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path | None, **kwargs: Any
-                        ) -> EfficientNetPreTrainedModel | tuple[EfficientNetPreTrainedModel, dict[str, Any]]:
-        """Load weights by variant name, hub id or directory, with transformers' keywords.
+    def _from_located(cls, located: Located, **kwargs: Any
+                      ) -> EfficientNetPreTrainedModel | tuple[EfficientNetPreTrainedModel, dict[str, Any]]:
+        """:meth:`from_pretrained` with transformers' keywords; see :func:`effnet_cli.core.pretrained.from_pretrained`.
 
         ``num_labels=N`` (``id2label=``, ``label2id=``) with ``ignore_mismatched_sizes=True``
         swaps in a new head initialised as the reference does; ``output_loading_info=True``
         also returns ``{"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"}``;
-        ``dtype=``/``torch_dtype=``, ``device=``, ``revision=``, ``cache_dir=``,
-        ``local_files_only=``; ``from_pretrained(None, config=..., state_dict=...)`` builds
-        from weights in memory. See :mod:`effnet_cli.core.pretrained`.
+        ``dtype=``/``torch_dtype=``, ``device=``; ``from_pretrained(None, config=..., state_dict=...)``
+        builds from weights in memory.
         """
         from effnet_cli.core.pretrained import from_pretrained
 
-        return from_pretrained(cls, name_or_path, **kwargs)
+        return from_pretrained(cls, located, **kwargs)
+
+    def _save_files(self, directory: Path) -> None:
+        """:meth:`save_pretrained`: ``config.json`` and ``model.safetensors``, a directory effnet and transformers load.
+
+        The weights are always one safetensors file.
+        """
+        save_pretrained(self, directory)
 
 
 class EfficientNetModel(EfficientNetPreTrainedModel):

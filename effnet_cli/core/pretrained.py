@@ -17,22 +17,18 @@ import copy
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from effnet_cli.core.checkpoint import align_prefix, build_empty
 from effnet_cli.core.config import EfficientNetConfig
+from effnet_cli.core.dtypes import parse_dtype
+from effnet_cli.core.hub_mixin import IGNORED_LOADER_KWARGS, Located
 from effnet_cli.errors import ConfigError, WeightsError
-
-if TYPE_CHECKING:
-    from effnet_cli.core.model import EfficientNetPreTrainedModel
-
-# transformers keywords that change nothing for a local, single-device, eager model.
-_IGNORED = frozenset({
-    "trust_remote_code", "low_cpu_mem_usage", "use_safetensors", "attn_implementation", "token",
-    "force_download", "proxies", "subfolder", "_from_auto", "weights_only", "key_mapping",
-})
+from effnet_cli.weights.files import CONFIG_NAME, weights_file
+from effnet_cli.weights.state_dict import fit_state, read_state_dict
 
 
 class MismatchedSizesError(WeightsError, RuntimeError):
@@ -57,75 +53,38 @@ class LoadingInfo:
                 "mismatched_keys": set(self.mismatched_keys), "error_msgs": list(self.error_msgs)}
 
 
-def from_pretrained(cls: type[EfficientNetPreTrainedModel], name_or_path: str | Path | None, *,
+# The model classes sit above this module (their from_pretrained calls it), so they are typed as nn.Module here.
+def from_pretrained(cls: type[nn.Module], located: Located, *,
                     config: EfficientNetConfig | str | Path | None = None,
                     state_dict: dict[str, torch.Tensor] | None = None,
                     ignore_mismatched_sizes: bool = False, output_loading_info: bool = False,
                     dtype: str | torch.dtype | None = None, torch_dtype: str | torch.dtype | None = None,
                     device: str | torch.device | None = None, device_map: str | torch.device | None = None,
-                    revision: str | None = None, cache_dir: str | Path | None = None,
-                    local_files_only: bool | None = None, **kwargs: Any
-                    ) -> EfficientNetPreTrainedModel | tuple[EfficientNetPreTrainedModel, dict[str, Any]]:
-    """Build ``cls`` from a checkpoint (directory, variant name, hub id) or from ``config`` + ``state_dict``.
+                    **kwargs: Any) -> nn.Module | tuple[nn.Module, dict[str, Any]]:
+    """Build ``cls`` from the located checkpoint (directory, variant name, hub id) or from ``config`` + ``state_dict``.
 
     Other keyword arguments are config changes applied before the model is built
     (``num_labels``, ``id2label``, ``label2id``, ``output_hidden_states``...), as in
     transformers. The model comes back in eval mode.
     """
-    from effnet_cli.hub import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, _dtype, read_state_dict, resolve_files
-
-    for key in _IGNORED & set(kwargs):
+    for key in IGNORED_LOADER_KWARGS & set(kwargs):
         kwargs.pop(key)
-    source: dict[str, str] = {"source": "memory"}
-    directory = None
-    if name_or_path is not None:
-        directory, source = resolve_files(name_or_path, revision=revision, cache_dir=cache_dir,
-                                          local_files_only=local_files_only)
-    if isinstance(config, (str, Path)):
-        config = EfficientNetConfig.from_pretrained(config, revision=revision, cache_dir=cache_dir,
-                                                    local_files_only=local_files_only)
-    elif config is None:
-        if directory is None:
-            raise ConfigError("from_pretrained(None, ...) needs config= (and state_dict=) to build the model.")
-        try:
-            config = EfficientNetConfig.from_json_file(directory / CONFIG_NAME)
-        except ConfigError as exc:
-            raise ConfigError(f"{directory / CONFIG_NAME}: {exc}") from None
-    elif not isinstance(config, EfficientNetConfig):
-        raise ConfigError(f"config must be an EfficientNetConfig or a path, got {type(config).__name__}.")
-    else:
-        config = copy.deepcopy(config)  # the caller's object stays as it was
+    config = _config_for(located, config)
     unknown = sorted(k for k in kwargs if not _is_config_key(config, k))
     if unknown:
         raise TypeError(f"from_pretrained() got unexpected keyword argument(s) {', '.join(unknown)}.")
     config.update(kwargs)
-
     if state_dict is None:
-        if directory is None:
+        if located.directory is None:
             raise WeightsError("from_pretrained(None, ...) needs state_dict= with the weights.")
-        weights = directory / SAFETENSORS_NAME
-        if not weights.is_file():
-            weights = directory / PICKLE_NAME
-        if not weights.is_file():
-            raise WeightsError(f"{directory} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}.")
-        state_dict = read_state_dict(weights)
-        where = str(weights)
+        weights = weights_file(located.directory)
+        state_dict, where = read_state_dict(weights), str(weights)
     else:
         where = "state_dict"
 
-    with torch.device("meta"):
-        model = cls(config)  # no time spent on a random init that the weights replace
-    model = model.to_empty(device="cpu")
+    model = build_empty(cls, config)
     info = load_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, source=where)
-    fresh = sorted(k for k in info.missing_keys if not k.endswith(".num_batches_tracked"))
-    if fresh:
-        warnings.warn(f"Some weights of {cls.__name__} were not in {where} and were newly initialised: "
-                      f"{', '.join(fresh)}. Train the model before using it.", stacklevel=3)
-    if info.mismatched_keys:
-        shown = ", ".join(f"{k} {tuple(old)} -> {tuple(new)}" for k, old, new in sorted(info.mismatched_keys))
-        warnings.warn(f"Some weights of {cls.__name__} had other shapes in {where} and were newly initialised: "
-                      f"{shown}. Train the model before using it.", stacklevel=3)
-
+    _warn_fresh(cls.__name__, where, info)
     wanted = dtype if dtype is not None else torch_dtype
     if wanted is None or wanted == "auto":
         # transformers 5's default: the checkpoint's own dtype, from config.json or else its first float tensor.
@@ -134,10 +93,38 @@ def from_pretrained(cls: type[EfficientNetPreTrainedModel], name_or_path: str | 
     target_device = device if device is not None else (device_map if isinstance(device_map, (str, torch.device))
                                                        and device_map != "auto" else None)
     if wanted is not None or target_device is not None:
-        model = model.to(device=target_device, dtype=_dtype(wanted))
+        model = model.to(device=target_device, dtype=parse_dtype(wanted))
     model.eval()
-    model.source = source
+    model.source = located.source
     return (model, info.to_dict()) if output_loading_info else model
+
+
+def _config_for(located: Located, config: EfficientNetConfig | str | Path | None) -> EfficientNetConfig:
+    """The config to build: the one given (copied, or read from a path), else the checkpoint's config.json."""
+    if isinstance(config, (str, Path)):
+        return EfficientNetConfig.from_pretrained(config, **located.download)
+    if config is None:
+        if located.directory is None:
+            raise ConfigError("from_pretrained(None, ...) needs config= (and state_dict=) to build the model.")
+        try:
+            return EfficientNetConfig.from_json_file(located.directory / CONFIG_NAME)
+        except ConfigError as exc:
+            raise ConfigError(f"{located.directory / CONFIG_NAME}: {exc}") from None
+    if not isinstance(config, EfficientNetConfig):
+        raise ConfigError(f"config must be an EfficientNetConfig or a path, got {type(config).__name__}.")
+    return copy.deepcopy(config)  # the caller's object stays as it was
+
+
+def _warn_fresh(name: str, where: str, info: LoadingInfo) -> None:
+    """Warn, as transformers does, about tensors initialised afresh instead of loaded."""
+    fresh = sorted(k for k in info.missing_keys if not k.endswith(".num_batches_tracked"))
+    if fresh:
+        warnings.warn(f"Some weights of {name} were not in {where} and were newly initialised: "
+                      f"{', '.join(fresh)}. Train the model before using it.", stacklevel=5)
+    if info.mismatched_keys:
+        shown = ", ".join(f"{k} {tuple(old)} -> {tuple(new)}" for k, old, new in sorted(info.mismatched_keys))
+        warnings.warn(f"Some weights of {name} had other shapes in {where} and were newly initialised: "
+                      f"{shown}. Train the model before using it.", stacklevel=5)
 
 
 def _is_config_key(config: EfficientNetConfig, key: str) -> bool:
@@ -146,7 +133,7 @@ def _is_config_key(config: EfficientNetConfig, key: str) -> bool:
     return key in {f.name for f in fields(config)} - {"extra"} or key in config.extra
 
 
-def load_into(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch.Tensor], *,
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], *,
               ignore_mismatched_sizes: bool = False, source: str = "checkpoint") -> LoadingInfo:
     """Copy ``state_dict`` into ``model``; initialise (as the reference does) what it lacks.
 
@@ -154,17 +141,10 @@ def load_into(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch.Te
     prefix is added or dropped, as in transformers). A tensor whose shape differs
     is an error unless ``ignore_mismatched_sizes``, then it is initialised afresh.
     """
-    from effnet_cli.hub import align_prefix
-
     expected = model.state_dict()
     state_dict = align_prefix(model, state_dict, drop_head=False)
-    info = LoadingInfo(
-        missing_keys=set(expected) - set(state_dict),
-        unexpected_keys=set(state_dict) - set(expected),
-    )
-    for key in sorted(set(expected) & set(state_dict)):
-        if tuple(expected[key].shape) != tuple(state_dict[key].shape):
-            info.mismatched_keys.add((key, state_dict[key].shape, expected[key].shape))
+    fit = fit_state(expected, state_dict)
+    info = LoadingInfo(missing_keys=fit.missing, unexpected_keys=fit.unexpected, mismatched_keys=fit.mismatched)
     if info.mismatched_keys and not ignore_mismatched_sizes:
         shown = "; ".join(f"{k}: checkpoint {tuple(old)}, model {tuple(new)}"
                           for k, old, new in sorted(info.mismatched_keys))
@@ -177,7 +157,7 @@ def load_into(model: EfficientNetPreTrainedModel, state_dict: dict[str, torch.Te
     return info
 
 
-def _initialise(model: EfficientNetPreTrainedModel, keys: set[str]) -> None:
+def _initialise(model: nn.Module, keys: set[str]) -> None:
     """Run the reference's per-module init on every module that owns one of ``keys``, in module order."""
     # A checkpoint from an older torch lacks only the norms' step counters: those start at zero
     # without re-initialising the weights and statistics that were loaded.

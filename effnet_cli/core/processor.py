@@ -41,6 +41,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvF
 
+from effnet_cli.core.hub_mixin import Located, PretrainedMixin
 from effnet_cli.errors import ConfigError, InputError
 
 __all__ = [
@@ -479,7 +480,7 @@ def _affine_coefficients(
 # --------------------------------------------------------------------------------------
 
 
-class EfficientNetImageProcessor:
+class EfficientNetImageProcessor(PretrainedMixin):
     """Turns images into the ``pixel_values`` an EfficientNet checkpoint expects.
 
     The fields and defaults are those of transformers' ``EfficientNetImageProcessor`` and
@@ -641,24 +642,17 @@ class EfficientNetImageProcessor:
             raise ConfigError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}).") from error
         return cls.from_dict(config, **overrides)
 
-    def save_pretrained(self, directory: str | os.PathLike[str], **kwargs: Any) -> list[str]:
-        """Write ``preprocessor_config.json`` into ``directory`` (created if needed), beside the weights.
-
-        Returns the list of files written, as transformers does.
-        """
-        if kwargs.get("push_to_hub"):
-            raise ConfigError("push_to_hub is not supported; upload the saved directory with `hf upload`.")
-        directory = Path(directory)
-        if directory.is_file():
-            raise ConfigError(f"{directory} is a file; save_pretrained wants a directory.")
-        directory.mkdir(parents=True, exist_ok=True)
-        return [str(self.to_json_file(directory / PREPROCESSOR_CONFIG_NAME))]
+    # from_pretrained / save_pretrained come from PretrainedMixin; these are its two hooks.
+    pretrained_file = PREPROCESSOR_CONFIG_NAME
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], **overrides: Any) -> EfficientNetImageProcessor:
-        """Read a local checkpoint directory's ``preprocessor_config.json`` (or that file itself)."""
-        path = Path(path)
-        return cls.from_json_file(path / PREPROCESSOR_CONFIG_NAME if path.is_dir() else path, **overrides)
+    def _from_located(cls, located: Located, **overrides: Any) -> EfficientNetImageProcessor:
+        """:meth:`from_pretrained`: read ``preprocessor_config.json`` (or the file given); ``overrides`` win."""
+        return cls.from_json_file(located.file, **overrides)
+
+    def _save_files(self, directory: Path) -> list[str]:
+        """:meth:`save_pretrained`: write ``preprocessor_config.json``; returns the files written, as transformers does."""
+        return [str(self.to_json_file(directory / PREPROCESSOR_CONFIG_NAME))]
 
     def replace(self, **changes: Any) -> EfficientNetImageProcessor:
         """A copy with some fields changed (validated), keeping the backend unless it is changed too."""

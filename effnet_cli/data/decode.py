@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-from effnet_cli.errors import DecodeError
+from effnet_cli.errors import DecodeError, one_line
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_BACKGROUND", "open_image"]
 
@@ -64,8 +64,7 @@ def _pil_global(module: Any, name: str, value: Any) -> Iterator[None]:
 
 def _short(exc: BaseException) -> str:
     """A library's exception message on one line, short enough to quote."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
+    return one_line(exc, limit=_MAX_DETAIL)
 
 
 def _sniff_non_image(head: bytes) -> str:

@@ -186,8 +186,8 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
     """
     import torch
 
-    from effnet_cli.hub import cache_root
     from effnet_cli.runtime.export import fixed_input_size
+    from effnet_cli.weights.resolve import cache_root
 
     batch = max(1, int(batch))
     versions = {name: export_versions("openvino").get(name, "-") for name in ("torch", "onnx", "openvino")}

@@ -92,7 +92,7 @@ def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", 
     temporary directory that is renamed into place when complete; runs that
     come meanwhile wait on the lock and then use the finished export.
     """
-    from effnet_cli.hub import cache_root
+    from effnet_cli.weights.resolve import cache_root
     from effnet_cli.runtime.export import model_file, write_export
 
     # The weights are hashed once here, not again for the ONNX export an OpenVINO one is converted from.

@@ -20,7 +20,8 @@ import torch
 
 from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
 from effnet_cli.errors import InputError
-from effnet_cli.hub import _dtype, load_pretrained
+from effnet_cli.core.dtypes import parse_dtype as _dtype
+from effnet_cli.core.loading import load_pretrained
 from effnet_cli.records.results import EmbedBatch, Prediction, Result
 from effnet_cli.runtime.backends import auto_candidates, choose_backend, measured_choice
 from effnet_cli.runtime.cache import runner_for, weights_hash

@@ -211,7 +211,7 @@ def write_export(model: nn.Module, processor: Any, directory: Path, *, fmt: str,
             _write_openvino(scratch / ONNX_NAME, directory / OPENVINO_NAME, dtype)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    from effnet_cli.hub import config_json
+    from effnet_cli.core.checkpoint import config_json
 
     (directory / "config.json").write_text(config_json(model), "utf-8")
     if fmt == "openvino" and dtype == "bfloat16":

@@ -385,7 +385,7 @@ def optimize(model: EfficientNetPreTrainedModel, device: str | torch.device | No
     with the original model's within 1e-4 of the largest logit (typically
     ~1e-6; tests/test_optimize.py).
     """
-    from effnet_cli.hub import _dtype
+    from effnet_cli.core.dtypes import parse_dtype as _dtype
 
     fast = fold_batch_norms(copy.deepcopy(model).eval())
     target = resolve_device(device) if device is not None else model.device

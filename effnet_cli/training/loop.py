@@ -269,7 +269,7 @@ def _finetune(data: str, output_dir: str | Path | None, callback: Callback | Non
         raise InputError(f"{out.path} holds an interrupted run; add --resume to continue it, "
                          "or choose another output directory.")
 
-    from effnet_cli.hub import load_pretrained
+    from effnet_cli.core.loading import load_pretrained
     from effnet_cli.runtime.fused import resolve_device
 
     device = resolve_device(opts.device)
@@ -521,7 +521,7 @@ def _write_outputs(state: dict, processor: Any, final: dict[str, Any]) -> None:
 
     out: OutputDir = state["out"]
     model = state["model"]
-    from effnet_cli.hub import config_json
+    from effnet_cli.core.checkpoint import config_json
 
     sized = {"image_size": state["opts"].image_size} if state["opts"].image_size is not None else {}
     out.write("config.json", config_json(model, architectures=[type(model).__name__], **sized).encode())
