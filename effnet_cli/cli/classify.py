@@ -6,7 +6,7 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -33,9 +33,7 @@ from effnet_cli.cli.render import (
     summary_line,
 )
 from effnet_cli.errors import InputError
-
-if TYPE_CHECKING:
-    from effnet_cli.scale.spec import RunOptions
+from effnet_cli.scale.spec import RunOptions
 
 
 class Format(str, Enum):
@@ -97,12 +95,9 @@ def classify(
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
     from effnet_cli.runtime.engine import read_labels
-    from effnet_cli.scale.spec import RunOptions
 
     exact = exact_decoding(exact_decode, False, full_decode)
-    scale = sharded.ScaleOptions(output_dir=output_dir, shard_size=shard_size, resume=resume, shard=shard,
-                                 devices=devices, engine_kind=engine_kind, ray_address=ray_address,
-                                 ray_actors=ray_actors)
+    scale = sharded.ScaleOptions.from_args(locals())
     sharded.check_options(scale, device=device, backend=backend.value)
     if output_dir is not None and format is not None:
         raise InputError("--format chooses what goes to stdout; --output-dir always writes .jsonl shards.")
@@ -110,9 +105,7 @@ def classify(
         raise InputError("--resume continues an --output-dir run; stdout output cannot be resumed.")
     partition = sharded.partition_of(shard)
     names = read_labels(labels) if labels is not None else None
-    options = EngineOptions(variant=variant, model=model, revision=revision, device=device, dtype=dtype,
-                            compile=compile, exact_decode=exact, max_pixels=max_pixels, backend=backend.value,
-                            batch_size=batch_size, quiet=quiet)
+    options = EngineOptions.from_args(locals(), exact_decode=exact, backend=backend.value)
     run = RunOptions(batch_size=batch_size, top_k=top_k, threshold=threshold, labels=names)
     show = progress_enabled(progress, quiet)
     if output_dir is not None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from effnet_cli.cli.options import DEFAULT_VARIANT, DType, Variant
 from effnet_cli.cli.render import info_line
@@ -66,6 +67,11 @@ class EngineOptions:
             raise InputError("Give either --variant or --model, not both.")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise InputError(f"--max-pixels must be positive, got {self.max_pixels}.")
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any], **given: Any) -> EngineOptions:
+        """The options from a command's parameters (by field name), with ``given`` taking precedence."""
+        return cls(**{f.name: given[f.name] if f.name in given else args[f.name] for f in fields(cls)})
 
     @property
     def name(self) -> str:

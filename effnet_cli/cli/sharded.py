@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,10 @@ class ScaleOptions:
     ray_address: str | None = None  # --ray-address
     ray_actors: int | None = None  # --ray-actors
 
-    @property
-    def elsewhere(self) -> bool:
-        """True when worker processes or Ray actors run the model, not this process."""
-        return self.devices is not None or self.engine_kind is EngineKind.ray
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> ScaleOptions:
+        """The options from a command's parameters, by field name."""
+        return cls(**{f.name: args[f.name] for f in fields(cls) if f.name in args})
 
 
 def partition_of(shard: str | None) -> Partition:
