@@ -6,16 +6,24 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from effnet_cli.cli import options as opt
-from effnet_cli.cli.common import gather_inputs, load_engine, probe_hub_early, resolve_workers
+from effnet_cli.cli.common import (
+    EngineOptions,
+    exact_decoding,
+    gather_inputs,
+    load_engine,
+    probe_hub_early,
+    resolve_workers,
+)
 from effnet_cli.cli.render import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    error_line,
     progress_bar,
     progress_enabled,
     render_table,
@@ -25,6 +33,7 @@ from effnet_cli.cli.render import (
     summary_line,
 )
 from effnet_cli.errors import InputError
+from effnet_cli.scale.spec import RunOptions
 
 
 class Format(str, Enum):
@@ -85,56 +94,61 @@ def classify(
     started = time.monotonic()
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
-    from effnet_cli.cli.common import exact_decoding
-    from effnet_cli.runtime.engine import classify_paths, read_labels, require_classifier
-    from effnet_cli.records.stream import RecordWriter
+    from effnet_cli.runtime.engine import read_labels
 
-    full_decode = exact_decoding(exact_decode, False, full_decode)
-
-    sharded.check_options(output_dir=output_dir, shard_size=shard_size, devices=devices, engine=engine_kind,
-                          ray_address=ray_address, ray_actors=ray_actors, device=device)
+    exact = exact_decoding(exact_decode, False, full_decode)
+    scale = sharded.ScaleOptions.from_args(locals())
+    sharded.check_options(scale, device=device, backend=backend.value)
     if output_dir is not None and format is not None:
         raise InputError("--format chooses what goes to stdout; --output-dir always writes .jsonl shards.")
     if resume and output_dir is None:
         raise InputError("--resume continues an --output-dir run; stdout output cannot be resumed.")
     partition = sharded.partition_of(shard)
     names = read_labels(labels) if labels is not None else None
+    options = EngineOptions.from_args(locals(), exact_decode=exact, backend=backend.value)
+    run = RunOptions(batch_size=batch_size, top_k=top_k, threshold=threshold, labels=names)
+    show = progress_enabled(progress, quiet)
     if output_dir is not None:
         # The output's lock first: a second run on the same directory is refused before it reads or loads anything.
         with sharded.output_lock("classify", output_dir=output_dir, partition=partition):
             paths = gather_inputs(inputs, null)
-            elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
-            engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
-                                 full_decode, max_pixels, quiet, "torch" if elsewhere else backend.value,
-                                 batch_size=batch_size, inputs=len(paths))
-            require_classifier(engine)
-            if names is not None and len(names) < engine.config.num_labels:
-                raise InputError(f"The labels file has {len(names)} names but the model has "
-                                 f"{engine.config.num_labels} classes.")
-            name = sharded.model_name(variant, model)
-            spec = sharded.engine_spec(engine, name, dtype, compile)
-            settings = sharded.run_settings(engine, name, spec.revision, dtype, full_decode, top_k=top_k,
-                                            threshold=threshold,
+            engine, spec = sharded.load(options, scale, len(paths))
+            _check_model(engine, names)
+            settings = sharded.run_settings(engine, spec, top_k=top_k, threshold=threshold,
                                             labels=str(labels.resolve()) if labels is not None else None)
             job = sharded.make_job("classify", paths, partition, output_dir, shard_size, settings, resume)
-            return sharded.run(job, engine, spec,
-                               dict(top_k=top_k, threshold=threshold, labels=names, batch_size=batch_size),
-                               devices=devices, engine_kind=engine_kind, ray_address=ray_address, ray_actors=ray_actors,
-                               workers=workers, quiet=quiet, show=progress_enabled(progress, quiet), started=started)
+            return sharded.run(job, engine, spec, run, scale, workers=workers, quiet=quiet, show=show, started=started)
     paths = partition.select(gather_inputs(inputs, null))
-    engine = load_engine(variant, model, revision, device, dtype, compile, full_decode, max_pixels, quiet,
-                         backend.value, batch_size=batch_size, inputs=len(paths))
-    require_classifier(engine)
+    engine = load_engine(options, inputs=len(paths))
+    _check_model(engine, None)
     fmt = (format or (Format.table if sys.stdout.isatty() else Format.jsonl)).value
+    return _classify_to_stdout(engine, paths, fmt, run.with_workers(resolve_workers(workers)), quiet, show, started)
+
+
+def _check_model(engine: Any, names: list[str] | None) -> None:
+    """Usage errors the loaded model reveals: no classifier, or fewer label names than classes."""
+    from effnet_cli.runtime.engine import require_classifier
+
+    require_classifier(engine)
+    if names is not None and len(names) < engine.config.num_labels:
+        raise InputError(f"The labels file has {len(names)} names but the model has "
+                         f"{engine.config.num_labels} classes.")
+
+
+def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions, quiet: bool, show: bool,
+                        started: float) -> int:
+    """Classify ``paths`` to stdout as tables or records, one batch at a time; the exit status."""
+    from effnet_cli.records.stream import RecordWriter
+    from effnet_cli.runtime.engine import classify_paths
+
     if fmt != "table":
         utf8_stdout()
     console = stdout_console() if fmt == "table" else None
     writer = None if fmt == "table" else RecordWriter(sys.stdout, fmt)
     failed = 0
     try:
-        with progress_bar(len(paths), progress_enabled(progress, quiet), "classify") as advance:
-            for results in classify_paths(engine, paths, top_k=top_k, threshold=threshold, labels=names,
-                                          batch_size=batch_size, workers=resolve_workers(workers)):
+        with progress_bar(len(paths), show, "classify") as advance:
+            for results in classify_paths(engine, paths, **run.classify_kwargs()):
                 for result in results:
                     if not result.ok:
                         failed += 1
@@ -148,8 +162,6 @@ def classify(
         # Everything computed so far is already written and flushed; close the document cleanly.
         if writer is not None:
             writer.close()
-        from effnet_cli.cli.render import error_line
-
         error_line("interrupted; results above are complete for the images they name")
         return EXIT_INTERRUPTED
     if writer is not None:

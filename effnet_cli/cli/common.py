@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from effnet_cli.cli.options import DEFAULT_VARIANT, DType, Variant
 from effnet_cli.cli.render import info_line
@@ -44,40 +46,71 @@ def exact_decoding(exact_decode: bool | None, default: bool, full_decode: bool =
     return default if exact_decode is None else exact_decode
 
 
-def load_engine(variant: Variant | None, model: str | None, revision: str | None, device: str, dtype: DType,
-                compile: bool, full_decode: bool, max_pixels: int | None, quiet: bool = False,
-                backend: str = "torch", batch_size: int = 16, inputs: int | None = None) -> Engine:
+@dataclass(frozen=True)
+class EngineOptions:
+    """The model options of an inference command, checked once: what :func:`load_engine` loads."""
+
+    variant: Variant | None  # --variant
+    model: str | None  # --model: a hub id or a local directory
+    revision: str | None  # --revision
+    device: str  # --device
+    dtype: DType  # --dtype
+    compile: bool  # --compile
+    exact_decode: bool  # JPEGs decoded at full size (False: the fast reduced decode)
+    max_pixels: int | None  # --max-pixels (None: the default limit)
+    backend: str  # --backend: auto, torch, onnxruntime or openvino
+    batch_size: int  # --batch-size; "auto" measures the backends at it
+    quiet: bool  # --quiet: no download bars, no notes
+
+    def __post_init__(self) -> None:
+        if self.variant is not None and self.model is not None:
+            raise InputError("Give either --variant or --model, not both.")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise InputError(f"--max-pixels must be positive, got {self.max_pixels}.")
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any], **given: Any) -> EngineOptions:
+        """The options from a command's parameters (by field name), with ``given`` taking precedence."""
+        return cls(**{f.name: given[f.name] if f.name in given else args[f.name] for f in fields(cls)})
+
+    @property
+    def name(self) -> str:
+        """The model to load: --model, else --variant, else the bundled default."""
+        return self.model if self.model is not None else (
+            self.variant.value if self.variant is not None else DEFAULT_VARIANT)
+
+
+def load_engine(options: EngineOptions, *, device: str | None = None, backend: str | None = None,
+                inputs: int | None = None) -> Engine:
     """Load the weights named by --variant / --model and prepare them for inference.
 
-    With ``--backend auto``, a run of ``inputs`` images (None: unknown) exports and measures the
-    backends only when it is long enough to gain from it (:data:`effnet_cli.runtime.backends.AUTO_MEASURE_MIN_IMAGES`);
-    shorter runs use a remembered choice, or PyTorch.
+    ``device`` and ``backend`` override the options' own (the parent of device workers loads its
+    copy on the CPU). With ``--backend auto``, a run of ``inputs`` images (None: unknown) exports and
+    measures the backends only when it is long enough to gain from it
+    (:data:`effnet_cli.runtime.backends.AUTO_MEASURE_MIN_IMAGES`); shorter runs use a remembered
+    choice, or PyTorch.
     """
-    from effnet_cli.runtime.backends import AUTO_MEASURE_MIN_IMAGES
     from effnet_cli.data import DEFAULT_MAX_PIXELS
+    from effnet_cli.runtime.backends import AUTO_MEASURE_MIN_IMAGES
     from effnet_cli.runtime.engine import Engine
 
-    if variant is not None and model is not None:
-        raise InputError("Give either --variant or --model, not both.")
-    if max_pixels is not None and max_pixels < 1:
-        raise InputError(f"--max-pixels must be positive, got {max_pixels}.")
-    name = model if model is not None else (variant.value if variant is not None else DEFAULT_VARIANT)
-    if quiet:
+    if options.quiet:
         # Downloads show huggingface_hub's progress bars on stderr; --quiet means none.
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
-    if compile and not quiet:
+    if options.compile and not options.quiet:
         # torch.compile works on the first batch, tens of seconds during which nothing else would move.
         info_line("compiling the model with torch.compile; the first batch takes a while…")
-    engine = Engine.from_pretrained(name, revision=revision, device=device, dtype=dtype.value, compile=compile,
-                                    draft=not full_decode,
-                                    max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
-                                    backend=backend, batch_size=batch_size,
-                                    measure=inputs is None or inputs >= AUTO_MEASURE_MIN_IMAGES,
-                                    announce=None if quiet else _announce_measurement)
+    engine = Engine.from_pretrained(
+        options.name, revision=options.revision, device=options.device if device is None else device,
+        dtype=options.dtype.value, compile=options.compile, draft=not options.exact_decode,
+        max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
+        backend=options.backend if backend is None else backend, batch_size=options.batch_size,
+        measure=inputs is None or inputs >= AUTO_MEASURE_MIN_IMAGES,
+        announce=None if options.quiet else _announce_measurement)
     source = engine.source or {}
-    if source.get("source") == "hub" and not quiet:
+    if source.get("source") == "hub" and not options.quiet:
         # The exact commit, so a run can be reproduced with --revision.
         info_line(f"using {source['repo_id']} at revision {source['revision']}")
     return engine

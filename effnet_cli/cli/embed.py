@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from effnet_cli.cli import options as opt
-from effnet_cli.cli.common import gather_inputs, load_engine, probe_hub_early, resolve_workers
+from effnet_cli.cli.common import EngineOptions, exact_decoding, gather_inputs, probe_hub_early, resolve_workers
 from effnet_cli.cli.render import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -21,6 +21,7 @@ from effnet_cli.cli.render import (
 )
 from effnet_cli.errors import InputError
 from effnet_cli.records.pathtext import display_path
+from effnet_cli.scale.spec import RunOptions
 
 
 def _parse_features(value: str | None) -> int | None:
@@ -88,17 +89,37 @@ def embed(
     started = time.monotonic()
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
-    from effnet_cli.cli.common import exact_decoding
-    from effnet_cli.runtime.engine import POOLS
-
-    fast_decode = not exact_decoding(exact_decode, True)
 
     if sum(x is not None for x in (output, per_file, output_dir)) != 1:
         raise InputError("Give exactly one of -o OUT.npy, --per-file DIR or --output-dir DIR.")
-    sharded.check_options(output_dir=output_dir, shard_size=shard_size, devices=devices, engine=engine_kind,
-                          ray_address=ray_address, ray_actors=ray_actors, device=device)
+    scale = sharded.ScaleOptions.from_args(locals())
+    sharded.check_options(scale, device=device, backend=backend.value)
     partition = sharded.partition_of(shard)
     meta = sharded.meta_format_of(meta_format, output_dir)
+    run = _run_options(pool, output, per_file, resume, features, normalize, batch_size)
+    if run.stage is not None and backend is opt.BackendKind.auto:
+        backend = opt.BackendKind.torch  # stage feature maps are not outputs of an export
+    options = EngineOptions.from_args(locals(), exact_decode=exact_decoding(exact_decode, True), backend=backend.value)
+    show = progress_enabled(progress, quiet)
+    # The output's lock first: a second run on the same output is refused before it reads or loads anything.
+    with sharded.output_lock("embed", output=output, output_dir=output_dir, per_file=per_file, partition=partition):
+        paths = gather_inputs(inputs, null)
+        engine, spec = sharded.load(options, scale, len(paths))
+        dim = engine.feature_dim(run.stage)  # a bad stage number is a usage error, before any work
+        if per_file is not None:
+            return _embed_per_file(engine, partition.select(paths), per_file, run.with_workers(resolve_workers(workers)),
+                                   quiet, show, started)
+        settings = sharded.run_settings(engine, spec, features=features or "head", pool=run.pool, normalize=normalize,
+                                        dim=dim)
+        job = _embed_job(paths, partition, scale, output, settings, meta)
+        return sharded.run(job, engine, spec, run, scale, workers=workers, quiet=quiet, show=show, started=started)
+
+
+def _run_options(pool: opt.Pool, output: Path | None, per_file: Path | None, resume: bool, features: str | None,
+                 normalize: bool, batch_size: int) -> RunOptions:
+    """What every batch computes, after the usage errors of the embed-only options."""
+    from effnet_cli.runtime.engine import POOLS
+
     pool = opt.Pool(pool).value
     if pool not in POOLS:
         raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}.")
@@ -106,49 +127,28 @@ def embed(
         raise InputError(f"-o must name a .npy file, got {output}.")
     if per_file is not None and resume:
         raise InputError("--resume works with -o; --per-file runs write each file atomically and can simply be rerun.")
-    stage = _parse_features(features)
-    if stage is not None and backend is opt.BackendKind.auto:
-        backend = opt.BackendKind.torch  # stage feature maps are not outputs of an export
-    # The output's lock first: a second run on the same output is refused before it reads or loads anything.
-    with sharded.output_lock("embed", output=output, output_dir=output_dir, per_file=per_file, partition=partition):
-        paths = gather_inputs(inputs, null)
-        show = progress_enabled(progress, quiet)
-        # Workers and Ray actors load their own copies on their devices; this one checks the options and
-        # serves the decode settings, so it stays on the CPU when they exist.
-        elsewhere = devices is not None or engine_kind is opt.EngineKind.ray
-        engine = load_engine(variant, model, revision, "cpu" if elsewhere else device, dtype, compile,
-                             not fast_decode, max_pixels, quiet, "torch" if elsewhere else backend.value,
-                             batch_size=batch_size, inputs=len(paths))
-        dim = engine.feature_dim(stage)  # a bad stage number is a usage error, before any work
-        run = dict(pool=pool, stage=stage, normalize=normalize, batch_size=batch_size)
-        if per_file is not None:
-            run["workers"] = resolve_workers(workers)
-            selected = partition.select(paths)
-            code, failed = _embed_per_file(engine, selected, per_file, run, quiet, show)
-            summary_line("embedded", len(selected), failed, f"written to {display_path(per_file)}/ (manifest.jsonl)",
-                         time.monotonic() - started, quiet)
-            return code
-        name = sharded.model_name(variant, model)
-        spec = sharded.engine_spec(engine, name, dtype, compile)
-        settings = sharded.run_settings(engine, name, spec.revision, dtype, not fast_decode,
-                                        features=features or "head", pool=pool, normalize=normalize, dim=dim)
-        if output_dir is not None:
-            job = sharded.make_job("embed", paths, partition, output_dir, shard_size, settings, resume, meta)
-        else:
-            # -o is the one-shard case of the same machinery: same partials, markers, settings check and lock.
-            from effnet_cli.scale.shards import ShardJob
-
-            job = ShardJob(kind="embed", directory=output.parent, paths=partition.select(paths), total=len(paths),
-                           partition=partition, settings=settings, resume=resume, single=output)
-        return sharded.run(job, engine, spec, run, devices=devices, engine_kind=engine_kind, ray_address=ray_address,
-                           ray_actors=ray_actors, workers=workers, quiet=quiet, show=show, started=started)
+    return RunOptions(batch_size=batch_size, pool=pool, stage=_parse_features(features), normalize=normalize)
 
 
-def _embed_per_file(engine, paths: list[str], directory: Path, run: dict, quiet: bool,
-                    show: bool) -> tuple[int, int]:
+def _embed_job(paths: list[str], partition: Any, scale: Any, output: Path | None, settings: dict[str, Any],
+               meta: str) -> Any:
+    """The shard job of ``--output-dir``, or of ``-o`` (the one-shard case of the same machinery: same
+    partials, markers, settings check and lock)."""
+    from effnet_cli.cli import sharded
+    from effnet_cli.scale.shards import ShardJob
+
+    if scale.output_dir is not None:
+        return sharded.make_job("embed", paths, partition, scale.output_dir, scale.shard_size, settings,
+                                scale.resume, meta)
+    return ShardJob(kind="embed", directory=output.parent, paths=partition.select(paths), total=len(paths),
+                    partition=partition, settings=settings, resume=scale.resume, single=output)
+
+
+def _embed_per_file(engine: Any, paths: list[str], directory: Path, run: RunOptions, quiet: bool,
+                    show: bool, started: float) -> int:
     """One .npy per input under ``directory`` (paths mirrored), each published atomically, then a manifest.
 
-    Returns the exit status and the number of inputs that failed.
+    Ends with the summary line; returns the exit status.
     """
     import io
 
@@ -163,7 +163,7 @@ def _embed_per_file(engine, paths: list[str], directory: Path, run: dict, quiet:
     make_dir(directory)
     records, failed = [], 0
     with progress_bar(len(paths), show, "embed") as advance:
-        for batch in embed_paths(engine, paths, **run):
+        for batch in embed_paths(engine, paths, **run.embed_kwargs()):
             base = min((r.row for r in batch.results if r.row is not None), default=0)
             for result in batch.results:
                 if not result.ok:
@@ -183,4 +183,6 @@ def _embed_per_file(engine, paths: list[str], directory: Path, run: dict, quiet:
             advance(len(batch.results))
         write_bytes(directory / "manifest.jsonl",
                     "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
-    return (EXIT_SOME_FAILED if failed else EXIT_OK), failed
+    summary_line("embedded", len(paths), failed, f"written to {display_path(directory)}/ (manifest.jsonl)",
+                 time.monotonic() - started, quiet)
+    return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -95,24 +95,32 @@ def finetune(
     """
     from effnet_cli.training import finetune as run
 
-    if variant is not None and model is not None:
-        raise InputError("Give either --variant or --model, not both.")
-    name = model if model is not None else (variant.value if variant is not None else opt.DEFAULT_VARIANT)
-    show = progress_enabled(progress, quiet)
-    view = _Progress(show)
+    options = _training_options(locals())
+    view = _Progress(progress_enabled(progress, quiet))
     try:
         with view:
-            result = run(str(data), output, callback=view.event, model=name, val=None if val is None else str(val),
-                         val_split=val_split, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
-                         freeze=freeze, augment=augment.value, label_smoothing=label_smoothing,
-                         weight_decay=weight_decay, dtype=dtype.value, workers=workers, seed=seed, resume=resume,
-                         device=device)
+            result = run(str(data), output, callback=view.event, **options)
     except KeyboardInterrupt:
         error_line(f"interrupted; checkpoint saved in {output}. Rerun the same command with --resume to continue.")
         return EXIT_INTERRUPTED
     if not quiet:
         render_report(result.metrics, output)
     return EXIT_OK
+
+
+def _training_options(args: dict[str, Any]) -> dict[str, Any]:
+    """The command's parameters as the fields of :class:`effnet_cli.training.FinetuneOptions` they set."""
+    from dataclasses import fields
+
+    from effnet_cli.training import FinetuneOptions
+
+    variant, model, val = args["variant"], args["model"], args["val"]
+    if variant is not None and model is not None:
+        raise InputError("Give either --variant or --model, not both.")
+    given = {**args, "model": model if model is not None else (variant.value if variant is not None
+                                                                else opt.DEFAULT_VARIANT),
+             "val": None if val is None else str(val), "augment": args["augment"].value, "dtype": args["dtype"].value}
+    return {f.name: given[f.name] for f in fields(FinetuneOptions) if f.name in given}
 
 
 class _Progress:

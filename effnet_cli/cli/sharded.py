@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from effnet_cli.cli.options import DEFAULT_VARIANT, DType, EngineKind, Variant
+from effnet_cli.cli.common import EngineOptions, load_engine
+from effnet_cli.cli.options import EngineKind
 from effnet_cli.cli.render import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -33,6 +36,28 @@ from effnet_cli.scale.shards import (
     ShardJob,
     parse_shard,
 )
+from effnet_cli.scale.spec import EngineSpec, RunOptions
+
+RUNTIMES = ("onnxruntime", "openvino")  # the backends that run an export instead of the PyTorch model
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    """The sharded-output and scale options of ``embed`` and ``classify``, as given."""
+
+    output_dir: Path | None = None  # --output-dir
+    shard_size: int | None = None  # --shard-size
+    resume: bool = False  # --resume
+    shard: str | None = None  # --shard I/N
+    devices: str | None = None  # --devices
+    engine_kind: EngineKind = EngineKind.local  # --engine
+    ray_address: str | None = None  # --ray-address
+    ray_actors: int | None = None  # --ray-actors
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> ScaleOptions:
+        """The options from a command's parameters, by field name."""
+        return cls(**{f.name: args[f.name] for f in fields(cls) if f.name in args})
 
 
 def partition_of(shard: str | None) -> Partition:
@@ -40,46 +65,85 @@ def partition_of(shard: str | None) -> Partition:
     return parse_shard(shard) if shard is not None else Partition()
 
 
-def check_options(*, output_dir: Path | None, shard_size: int | None, devices: str | None, engine: EngineKind,
-                  ray_address: str | None, ray_actors: int | None, device: str) -> None:
-    """Usage errors of the scale options, before any input is read or model loaded."""
-    if output_dir is None:
-        for given, name in ((shard_size is not None, "--shard-size"), (devices is not None, "--devices"),
-                            (engine is EngineKind.ray, "--engine ray")):
+def check_options(scale: ScaleOptions, *, device: str, backend: str) -> None:
+    """Usage errors of the scale options (with --device and --backend), before any input is read or model loaded."""
+    ray = scale.engine_kind is EngineKind.ray
+    if scale.output_dir is None:
+        for given, name in ((scale.shard_size is not None, "--shard-size"), (scale.devices is not None, "--devices"),
+                            (ray, "--engine ray")):
             if given:
                 raise InputError(f"{name} writes sharded output: add --output-dir DIR.")
-    if engine is not EngineKind.ray:
-        for given, name in ((ray_address is not None, "--ray-address"), (ray_actors is not None, "--ray-actors")):
+    if not ray:
+        for given, name in ((scale.ray_address is not None, "--ray-address"),
+                            (scale.ray_actors is not None, "--ray-actors")):
             if given:
                 raise InputError(f"{name} only applies with --engine ray.")
-    if devices is not None and engine is EngineKind.ray:
+    if scale.devices is not None and ray:
         raise InputError("--devices runs local worker processes; with --engine ray, Ray places the model "
                          "(use --ray-actors).")
-    if devices is not None and device != "auto":
+    if scale.devices is not None and device != "auto":
         raise InputError("Give --device or --devices, not both.")
-    if devices is not None:
+    if ray and backend in RUNTIMES:
+        raise InputError(f"--engine ray runs the model in PyTorch; --backend {backend} works with "
+                         "--devices or --shard.")
+    if scale.devices is not None:
         from effnet_cli.scale.devices import parse_devices
 
-        parse_devices(devices)  # a bad device list is a usage error before the model loads
-    if engine is EngineKind.ray:
+        parse_devices(scale.devices)  # a bad device list is a usage error before the model loads
+    if ray:
         from effnet_cli.scale.ray import require_ray
 
         require_ray()  # a missing extra is one line now, not after the model has loaded
 
 
-def model_name(variant: Variant | None, model: str | None) -> str:
+def model_name(options: EngineOptions) -> str:
     """The name load_engine loads; local paths made absolute so other processes and nodes find them."""
-    name = model if model is not None else (variant.value if variant is not None else DEFAULT_VARIANT)
+    name = options.name
     return os.path.abspath(name) if os.path.exists(name) else name
 
 
-def engine_spec(engine: Any, name: str, dtype: DType, compile: bool) -> Any:
-    """How workers and actors load the parent's model again, pinned to the revision the parent resolved."""
-    from effnet_cli.scale.devices import EngineSpec
+def load(options: EngineOptions, scale: ScaleOptions, inputs: int) -> tuple[Any, EngineSpec]:
+    """This process's engine, and the spec that workers and actors load theirs from.
 
+    The backend is resolved here, once ("auto" measured at most once), so every worker runs the
+    same one and the output's settings record it. When the model runs elsewhere, this engine only
+    checks the options and serves the decode settings, so it stays on the CPU.
+    """
+    devices = None
+    if scale.devices is not None:
+        from effnet_cli.scale.devices import parse_devices
+
+        devices = parse_devices(scale.devices)
+    if scale.engine_kind is EngineKind.ray:
+        engine = load_engine(options, device="cpu", backend="torch", inputs=inputs)
+        backend = "torch"  # check_options refused an export runtime; "auto" on Ray is PyTorch
+    elif devices is not None and set(devices) != {"cpu"}:
+        engine = load_engine(options, device="cpu", backend="torch", inputs=inputs)
+        backend = _backend_off_cpu(options, engine, devices)
+    else:
+        # This process or CPU workers: this engine's own choice is theirs.
+        engine = load_engine(options, device="cpu" if devices is not None else None, inputs=inputs)
+        backend = engine.backend
     source = engine.source or {}
-    return EngineSpec(name=name, revision=source.get("revision"), dtype=dtype.value, compile=compile,
-                      draft=engine.draft, max_pixels=engine.max_pixels)
+    spec = EngineSpec(name=model_name(options), revision=source.get("revision"), dtype=options.dtype.value,
+                      compile=options.compile, draft=engine.draft, max_pixels=engine.max_pixels, backend=backend,
+                      batch_size=options.batch_size)
+    return engine, spec
+
+
+def _backend_off_cpu(options: EngineOptions, engine: Any, devices: list[str]) -> str:
+    """The concrete backend of device workers that are not all CPUs: the one asked for, checked per device
+    kind, or for "auto" PyTorch (the only candidate on an accelerator)."""
+    from effnet_cli.runtime.backends import choose_backend
+
+    needs_torch = ("--compile" if options.compile
+                   else "preprocessing without a fixed size" if engine.processor.input_size is None else None)
+    chosen = set()
+    for kind in sorted({device.partition(":")[0] for device in devices}):
+        # A CPU computes float16 in float32 (see Engine), so the backends are checked for that.
+        dtype = "float32" if kind == "cpu" and options.dtype.value == "float16" else options.dtype.value
+        chosen.add(choose_backend(options.backend, device_type=kind, dtype=dtype, needs_torch=needs_torch))
+    return chosen.pop() if len(chosen) == 1 and "auto" not in chosen else "torch"
 
 
 def output_lock(kind: str, *, output: Path | None = None, output_dir: Path | None = None,
@@ -123,17 +187,17 @@ def _weights_identity(name: str, engine: Any, revision: str | None) -> str:
     return "source:" + ",".join(f"{k}={v}" for k, v in sorted(source.items()))
 
 
-def run_settings(engine: Any, name: str, revision: str | None, dtype: DType, full_decode: bool,
-                 **specific: Any) -> dict[str, Any]:
+def run_settings(engine: Any, spec: EngineSpec, **specific: Any) -> dict[str, Any]:
     """The settings fingerprint of a run, stored in every partial and marker and checked on resume.
 
     Model identity and weights (hash or hub revision), dtype, the backend that runs the model (runtimes
-    agree within 1e-4, not bit for bit, so one output never mixes them), decode mode, pixel limit and
-    the processor's whole preprocessing, plus what the command adds (features, pool, normalize, width ...).
+    agree within 1e-4, not bit for bit, so one output never mixes them; the concrete one the spec's
+    workers run), decode mode, pixel limit and the processor's whole preprocessing, plus what the
+    command adds (features, pool, normalize, width ...).
     """
-    return {"model": name, "weights": _weights_identity(name, engine, revision), "dtype": dtype.value,
-            "backend": getattr(engine, "backend", "torch"),
-            "decode": "full" if full_decode else "reduced", "max_pixels": engine.max_pixels,
+    return {"model": spec.name, "weights": _weights_identity(spec.name, engine, spec.revision), "dtype": spec.dtype,
+            "backend": spec.backend,
+            "decode": "reduced" if spec.draft else "full", "max_pixels": engine.max_pixels,
             "preprocessing": engine.processor.to_dict(), **specific}
 
 
@@ -145,9 +209,8 @@ def make_job(kind: str, all_paths: list[str], partition: Partition, output_dir: 
                     resume=resume, meta_format=meta_format)
 
 
-def run(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, Any], *, devices: str | None,
-        engine_kind: EngineKind, ray_address: str | None, ray_actors: int | None, workers: int | None,
-        quiet: bool, show: bool, started: float | None = None) -> int:
+def run(job: ShardJob, engine: Any, spec: EngineSpec, run_options: RunOptions, scale: ScaleOptions, *,
+        workers: int | None, quiet: bool, show: bool, started: float | None = None) -> int:
     """Run ``job`` on the chosen engine with one progress bar, holding the output's lock; the exit status.
 
     Unless ``quiet``, the run ends with a summary line on stderr (``started``: when the command began,
@@ -155,53 +218,58 @@ def run(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, Any], *, d
     """
     from effnet_cli.scale.shards import lock_output
 
+    started = time.monotonic() if started is None else started
     with lock_output(job):
-        return _run_locked(job, engine, spec, run_options, devices=devices, engine_kind=engine_kind,
-                           ray_address=ray_address, ray_actors=ray_actors, workers=workers, quiet=quiet, show=show,
-                           started=time.monotonic() if started is None else started)
+        try:
+            summary = _run_locked(job, engine, spec, run_options, scale, workers=workers, quiet=quiet, show=show)
+        except KeyboardInterrupt:
+            error_line(f"interrupted; what was written is kept: rerun the same command with --resume to finish "
+                       f"{display_path(job.output)}")
+            return EXIT_INTERRUPTED
+    _report(job, summary, quiet, time.monotonic() - started)
+    return EXIT_SOME_FAILED if summary.failures else EXIT_OK
 
 
-def _run_locked(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, Any], *, devices: str | None,
-                engine_kind: EngineKind, ray_address: str | None, ray_actors: int | None, workers: int | None,
-                quiet: bool, show: bool, started: float) -> int:
+def _run_locked(job: ShardJob, engine: Any, spec: EngineSpec, run_options: RunOptions, scale: ScaleOptions, *,
+                workers: int | None, quiet: bool, show: bool) -> Any:
+    """The job's :class:`Summary`, from this process, device workers or Ray."""
     from effnet_cli.data import default_workers
 
     device_list = None
-    if devices is not None:
-        from effnet_cli.scale.devices import parse_devices, usable_cores
+    if scale.devices is not None:
+        from effnet_cli.host import usable_cores
+        from effnet_cli.scale.devices import parse_devices
 
-        device_list = parse_devices(devices)
+        device_list = parse_devices(scale.devices)
         if workers is None:  # decode processes per device worker: the cores shared out, at most 4 each
             workers = max(1, min(4, usable_cores() // len(device_list)))
-    run_options = {**run_options, "workers": default_workers() if workers is None else workers}
+    run_options = run_options.with_workers(default_workers() if workers is None else workers)
 
-    try:
-        with progress_bar(len(job.paths), show, "embed" if job.kind == "embed" else "classify") as advance:
-            report = {"on_progress": advance, "on_failure": lambda result: report_failure(result, quiet)}
+    with progress_bar(len(job.paths), show, "embed" if job.kind == "embed" else "classify") as advance:
+        report = {"on_progress": advance, "on_failure": lambda result: report_failure(result, quiet)}
 
-            def skip_kept(plan: Any) -> None:  # a resume starts the bar at the inputs already done
-                advance(plan.done_inputs)
+        def skip_kept(plan: Any) -> None:  # a resume starts the bar at the inputs already done
+            advance(plan.done_inputs)
 
-            if engine_kind is EngineKind.ray:
-                from effnet_cli.scale.ray import run_ray
+        if scale.engine_kind is EngineKind.ray:
+            from effnet_cli.scale.ray import run_ray
 
-                summary = run_ray(job, spec, engine, run_options, address=ray_address, actors=ray_actors,
-                                  on_plan=skip_kept, **report)
-            elif device_list is not None and len(device_list) > 1:
-                from effnet_cli.scale.devices import run_on_devices
+            return run_ray(job, spec, engine, run_options, address=scale.ray_address, actors=scale.ray_actors,
+                           on_plan=skip_kept, **report)
+        if device_list is not None and len(device_list) > 1:
+            from effnet_cli.scale.devices import run_on_devices
 
-                summary = run_on_devices(job, device_list, spec, run_options, **report)
-            else:
-                from effnet_cli.scale import shards
+            return run_on_devices(job, device_list, spec, run_options, **report)
+        from effnet_cli.scale import shards
 
-                if device_list is not None:  # a single device: no worker process needed
-                    engine = spec.build(device_list[0])
-                into = shards.embed_into_shards if job.kind == "embed" else shards.classify_into_shards
-                summary = into(engine, job, run_options, on_plan=skip_kept, **report)
-    except KeyboardInterrupt:
-        error_line(f"interrupted; what was written is kept: rerun the same command with --resume to finish "
-                   f"{display_path(job.output)}")
-        return EXIT_INTERRUPTED
+        if device_list is not None and device_list != ["cpu"]:  # one device: no worker process needed
+            engine = spec.build(device_list[0])
+        into = shards.embed_into_shards if job.kind == "embed" else shards.classify_into_shards
+        return into(engine, job, run_options, on_plan=skip_kept, **report)
+
+
+def _report(job: ShardJob, summary: Any, quiet: bool, seconds: float) -> None:
+    """The closing lines on stderr: nothing left to resume, or the summary."""
     if summary.shards_written == 0 and summary.shards_kept and not quiet:
         if job.single is not None:
             info_line(f"{display_path(job.output)} is already complete; nothing to resume.")
@@ -211,5 +279,4 @@ def _run_locked(job: ShardJob, engine: Any, spec: Any, run_options: dict[str, An
              if job.single is not None else f"written to {display_path(job.directory)}/")
     if summary.shards_written:  # a resume that found everything finished said so above
         summary_line("embedded" if job.kind == "embed" else "classified", len(job.paths), summary.failures, where,
-                     time.monotonic() - started, quiet)
-    return EXIT_SOME_FAILED if summary.failures else EXIT_OK
+                     seconds, quiet)

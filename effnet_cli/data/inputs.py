@@ -178,53 +178,60 @@ def discover_inputs(
 
     Raises :class:`InputError` when nothing at all is left to process.
     """
-    found: list[str] = []
-    seen: set[str] = set()
-    visited_dirs: set[tuple[int, int]] = set()
-    walked: list[str] = []  # for the error message when nothing is found
+    inputs = _Collected()
     stdin_names: list[str] | None = None
-
-    def add(path: str) -> None:
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            found.append(path)
-
-    def add_existing_or_missing(path: str) -> None:
-        if os.path.isdir(path):
-            walked.append(path)
-            for image in _walk_images(path, visited_dirs):
-                add(image)
-        else:
-            add(path)
-
     for raw in args:
         arg = os.fspath(raw)
         if arg == "-":
             if stdin_names is None:  # stdin can only be read once
                 stdin_names = _split_stdin(stdin_lines, stdin, null_separated)
                 for name in stdin_names:
-                    add_existing_or_missing(name)
+                    inputs.add_existing_or_missing(name)
             continue
         if os.path.lexists(arg) or not _GLOB_MAGIC.search(arg):
-            add_existing_or_missing(arg)
+            inputs.add_existing_or_missing(arg)
             continue
         matches = glob.glob(arg, recursive=True)
         if not matches:
             # As the shell does with an unmatched glob: pass it on literally,
             # so the user sees "no such file" for exactly what they typed.
-            add(arg)
+            inputs.add(arg)
             continue
         for match in sorted(matches, key=_path_key):
-            add_existing_or_missing(match)
+            inputs.add_existing_or_missing(match)
 
-    if not found:
+    if not inputs.found:
         if not args:
             detail = "give image files, directories or globs, or - to read paths from stdin"
-        elif walked:
+        elif inputs.walked:
             exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-            detail = f"no files ending in {exts} under {', '.join(walked)}"
+            detail = f"no files ending in {exts} under {', '.join(inputs.walked)}"
         else:
             detail = "stdin listed no paths"
         raise InputError(f"no input images: {detail}")
-    return found
+    return inputs.found
+
+
+class _Collected:
+    """The inputs found so far, each file once (by real path), in the order they were first named."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+        self.seen: set[str] = set()  # real paths of the inputs in found
+        self.visited_dirs: set[tuple[int, int]] = set()  # (device, inode): a directory linked twice is walked once
+        self.walked: list[str] = []  # directories walked, for the error message when nothing is found
+
+    def add(self, path: str) -> None:
+        key = os.path.realpath(path)
+        if key not in self.seen:
+            self.seen.add(key)
+            self.found.append(path)
+
+    def add_existing_or_missing(self, path: str) -> None:
+        """A directory's images, or the path itself (a file, or a missing one that will get its error record)."""
+        if os.path.isdir(path):
+            self.walked.append(path)
+            for image in _walk_images(path, self.visited_dirs):
+                self.add(image)
+        else:
+            self.add(path)

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from effnet_cli.errors import EffnetError, InputError
-from effnet_cli.host import usable_cores  # re-exported: scale.ray and the CLI read it from here
+from effnet_cli.host import usable_cores
 from effnet_cli.scale.shards import ShardJob, Summary, plan_shards
+from effnet_cli.scale.spec import EngineSpec, RunOptions
 
-__all__ = ["EngineSpec", "WorkerError", "parse_devices", "usable_cores", "split_job", "run_on_devices"]
+__all__ = ["EngineSpec", "WorkerError", "parse_devices", "split_job", "run_on_devices"]
 
 # Seconds the parent waits on the queue before checking that every worker is alive.
 _POLL_S = 0.2
@@ -36,29 +37,6 @@ _POLL_S = 0.2
 
 class WorkerError(EffnetError):
     """A device worker failed; the shards it finished are kept and ``--resume`` finishes the rest."""
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """How to load the model again in another process (a device worker or a Ray actor).
-
-    The revision should be the exact commit the parent resolved, so every
-    worker runs the same weights even if the hub moves on meanwhile.
-    """
-
-    name: str
-    revision: str | None = None
-    dtype: str = "float32"
-    compile: bool = False
-    draft: bool = True
-    max_pixels: int | None = None
-
-    def build(self, device: str) -> Any:
-        """An :class:`effnet_cli.runtime.engine.Engine` on ``device``."""
-        from effnet_cli.runtime.engine import Engine
-
-        return Engine.from_pretrained(self.name, revision=self.revision, device=device, dtype=self.dtype,
-                                      compile=self.compile, draft=self.draft, max_pixels=self.max_pixels)
 
 
 def parse_devices(text: str) -> list[str]:
@@ -109,9 +87,10 @@ class _WorkerTask:
     number: int
     device: str
     threads: int
+    cores: list[int] | None  # the CPU cores this worker keeps to (a runtime backend on the CPU), else None
     spec: EngineSpec
     job: ShardJob
-    run: dict[str, Any]
+    run: RunOptions
 
 
 def _exit_with_parent() -> None:
@@ -145,6 +124,9 @@ def _worker_main(task: _WorkerTask, events: Any) -> None:
     from effnet_cli.scale.shards import classify_into_shards, embed_into_shards
 
     torch.set_num_threads(task.threads)
+    if task.cores is not None:
+        # ONNX Runtime and OpenVINO size their thread pools from the cores the process may use: its share.
+        os.sched_setaffinity(0, task.cores)
     n = task.number
     try:
         engine = task.spec.build(task.device)
@@ -186,15 +168,29 @@ def split_job(job: ShardJob, parts: int) -> list[ShardJob]:
     return [job.for_partition(part, job.paths[i::parts]) for i, part in enumerate(job.partition.split(parts))]
 
 
-def run_on_devices(job: ShardJob, devices: list[str], spec: EngineSpec, run: dict[str, Any], *,
+def _cores_of(number: int, workers: int, device: str, backend: str) -> list[int] | None:
+    """The cores worker ``number`` of ``workers`` keeps to: its own slice, for a runtime backend on the CPU.
+
+    Torch takes a thread count; ONNX Runtime and OpenVINO size their pools from the process's CPU
+    set, so each CPU worker is given a disjoint share of it and the workers do not oversubscribe the cores.
+    """
+    if device != "cpu" or backend == "torch" or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cores) // workers)
+    first = (number * share) % len(cores)
+    return cores[first:first + share]
+
+
+def run_on_devices(job: ShardJob, devices: list[str], spec: EngineSpec, run: RunOptions, *,
                    on_progress: Callable[[int], None] | None = None,
                    on_failure: Callable[[Any], None] | None = None) -> Summary:
     """Run ``job`` split across ``devices``, one spawned worker process each; returns the merged counts.
 
-    ``run`` holds the options of :func:`embed_paths` / :func:`classify_paths`;
-    ``run["workers"]`` (decode processes) applies per device worker. Torch
-    gets ``cores // len(devices)`` threads in each worker so the workers do
-    not fight over the cores. Raises :class:`WorkerError` naming every worker
+    ``run.workers`` (decode processes) applies per device worker. Torch
+    gets ``cores // len(devices)`` threads in each worker, and a runtime
+    backend on the CPU that many cores of its own, so the workers do not
+    fight over the cores. Raises :class:`WorkerError` naming every worker
     that failed, after the others have finished their partitions.
     """
     jobs = split_job(job, len(devices))
@@ -207,7 +203,8 @@ def run_on_devices(job: ShardJob, devices: list[str], spec: EngineSpec, run: dic
     threads = max(1, usable_cores() // len(devices))
     processes = []
     for i, (device, sub) in enumerate(zip(devices, jobs)):
-        task = _WorkerTask(number=i, device=device, threads=threads, spec=spec, job=sub, run=run)
+        task = _WorkerTask(number=i, device=device, threads=threads,
+                           cores=_cores_of(i, len(devices), device, spec.backend), spec=spec, job=sub, run=run)
         proc = ctx.Process(target=_worker_main, args=(task, events), name=f"effnet-device-{i}")
         proc.start()
         processes.append(proc)

@@ -28,6 +28,7 @@ imported only when ``--engine ray`` is used. Nothing here prints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,13 +36,15 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from effnet_cli.errors import ConfigError, DecodeError, EffnetError
-from effnet_cli.scale.devices import EngineSpec, usable_cores
+from effnet_cli.host import usable_cores
+from effnet_cli.scale.spec import EngineSpec, RunOptions
 from effnet_cli.scale.shards import Plan, ShardJob, Summary, plan_shards, write_classify_shards, write_embed_shards
 
 __all__ = ["require_ray", "connect", "default_actors", "run_ray"]
@@ -211,7 +214,7 @@ def _decode_stage(batch: dict[str, np.ndarray], *, transform: Any, open_kwargs: 
 class _ModelActor:
     """Ray actor: holds one engine for the whole run and turns pixel batches into features or predictions."""
 
-    def __init__(self, spec: EngineSpec, kind: str, run: dict[str, Any], threads: int) -> None:
+    def __init__(self, spec: EngineSpec, kind: str, run: RunOptions, threads: int) -> None:
         import ray
         import torch
 
@@ -228,17 +231,17 @@ class _ModelActor:
         out: dict[str, np.ndarray] = {"path": batch["path"], "error": errors}
         pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
         if self.kind == "embed":
-            dim = self.engine.feature_dim(self.run["stage"])
+            dim = self.engine.feature_dim(self.run.stage)
             features = np.zeros((len(errors), dim), dtype=np.float32)
             if ok.any():
-                features[ok] = self.engine.features(pixels, pool=self.run["pool"], stage=self.run["stage"],
-                                                    normalize=self.run["normalize"]).numpy()
+                features[ok] = self.engine.features(pixels, pool=self.run.pool, stage=self.run.stage,
+                                                    normalize=self.run.normalize).numpy()
             out["features"] = features
         else:
             records = np.full(len(errors), "", dtype=object)
             if ok.any():
-                top = self.engine.topk(pixels, self.run["top_k"], threshold=self.run["threshold"],
-                                       labels=self.run["labels"])
+                top = self.engine.topk(pixels, self.run.top_k, threshold=self.run.threshold,
+                                       labels=self.run.labels)
                 records[ok] = [json.dumps([p.to_dict() for p in preds]) for preds in top]
             out["predictions"] = records
         return out
@@ -291,7 +294,98 @@ def _ordered_batches(kind: str, todo: list[str], early: dict[int, str], results:
         raise EffnetError(f"Ray returned results for {next_pos} of {len(todo)} inputs; rerun with --resume.")
 
 
-def run_ray(job: ShardJob, spec: EngineSpec, engine: Any, run: dict[str, Any], *, address: str | None = None,
+@dataclass
+class _Routed:
+    """Where each input of a Ray run goes: an error row now, Ray's reader by path, or Ray as bytes."""
+
+    early: dict[int, str] = field(default_factory=dict)  # position -> error reason, found by the driver
+    readable: list[str] = field(default_factory=list)  # absolute paths Ray reads itself
+    inline: list[dict[str, Any]] = field(default_factory=list)  # rows of bytes for names Ray would mangle
+    index_of: dict[str, int] = field(default_factory=dict)  # Ray's path column -> position in the todo list
+
+
+def _route(todo: list[str], open_kwargs: dict[str, Any]) -> _Routed:
+    """Pre-check every input and decide how it reaches the decode tasks."""
+    routed = _Routed()
+    for pos, path in enumerate(todo):
+        reason = _precheck(path, open_kwargs)
+        if reason is not None:
+            routed.early[pos] = reason
+            continue
+        absolute = os.path.abspath(path)  # workers do not share the driver's working directory
+        if _ray_can_name(absolute):
+            routed.index_of[absolute] = pos
+            routed.readable.append(absolute)
+            continue
+        try:
+            blob = Path(path).read_bytes()
+        except OSError:
+            routed.early[pos] = _precheck(path, open_kwargs) or "cannot read file"
+            continue
+        key = f"effnet-inline:{pos}"  # any unique text: it only routes the result back to its input
+        routed.index_of[key] = pos
+        routed.inline.append({"bytes": blob, "path": key})
+    return routed
+
+
+@contextmanager
+def _ordered_quiet_context() -> Iterator[None]:
+    """Ray Data's context for the block: no progress bars or stats lines, results in input order; restored after."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved: dict[str, Any] = {}
+    wanted = {"enable_progress_bars": False, "print_on_execution_start": False, "enable_auto_log_stats": False}
+    try:
+        for name, value in wanted.items():
+            if hasattr(ctx, name):
+                saved[name] = getattr(ctx, name)
+                setattr(ctx, name, value)
+        # Results must reach the driver in input order, so shards can be written as they complete.
+        saved_order = ctx.execution_options.preserve_order
+        ctx.execution_options.preserve_order = True
+        try:
+            yield
+        finally:
+            ctx.execution_options.preserve_order = saved_order
+    finally:
+        for name, value in saved.items():
+            setattr(ctx, name, value)
+
+
+def _actors(ray: Any, address: str | None, actors: int | None) -> tuple[int, bool]:
+    """Connect (or start a local Ray), then the number of model actors and whether this call started Ray."""
+    import torch
+
+    remote = bool(address or os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
+    local_gpus = torch.cuda.device_count()
+    local_actors = actors or (local_gpus if local_gpus else max(1, usable_cores() // 2))
+    owned = connect(address, num_cpus=usable_cores() + local_actors)
+    return (local_actors if owned and not remote else default_actors(actors)), owned
+
+
+def _pipeline(ray: Any, routed: _Routed, engine: Any, spec: EngineSpec, kind: str, run: RunOptions,
+              n_actors: int) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data's read -> decode -> model pipeline over the routed inputs; its result batches, in order."""
+    from ray.data import ActorPoolStrategy
+
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    ds = ray.data.read_binary_files(routed.readable, include_paths=True) if routed.readable else None
+    if routed.inline:
+        # Few and first: the reorder buffer holds later results only until these arrive.
+        extra = ray.data.from_items(routed.inline)
+        ds = extra.union(ds) if ds is not None else extra
+    ds = ds.map_batches(_decode_stage, batch_size=_DECODE_BATCH, batch_format="numpy", num_cpus=1,
+                        fn_kwargs={"transform": engine.transform, "open_kwargs": engine.open_kwargs,
+                                   "shape": _expected_shape(engine)})
+    # batch_size must be an explicit int, as Ray requires with GPUs.
+    ds = ds.map_batches(_ModelActor, batch_size=int(run.batch_size), batch_format="numpy",
+                        compute=ActorPoolStrategy(size=n_actors), num_gpus=gpus, num_cpus=1,
+                        fn_constructor_kwargs={"spec": spec, "kind": kind, "run": run, "threads": 1})
+    return ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def run_ray(job: ShardJob, spec: EngineSpec, engine: Any, run: RunOptions, *, address: str | None = None,
             actors: int | None = None, on_progress: Callable[[int], None] | None = None,
             on_failure: Callable[[Any], None] | None = None,
             on_plan: Callable[[Plan], None] | None = None) -> Summary:
@@ -300,96 +394,30 @@ def run_ray(job: ShardJob, spec: EngineSpec, engine: Any, run: dict[str, Any], *
     ``engine`` is the driver's copy (its preprocessing and decoder options are
     shipped to the decode tasks, its feature width sizes the output); the
     actors load their own from ``spec``. ``run`` holds the embed or classify
-    options plus ``batch_size`` (rows per model call, an explicit int as
-    Ray requires with GPUs). A Ray session this function started is shut
-    down before it returns.
+    options (``run.batch_size``: rows per model call). A Ray session this
+    function started is shut down before it returns.
     """
     ray = require_ray()
     plan = plan_shards(job)
     if on_plan is not None:
         on_plan(plan)
     todo = plan.todo_paths
-    open_kwargs = engine.open_kwargs
-    early: dict[int, str] = {}
-    readable: list[str] = []
-    index_of: dict[str, int] = {}
-    inline: list[dict[str, Any]] = []
-    for pos, path in enumerate(todo):
-        reason = _precheck(path, open_kwargs)
-        if reason is not None:
-            early[pos] = reason
-            continue
-        absolute = os.path.abspath(path)  # workers do not share the driver's working directory
-        if _ray_can_name(absolute):
-            index_of[absolute] = pos
-            readable.append(absolute)
-            continue
-        try:
-            blob = Path(path).read_bytes()
-        except OSError:
-            early[pos] = _precheck(path, open_kwargs) or "cannot read file"
-            continue
-        key = f"effnet-inline:{pos}"  # any unique text: it only routes the result back to its input
-        index_of[key] = pos
-        inline.append({"bytes": blob, "path": key})
-
-    kind = job.kind
-    batch_size = int(run["batch_size"])
-    model_run = {k: v for k, v in run.items() if k not in ("batch_size", "workers")}
+    routed = _route(todo, engine.open_kwargs)
     owned = False
-    context_saved: dict[str, Any] = {}
-    try:
-        results: Iterator[dict[str, np.ndarray]] = iter(())
-        if readable or inline:
-            import torch
-
-            remote = bool(address or os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
-            local_gpus = torch.cuda.device_count()
-            local_actors = actors or (local_gpus if local_gpus else max(1, usable_cores() // 2))
-            owned = connect(address, num_cpus=usable_cores() + local_actors)
-            n_actors = local_actors if owned and not remote else default_actors(actors)
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-
-            from ray.data import ActorPoolStrategy, DataContext
-
-            ctx = DataContext.get_current()
-            wanted = {"enable_progress_bars": False, "print_on_execution_start": False,
-                      "enable_auto_log_stats": False}
-            for name, value in wanted.items():
-                if hasattr(ctx, name):
-                    context_saved[name] = getattr(ctx, name)
-                    setattr(ctx, name, value)
-            # Results must reach the driver in input order, so shards can be written as they complete.
-            context_saved["preserve_order"] = ctx.execution_options.preserve_order
-            ctx.execution_options.preserve_order = True
-
-            ds = ray.data.read_binary_files(readable, include_paths=True) if readable else None
-            if inline:
-                # Few and first: the reorder buffer holds later results only until these arrive.
-                extra = ray.data.from_items(inline)
-                ds = extra.union(ds) if ds is not None else extra
-            ds = ds.map_batches(_decode_stage, batch_size=_DECODE_BATCH, batch_format="numpy", num_cpus=1,
-                                fn_kwargs={"transform": engine.transform, "open_kwargs": open_kwargs,
-                                           "shape": _expected_shape(engine)})
-            ds = ds.map_batches(_ModelActor, batch_size=batch_size, batch_format="numpy",
-                                compute=ActorPoolStrategy(size=n_actors), num_gpus=gpus, num_cpus=1,
-                                fn_constructor_kwargs={"spec": spec, "kind": kind, "run": model_run, "threads": 1})
-            results = ds.iter_batches(batch_size=None, batch_format="numpy")
-        batches = _ordered_batches(kind, todo, early, results, index_of)
-        if kind == "embed":
-            return write_embed_shards(plan, batches, dim=engine.feature_dim(run.get("stage")),
-                                      dtype=engine.output_numpy_dtype, on_progress=on_progress,
-                                      on_failure=on_failure)
-        return write_classify_shards(plan, batches, on_progress=on_progress, on_failure=on_failure)
-    finally:
-        if context_saved:
-            from ray.data import DataContext
-
-            ctx = DataContext.get_current()
-            for name, value in context_saved.items():
-                if name == "preserve_order":
-                    ctx.execution_options.preserve_order = value
-                else:
-                    setattr(ctx, name, value)
-        if owned:
-            ray.shutdown()
+    with contextlib.ExitStack() as stack:
+        try:
+            results: Iterator[dict[str, np.ndarray]] = iter(())
+            if routed.readable or routed.inline:
+                n_actors, owned = _actors(ray, address, actors)
+                stack.enter_context(_ordered_quiet_context())
+                results = _pipeline(ray, routed, engine, spec, job.kind, run, n_actors)
+            batches = _ordered_batches(job.kind, todo, routed.early, results, routed.index_of)
+            if job.kind == "embed":
+                return write_embed_shards(plan, batches, dim=engine.feature_dim(run.stage),
+                                          dtype=engine.output_numpy_dtype, on_progress=on_progress,
+                                          on_failure=on_failure)
+            return write_classify_shards(plan, batches, on_progress=on_progress, on_failure=on_failure)
+        finally:
+            stack.close()  # the data context is restored before a session we started is shut down
+            if owned:
+                ray.shutdown()

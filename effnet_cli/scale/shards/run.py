@@ -10,6 +10,7 @@ from typing import Any
 
 from effnet_cli.errors import InputError
 from effnet_cli.output.lock import OutputLock
+from effnet_cli.scale.spec import RunOptions
 from effnet_cli.scale.shards.job import ShardJob
 from effnet_cli.scale.shards.plan import Plan, Summary, plan_shards
 from effnet_cli.scale.shards.writer import FailureFn, ProgressFn, write_shards
@@ -80,25 +81,25 @@ def _run(engine: Any, job: ShardJob, batches_for: Callable[[list[str]], Any], on
     return write_shards(plan, batches_for(todo) if todo else iter(()), **write)
 
 
-def embed_into_shards(engine: Any, job: ShardJob, run: dict[str, Any], *, on_progress: ProgressFn | None = None,
+def embed_into_shards(engine: Any, job: ShardJob, run: RunOptions, *, on_progress: ProgressFn | None = None,
                       on_failure: FailureFn | None = None, on_plan: Callable[[Plan], None] | None = None) -> Summary:
-    """Embed a partition into shard files with ``engine``; ``run`` holds :func:`embed_paths`' options.
+    """Embed a partition into shard files with ``engine``, computing each batch as ``run`` says.
 
     ``on_plan`` sees the plan before any work (the CLI advances its progress
     bar past what a resume keeps). The caller holds the output's lock.
     """
     from effnet_cli.runtime.engine import embed_paths
 
-    return _run(engine, job, lambda todo: embed_paths(engine, todo, **run), on_plan,
-                dim=engine.feature_dim(run.get("stage")), dtype=engine.output_numpy_dtype,
+    return _run(engine, job, lambda todo: embed_paths(engine, todo, **run.embed_kwargs()), on_plan,
+                dim=engine.feature_dim(run.stage), dtype=engine.output_numpy_dtype,
                 on_progress=on_progress, on_failure=on_failure)
 
 
-def classify_into_shards(engine: Any, job: ShardJob, run: dict[str, Any], *,
+def classify_into_shards(engine: Any, job: ShardJob, run: RunOptions, *,
                          on_progress: ProgressFn | None = None, on_failure: FailureFn | None = None,
                          on_plan: Callable[[Plan], None] | None = None) -> Summary:
-    """Classify a partition into ``pred_*.jsonl`` shards; ``run`` holds :func:`classify_paths`' options."""
+    """Classify a partition into ``pred_*.jsonl`` shards, computing each batch as ``run`` says."""
     from effnet_cli.runtime.engine import classify_paths
 
-    return _run(engine, job, lambda todo: classify_paths(engine, todo, **run), on_plan,
+    return _run(engine, job, lambda todo: classify_paths(engine, todo, **run.classify_kwargs()), on_plan,
                 on_progress=on_progress, on_failure=on_failure)

@@ -1,0 +1,68 @@
+"""The settings a sharded run carries to its workers and actors: how to load the model, what to compute.
+
+Both are frozen dataclasses built once by the command and pickled as they are
+into device workers (``--devices``) and Ray actors (``--engine ray``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+__all__ = ["EngineSpec", "RunOptions"]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How to load the model again in another process (a device worker or a Ray actor).
+
+    The revision should be the exact commit the parent resolved, so every
+    worker runs the same weights even if the hub moves on meanwhile; likewise
+    ``backend`` is the concrete one the parent resolved ("auto" measured once
+    there), so every worker runs the same runtime and the output records it.
+    """
+
+    name: str
+    revision: str | None = None
+    dtype: str = "float32"
+    compile: bool = False
+    draft: bool = True
+    max_pixels: int | None = None
+    backend: str = "torch"  # torch, onnxruntime or openvino; never auto
+    batch_size: int = 16  # the runtimes' exports and compiled graphs are sized for it
+
+    def build(self, device: str) -> Any:
+        """An :class:`effnet_cli.runtime.engine.Engine` on ``device``."""
+        from effnet_cli.runtime.engine import Engine
+
+        return Engine.from_pretrained(self.name, revision=self.revision, device=device, dtype=self.dtype,
+                                      compile=self.compile, draft=self.draft, max_pixels=self.max_pixels,
+                                      backend=self.backend, batch_size=self.batch_size, measure=False)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What each batch of a sharded run computes: the options of ``embed_paths`` or ``classify_paths``."""
+
+    batch_size: int = 16  # rows per model call
+    workers: int = 0  # decode processes (per device worker with --devices)
+    pool: str = "mean"  # embed: mean or max over the feature map
+    stage: int | None = None  # embed: None for the head's pooled features, else a stage's feature map
+    normalize: bool = False  # embed: L2-normalise each row
+    top_k: int = 5  # classify
+    threshold: float = 0.0  # classify: drop predictions below it
+    labels: list[str] | None = None  # classify: names replacing the model's own
+
+    def with_workers(self, workers: int) -> RunOptions:
+        """A copy with ``workers`` decode processes."""
+        return replace(self, workers=workers)
+
+    def embed_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`effnet_cli.runtime.engine.embed_paths`."""
+        return dict(pool=self.pool, stage=self.stage, normalize=self.normalize, batch_size=self.batch_size,
+                    workers=self.workers)
+
+    def classify_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`effnet_cli.runtime.engine.classify_paths`."""
+        return dict(top_k=self.top_k, threshold=self.threshold, labels=self.labels, batch_size=self.batch_size,
+                    workers=self.workers)
