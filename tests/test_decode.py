@@ -19,11 +19,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _levels(tensor: torch.Tensor, processor) -> torch.Tensor:
     """Preprocessed pixels back in 8-bit levels (undo the per-channel multiply-add)."""
-    from effnet_cli.core.processor import _affine_coefficients
+    from effnet_cli.core.pixels import affine_coefficients
 
-    scale, shift = _affine_coefficients(processor.do_rescale, processor.rescale_factor, processor.rescale_offset,
-                                        processor.do_normalize, processor.image_mean, processor.image_std,
-                                        processor.include_top)
+    scale, shift = affine_coefficients(processor.do_rescale, processor.rescale_factor, processor.rescale_offset,
+                                       processor.do_normalize, processor.image_mean, processor.image_std,
+                                       processor.include_top)
     return (tensor - shift) / scale
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -409,3 +411,31 @@ def test_no_warning_for_ordinary_images():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         EfficientNetImageProcessor()(list(photos()))
+
+
+def test_settings_and_config_files_do_not_import_torch(tmp_path):
+    # Preprocessing without torch (numpy + Pillow) needs the processor's settings: reading,
+    # validating and writing them must not load torch or torchvision (a ~2.5 s import).
+    script = (
+        "import sys\n"
+        "import effnet_cli.core.image_fields\n"
+        "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, 'image_fields'\n"
+        "from effnet_cli.core.processor import EfficientNetImageProcessor\n"
+        "processor = EfficientNetImageProcessor(size=224, image_mean=[0.4, 0.5, 0.6], resample=0)\n"
+        f"processor.save_pretrained({str(tmp_path)!r})\n"
+        f"again = EfficientNetImageProcessor.from_pretrained({str(tmp_path)!r})\n"
+        "assert again == processor and again.resize_target(480, 640) == (224, 224)\n"
+        "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, 'processor'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_torch_and_torchvision_values_are_accepted_as_settings():
+    from torchvision.transforms import InterpolationMode
+
+    codes = {"NEAREST": 0, "NEAREST_EXACT": 0, "LANCZOS": 1, "BILINEAR": 2, "BICUBIC": 3, "BOX": 4, "HAMMING": 5}
+    for mode in InterpolationMode:
+        assert EfficientNetImageProcessor(resample=mode).resample == codes[mode.name]
+    processor = EfficientNetImageProcessor(image_mean=torch.tensor([0.25, 0.5, 0.75]), image_std=np.full(3, 0.5))
+    assert processor.image_mean == (0.25, 0.5, 0.75) and processor.image_std == (0.5, 0.5, 0.5)
