@@ -315,10 +315,22 @@ class _Pool:
 
 
 def _context(name: str | None) -> Any:
-    """forkserver where it exists (never forks a parent's threads), else spawn; or the named one."""
+    """forkserver where it exists (never forks a parent's threads), else spawn; or the named one.
+
+    The fork server is asked to import this module (numpy, Pillow, the decoder) before its
+    first fork, so that each worker, and each process that redoes a crashed batch, starts
+    as a fork of an interpreter that already has them instead of importing them again.
+    """
     if name is None:
         name = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    return multiprocessing.get_context(name)
+    ctx = multiprocessing.get_context(name)
+    if name == "forkserver":
+        from multiprocessing import forkserver
+
+        preload = list(getattr(forkserver._forkserver, "_preload_modules", ["__main__"]))
+        if __name__ not in preload:  # no effect once the server runs; harmless then
+            ctx.set_forkserver_preload([*preload, __name__])
+    return ctx
 
 
 def iter_batches(
