@@ -158,7 +158,7 @@ def test_kernels_bit_for_bit_against_torch():
                 if code == 0:
                     got = pixels[_nearest_exact_index(h, out_h)[:, None], _nearest_exact_index(w, out_w)[None, :]]
                 else:
-                    got = _resize_torch_aa(pixels, out_h, out_w, code)
+                    got = _resize_torch_aa(pixels.transpose(2, 0, 1), out_h, out_w, code).transpose(1, 2, 0)
                 assert np.array_equal(got, want), (mode, (h, w), (out_h, out_w))
 
 

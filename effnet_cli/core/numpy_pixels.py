@@ -256,27 +256,31 @@ def _int16_weights(in_size: int, out_size: int, resample: int) -> tuple[np.ndarr
 
 
 def _convolve(pixels: np.ndarray, axis: int, out_size: int, resample: int) -> np.ndarray:
-    """One separable pass along ``axis`` (0 rows, 1 columns) of an H×W×3 uint8 array, in torch's integers."""
+    """One separable pass along ``axis`` (1 rows, 2 columns) of a 3×H×W uint8 array, in torch's integers.
+
+    Channels first so that numpy's inner loops run along a whole row, not over 3 channels.
+    """
     index, weights, precision = _int16_weights(pixels.shape[axis], out_size, resample)
     shape = list(pixels.shape)
     shape[axis] = out_size
     acc = np.full(shape, 1 << (precision - 1), dtype=np.int32)
-    view = (slice(None), None, None) if axis == 0 else (None, slice(None), None)
+    term = np.empty(shape, dtype=np.int32)
+    view = (None, slice(None), None) if axis == 1 else (None, None, slice(None))
     for tap in range(index.shape[1]):
         column = weights[:, tap]
-        if not column.any():
-            continue
-        acc += np.take(pixels, index[:, tap], axis=axis).astype(np.int32) * column[view]
+        if column.any():
+            np.multiply(np.take(pixels, index[:, tap], axis=axis), column[view], out=term)
+            acc += term
     acc >>= precision
     return np.clip(acc, 0, 255).astype(np.uint8)
 
 
 def _resize_torch_aa(pixels: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
-    """torch's antialiased uint8 resize (AVX2/NEON kernels): columns first, then rows, clamped to uint8 between."""
-    if pixels.shape[1] != width:
-        pixels = _convolve(pixels, 1, width, resample)
-    if pixels.shape[0] != height:
-        pixels = _convolve(pixels, 0, height, resample)
+    """torch's antialiased uint8 resize of a 3×H×W array (AVX2/NEON kernels): columns, then rows, uint8 between."""
+    if pixels.shape[2] != width:
+        pixels = _convolve(pixels, 2, width, resample)
+    if pixels.shape[1] != height:
+        pixels = _convolve(pixels, 1, height, resample)
     return pixels
 
 
@@ -385,29 +389,31 @@ class PixelPipeline:
     # ---------------------------------------------------------------- pixels
 
     def _resize(self, image: Image.Image, height: int, width: int) -> np.ndarray:
+        """RGB image -> 3×height×width uint8 (possibly a view)."""
         if self.backend == "pil" or self.resample in (BOX, HAMMING) or (
                 self.resample == LANCZOS and not self.torch_lanczos):
-            return np.asarray(image.resize((width, height), resample=self.resample))
-        pixels = np.asarray(image)
-        if (height, width) == pixels.shape[:2]:
+            return np.asarray(image.resize((width, height), resample=self.resample)).transpose(2, 0, 1)
+        pixels = np.asarray(image).transpose(2, 0, 1)
+        if (height, width) == pixels.shape[1:]:
             return pixels  # torchvision returns the image untouched
         if self.resample == NEAREST:  # torchvision maps PIL's NEAREST to NEAREST_EXACT
-            rows = _nearest_exact_index(pixels.shape[0], height)
-            cols = _nearest_exact_index(pixels.shape[1], width)
-            return pixels[rows[:, None], cols[None, :]]
+            rows = _nearest_exact_index(pixels.shape[1], height)
+            cols = _nearest_exact_index(pixels.shape[2], width)
+            return pixels[:, rows[:, None], cols[None, :]]
         return _resize_torch_aa(pixels, height, width, self.resample)
 
     def _center_crop(self, pixels: np.ndarray) -> np.ndarray:
+        """Center crop a 3×H×W array, zero padded where it is smaller than the crop."""
         assert self.crop is not None
         crop_h, crop_w = self.crop
         pad_ceil = self.backend == "pil"
-        top, rows, out_top = _crop_span(pixels.shape[0], crop_h, pad_ceil)
-        left, cols, out_left = _crop_span(pixels.shape[1], crop_w, pad_ceil)
-        window = pixels[top:top + rows, left:left + cols]
+        top, rows, out_top = _crop_span(pixels.shape[1], crop_h, pad_ceil)
+        left, cols, out_left = _crop_span(pixels.shape[2], crop_w, pad_ceil)
+        window = pixels[:, top:top + rows, left:left + cols]
         if (rows, cols) == (crop_h, crop_w):
             return window
-        canvas = np.zeros((crop_h, crop_w, 3), dtype=np.uint8)
-        canvas[out_top:out_top + rows, out_left:out_left + cols] = window
+        canvas = np.zeros((3, crop_h, crop_w), dtype=np.uint8)
+        canvas[:, out_top:out_top + rows, out_left:out_left + cols] = window
         return canvas
 
     def __call__(self, image: Image.Image) -> np.ndarray:
@@ -418,10 +424,10 @@ class PixelPipeline:
         if self.do_resize:
             pixels = self._resize(image, *self.resize_target(image.height, image.width))
         else:
-            pixels = np.asarray(image)
+            pixels = np.asarray(image).transpose(2, 0, 1)
         if self.crop is not None:
             pixels = self._center_crop(pixels)
-        out = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+        out = np.ascontiguousarray(pixels, dtype=np.float32)
         out *= self.scale
         out += self.shift
         return out
