@@ -315,7 +315,7 @@ def _crop_span(length: int, crop: int, pad_ceil: bool) -> tuple[int, int, int]:
     return 0, length, (padding + 1) // 2 if pad_ceil else padding // 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq would compare the arrays elementwise
 class PixelPipeline:
     """One PIL image -> 3×H×W float32, equal to ``EfficientNetImageProcessor.preprocess_pil``.
 
