@@ -1,0 +1,433 @@
+"""EfficientNet preprocessing in numpy and Pillow only: the pixels of a torch-free runtime.
+
+:class:`PixelPipeline` turns one decoded PIL image into the same 3×H×W float32 array as
+``EfficientNetImageProcessor.preprocess_pil(image).numpy()`` (within 1e-6; in practice
+bit for bit), without importing torch or torchvision, so that a process that runs the
+model with ONNX Runtime or OpenVINO never pays for them. It is built from the processor
+or straight from its ``preprocessor_config.json`` dict.
+
+The steps are the processor's::
+
+    image -> RGB (transparency over white) -> resize (uint8) -> center crop (zero padded)
+          -> x * scale + shift (rescale, normalize, include_top composed in float64)
+
+The ``"pil"`` backend resizes with Pillow, as the processor does. The ``"torchvision"``
+backend resizes with torch's uint8 kernels, which are *not* Pillow's: Pillow keeps 22-bit
+filter coefficients, torch (from Pillow-SIMD) 16-bit ones whose precision depends on the
+largest weight, and Pillow's resize differs from it by one level in about 0.1-1% of pixels,
+more after a clamp. So this module computes torch's antialiased bilinear, bicubic
+(a = -0.5) and lanczos-3 weights, rounds them to int16 the same way and runs the same
+integer arithmetic in numpy; NEAREST_EXACT is index arithmetic in float32, as in torch.
+
+One torch path is not reproduced: bilinear on a CPU without AVX2 (x86 before Haswell,
+or ``ATEN_CPU_CAPABILITY=default``), where torchvision resizes in float32 instead.
+:meth:`PixelPipeline.from_processor` refuses it with :class:`UnsupportedPreprocessing`
+so that the caller uses the torch processor instead of getting different numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from effnet_cli.errors import ConfigError, InputError
+
+__all__ = ["PixelPipeline", "UnsupportedPreprocessing", "resize_target"]
+
+# PIL resampling filters, as stored in preprocessor_config.json ("resample": 0 ... 5).
+NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING = 0, 1, 2, 3, 4, 5
+
+# The reference class's defaults, for keys a hand-written preprocessor_config.json leaves out.
+_DEFAULTS: dict[str, Any] = {
+    "do_resize": True,
+    "size": {"height": 346, "width": 346},
+    "resample": BICUBIC,
+    "do_center_crop": False,
+    "crop_size": {"height": 289, "width": 289},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "rescale_offset": False,
+    "do_normalize": True,
+    "image_mean": (0.5, 0.5, 0.5),
+    "image_std": (0.5, 0.5, 0.5),
+    "include_top": True,
+}
+
+_SIZE_KEY_SETS = (
+    frozenset({"height", "width"}),
+    frozenset({"shortest_edge"}),
+    frozenset({"shortest_edge", "longest_edge"}),
+    frozenset({"max_height", "max_width"}),
+)
+
+# torch's antialiased filters on uint8: (taps at scale 1, filter); see _aa_filter.
+_TORCH_TAPS = {BILINEAR: 2, BICUBIC: 4, LANCZOS: 6}
+
+
+class UnsupportedPreprocessing(ConfigError):
+    """This configuration's numbers can only be had from torch: use the torch processor for it."""
+
+
+# --------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------
+
+
+def _size(name: str, value: Any) -> dict[str, int]:
+    """A size field as the processor stores it: an int is a square, a pair is (height, width)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {"height": value, "width": value}
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        value = {"height": value[0], "width": value[1]}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} must be an integer, a (height, width) pair or a dict, got {value!r}.")
+    size = {str(key): val for key, val in value.items() if val is not None}
+    allowed = _SIZE_KEY_SETS[:1] if name == "crop_size" else _SIZE_KEY_SETS
+    if frozenset(size) not in allowed:
+        raise ConfigError(f"{name} has the keys {sorted(size)}, which the processor does not accept.")
+    if not all(isinstance(val, int) and not isinstance(val, bool) and val > 0 for val in size.values()):
+        raise ConfigError(f"{name} must hold positive integers, got {value!r}.")
+    return size
+
+
+def _channels(name: str, value: Any) -> tuple[float, float, float]:
+    values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if not isinstance(values, (list, tuple)) or len(values) != 3:
+        raise ConfigError(f"{name} must have one value per RGB channel (3 numbers), got {value!r}.")
+    channels = tuple(float(val) for val in values)
+    if not all(math.isfinite(val) for val in channels) or (name == "image_std" and 0.0 in channels):
+        raise ConfigError(f"{name} must hold finite numbers (image_std no zero), got {value!r}.")
+    return channels  # type: ignore[return-value]
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(f"{name} must be true or false, got {value!r}.")
+
+
+def _affine(config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel float32 (scale, shift), composed in float64 and rounded once, as the processor does."""
+    mean = np.asarray(config["image_mean"], dtype=np.float64)
+    std = np.asarray(config["image_std"], dtype=np.float64)
+    scale, shift = np.ones(3), np.zeros(3)
+    if config["do_rescale"]:
+        scale *= config["rescale_factor"]
+        if config["rescale_offset"]:
+            shift -= 1.0
+    if config["do_normalize"]:
+        scale, shift = scale / std, (shift - mean) / std
+    if config["include_top"]:  # the reference divides by image_std a second time, normalised or not
+        scale, shift = scale / std, shift / std
+    return scale.astype(np.float32).reshape(3, 1, 1), shift.astype(np.float32).reshape(3, 1, 1)
+
+
+def _read_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill in the reference defaults and check every field the pixels depend on."""
+    merged = {**_DEFAULTS, **{key: val for key, val in config.items() if val is not None}}
+    for name in ("do_resize", "do_center_crop", "do_rescale", "rescale_offset", "do_normalize", "include_top"):
+        merged[name] = _flag(name, merged[name])
+    merged["size"] = _size("size", merged["size"])
+    merged["crop_size"] = _size("crop_size", merged["crop_size"])
+    resample = merged["resample"]
+    if isinstance(resample, bool) or not isinstance(resample, int) or resample not in range(6):
+        raise ConfigError(f"resample must be a PIL filter code 0..5, got {resample!r}.")
+    factor = merged["rescale_factor"]
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor > 0):
+        raise ConfigError(f"rescale_factor must be a positive number, got {factor!r}.")
+    merged["image_mean"] = _channels("image_mean", merged["image_mean"])
+    merged["image_std"] = _channels("image_std", merged["image_std"])
+    return merged
+
+
+def _torchvision_has_lanczos() -> bool:
+    """Whether the installed torchvision (read from its metadata, not imported) resizes lanczos natively."""
+    try:
+        major, minor = (int(part) for part in metadata.version("torchvision").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return True  # no torchvision here: follow what current releases do
+    return (major, minor) >= (0, 27)
+
+
+def _torch_resizes_uint8_bilinear() -> bool:
+    """Whether torchvision resizes uint8 bilinear natively here (AVX2 or ARM), as torch's CPU dispatch decides."""
+    forced = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if forced:
+        return forced in ("avx2", "avx512")
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return "avx2" in line.split()
+    except OSError:
+        pass
+    return False  # cannot tell: refuse rather than risk different numbers
+
+
+def resize_target(size: Mapping[str, int], height: int, width: int) -> tuple[int, int]:
+    """(height, width) an image of this size is resized to, with the processor's integer rounding."""
+    if "height" in size:
+        return size["height"], size["width"]
+    if "max_height" in size:
+        scale = min(size["max_height"] / height, size["max_width"] / width)
+        return int(height * scale), int(width * scale)
+    shortest = size["shortest_edge"]
+    longest = size.get("longest_edge")
+    if longest is None:
+        short, long = min(height, width), max(height, width)
+        new_long = int(shortest * long / short)
+        return (new_long, shortest) if width <= height else (shortest, new_long)
+    raw = None
+    if max(height, width) / min(height, width) * shortest > longest:
+        raw = longest * min(height, width) / max(height, width)
+        shortest = int(round(raw))
+    if (height <= width and height == shortest) or (width <= height and width == shortest):
+        return height, width
+    if width < height:
+        return int((raw if raw is not None else shortest) * height / width), shortest
+    return shortest, int((raw if raw is not None else shortest) * width / height)
+
+
+# --------------------------------------------------------------------------------------
+# torch's uint8 resize kernels, in numpy
+# --------------------------------------------------------------------------------------
+
+
+def _aa_filter(resample: int, x: np.ndarray) -> np.ndarray:
+    """torch's antialias filters in float64, with its operation order (so the same rounding)."""
+    x = np.abs(x)
+    if resample == BILINEAR:
+        return np.where(x < 1.0, 1.0 - x, 0.0)
+    if resample == BICUBIC:
+        a = -0.5  # Keys' cubic, as Pillow; torch uses -0.75 only without antialias
+        near = ((a + 2) * x - (a + 3)) * x * x + 1
+        far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+        return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+    # lanczos-3. std::sin through math.sin (the C library's), not numpy's SIMD sine.
+    sin = np.frompyfunc(math.sin, 1, 1)
+
+    def sinc(values: np.ndarray) -> np.ndarray:
+        scaled = values * math.pi
+        safe = np.where(values == 0.0, 1.0, scaled)
+        return np.where(values == 0.0, 1.0, sin(safe).astype(np.float64) / safe)
+
+    return np.where(x < 3.0, sinc(x) * sinc(x / 3.0), 0.0)
+
+
+def _int16_weights(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(source index per output and tap, int weights, precision bits) of torch's uint8 antialiased resize.
+
+    HelperInterpBase::_compute_indices_min_size_weights_aa and _compute_index_ranges_int16_weights:
+    weights in float64 normalised per output pixel, then scaled by 2**precision (the most bits
+    that keep the largest weight within int16) and rounded half away from zero.
+    """
+    scale = in_size / out_size
+    taps = _TORCH_TAPS[resample]
+    support = taps * 0.5 * scale if scale >= 1.0 else taps * 0.5
+    width = int(math.ceil(support)) * 2 + 1
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    center = scale * (np.arange(out_size) + 0.5)
+    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    xsize = np.clip(np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin, 0, width)
+    j = np.arange(width)
+    weights = _aa_filter(resample, ((j[None, :] + xmin[:, None]) - center[:, None] + 0.5) * invscale)
+    weights = np.where(j[None, :] < xsize[:, None], weights, 0.0)
+    total = np.cumsum(weights, axis=1)[:, -1:]  # left to right, as the C loop adds them
+    divided = (total != 0.0)[:, 0]  # torch leaves a row whose weights sum to zero as it is
+    weights[divided] /= total[divided]
+    wt_max = float(weights[divided].max(initial=0.0))
+    precision = 0
+    while precision < 22 and int(0.5 + wt_max * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    scaled = weights * (1 << precision)
+    ints = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)).astype(np.int32)
+    index = np.minimum(xmin[:, None] + j[None, :], in_size - 1)
+    return index, ints, precision
+
+
+def _convolve(pixels: np.ndarray, axis: int, out_size: int, resample: int) -> np.ndarray:
+    """One separable pass along ``axis`` (1 rows, 2 columns) of a 3×H×W uint8 array, in torch's integers.
+
+    Channels first so that numpy's inner loops run along a whole row, not over 3 channels.
+    """
+    index, weights, precision = _int16_weights(pixels.shape[axis], out_size, resample)
+    shape = list(pixels.shape)
+    shape[axis] = out_size
+    acc = np.full(shape, 1 << (precision - 1), dtype=np.int32)
+    term = np.empty(shape, dtype=np.int32)
+    view = (None, slice(None), None) if axis == 1 else (None, None, slice(None))
+    for tap in range(index.shape[1]):
+        column = weights[:, tap]
+        if column.any():
+            np.multiply(np.take(pixels, index[:, tap], axis=axis), column[view], out=term)
+            acc += term
+    acc >>= precision
+    return np.clip(acc, 0, 255).astype(np.uint8)
+
+
+def _resize_torch_aa(pixels: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
+    """torch's antialiased uint8 resize of a 3×H×W array (AVX2/NEON kernels): columns, then rows, uint8 between."""
+    if pixels.shape[2] != width:
+        pixels = _convolve(pixels, 2, width, resample)
+    if pixels.shape[1] != height:
+        pixels = _convolve(pixels, 1, height, resample)
+    return pixels
+
+
+def _nearest_exact_index(in_size: int, out_size: int) -> np.ndarray:
+    """torch's nearest-exact source indices: floorf((i + 0.5) * (float)in/out), the product rounded to float32."""
+    scale = np.float64(np.float32(in_size) / np.float32(out_size))
+    product = ((np.arange(out_size) + 0.5) * scale).astype(np.float32)
+    return np.minimum(np.floor(product).astype(np.int64), in_size - 1)
+
+
+# --------------------------------------------------------------------------------------
+# Pixel steps
+# --------------------------------------------------------------------------------------
+
+
+def _pil_to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB as the processor does (transparency composited over white)."""
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _crop_span(length: int, crop: int, pad_ceil: bool) -> tuple[int, int, int]:
+    """(first source index, source length, first output index) of one axis of the center crop."""
+    if length >= crop:
+        return (length - crop) // 2, crop, 0
+    padding = crop - length  # odd padding: the pil backend puts the extra zero first, torchvision last
+    return 0, length, (padding + 1) // 2 if pad_ceil else padding // 2
+
+
+@dataclass(frozen=True, eq=False)  # eq would compare the arrays elementwise
+class PixelPipeline:
+    """One PIL image -> 3×H×W float32, equal to ``EfficientNetImageProcessor.preprocess_pil``.
+
+    Picklable (plain fields), so it can be the transform of worker processes. Build it with
+    :meth:`from_processor`.
+    """
+
+    do_resize: bool
+    size: tuple[tuple[str, int], ...]  # the processor's size dict, as sorted items
+    resample: int  # PIL filter code
+    crop: tuple[int, int] | None  # (height, width) of the center crop, or None
+    scale: np.ndarray  # 3×1×1 float32
+    shift: np.ndarray  # 3×1×1 float32
+    backend: str  # "torchvision" or "pil"
+    torch_lanczos: bool  # torchvision backend: lanczos by torch's kernel (torchvision >= 0.27) or by Pillow
+
+    @classmethod
+    def from_processor(cls, source: Any, backend: str | None = None) -> PixelPipeline:
+        """From an ``EfficientNetImageProcessor`` or its ``to_dict()`` / preprocessor_config.json dict.
+
+        ``backend`` defaults to the processor's own, or "torchvision" (the processor's default)
+        for a dict, which does not store it.
+
+        Raises:
+            ConfigError: a field has a value the processor would refuse.
+            UnsupportedPreprocessing: only torch gives this configuration's numbers here.
+        """
+        config = source.to_dict() if hasattr(source, "to_dict") else source
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"Expected an image processor or its config dict, got {type(source).__name__}.")
+        backend = backend or getattr(source, "backend", None) or "torchvision"
+        if backend not in ("torchvision", "pil"):
+            raise ConfigError(f"backend must be 'torchvision' or 'pil', got {backend!r}.")
+        fields = _read_config(config)
+        if (backend == "torchvision" and fields["do_resize"] and fields["resample"] == BILINEAR
+                and not _torch_resizes_uint8_bilinear()):
+            raise UnsupportedPreprocessing(
+                "On this CPU (no AVX2) torchvision resizes bilinear in float32, which is not reproduced "
+                "without torch; use the torch image processor."
+            )
+        scale, shift = _affine(fields)
+        crop = (fields["crop_size"]["height"], fields["crop_size"]["width"]) if fields["do_center_crop"] else None
+        return cls(fields["do_resize"], tuple(sorted(fields["size"].items())), fields["resample"], crop,
+                   scale, shift, backend, _torchvision_has_lanczos())
+
+    # ---------------------------------------------------------------- sizes
+
+    def resize_target(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) an image of this size is resized to."""
+        return resize_target(dict(self.size), height, width)
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(height, width) of every output, or None when it follows the input's shape."""
+        if self.crop is not None:
+            return self.crop
+        size = dict(self.size)
+        if self.do_resize and "height" in size:
+            return size["height"], size["width"]
+        return None
+
+    def draft_size(self, orig_w: int, orig_h: int) -> tuple[int, int] | None:
+        """The processor's ``draft_size``: the (width, height) for ``PIL.Image.draft``, or None."""
+        if not self.do_resize or orig_w <= 0 or orig_h <= 0:
+            return None
+        height, width = self.resize_target(orig_h, orig_w)
+        if width <= 0 or height <= 0 or min(orig_w // width, orig_h // height) < 2:
+            return None
+        return width, height
+
+    # ---------------------------------------------------------------- pixels
+
+    def _resize(self, image: Image.Image, height: int, width: int) -> np.ndarray:
+        """RGB image -> 3×height×width uint8 (possibly a view)."""
+        if self.backend == "pil" or self.resample in (BOX, HAMMING) or (
+                self.resample == LANCZOS and not self.torch_lanczos):
+            return np.asarray(image.resize((width, height), resample=self.resample)).transpose(2, 0, 1)
+        pixels = np.asarray(image).transpose(2, 0, 1)
+        if (height, width) == pixels.shape[1:]:
+            return pixels  # torchvision returns the image untouched
+        if self.resample == NEAREST:  # torchvision maps PIL's NEAREST to NEAREST_EXACT
+            rows = _nearest_exact_index(pixels.shape[1], height)
+            cols = _nearest_exact_index(pixels.shape[2], width)
+            return pixels[:, rows[:, None], cols[None, :]]
+        return _resize_torch_aa(pixels, height, width, self.resample)
+
+    def _center_crop(self, pixels: np.ndarray) -> np.ndarray:
+        """Center crop a 3×H×W array, zero padded where it is smaller than the crop."""
+        assert self.crop is not None
+        crop_h, crop_w = self.crop
+        pad_ceil = self.backend == "pil"
+        top, rows, out_top = _crop_span(pixels.shape[1], crop_h, pad_ceil)
+        left, cols, out_left = _crop_span(pixels.shape[2], crop_w, pad_ceil)
+        window = pixels[:, top:top + rows, left:left + cols]
+        if (rows, cols) == (crop_h, crop_w):
+            return window
+        canvas = np.zeros((3, crop_h, crop_w), dtype=np.uint8)
+        canvas[:, out_top:out_top + rows, out_left:out_left + cols] = window
+        return canvas
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """One decoded PIL image (any mode) -> 3×H×W float32 array, a fresh contiguous buffer."""
+        if not isinstance(image, Image.Image):
+            raise InputError(f"PixelPipeline takes a PIL image, got {type(image).__name__}.")
+        image = _pil_to_rgb(image)
+        if self.do_resize:
+            pixels = self._resize(image, *self.resize_target(image.height, image.width))
+        else:
+            pixels = np.asarray(image).transpose(2, 0, 1)
+        if self.crop is not None:
+            pixels = self._center_crop(pixels)
+        out = np.ascontiguousarray(pixels, dtype=np.float32)
+        out *= self.scale
+        out += self.shift
+        return out

@@ -1,0 +1,378 @@
+"""The batched loader without torch: worker processes from the standard library, numpy batches.
+
+    inputs -> decode (workers) -> preprocess -> batch -> model -> results -> writers
+              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+              this module, for runtimes that do not need torch (ONNX Runtime, OpenVINO)
+
+:func:`iter_batches` has the contract of :func:`effnet_cli.data.loader.iter_batches`
+(input order, every input exactly once as a row or an error, one error record with
+:data:`CRASH_REASON` for an input whose decoder kills its process, nothing else lost),
+but its :class:`Batch` holds a numpy ``N×3×H×W`` float32 array, its transform returns
+numpy arrays (e.g. :class:`effnet_cli.core.numpy_pixels.PixelPipeline`), and neither
+this module nor its workers import torch: they are plain ``multiprocessing`` processes
+(forkserver where the platform has it, so that a parent's threads are never forked).
+
+Each worker owns one duplex pipe: the main process sends it batch numbers (at most
+``prefetch`` outstanding) and receives whole assembled batches, pickled. The main
+process waits on the pipes and the workers' sentinels together, so a dead worker is
+noticed at once; its current batch is then redone in a fresh process (each input alone
+if that dies too, as the torch loader does), its other batches go to a new worker.
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import os
+import pickle
+import signal
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from effnet_cli.data.decode import _short, open_image
+from effnet_cli.data.loader import CRASH_REASON, Batch, default_workers
+from effnet_cli.errors import DecodeError, InputError
+
+__all__ = ["CRASH_REASON", "Batch", "default_workers", "iter_batches"]
+
+# (position, C×H×W array or None, error or None) for one input
+_Outcome = tuple[int, Union[np.ndarray, None], Union[str, None]]
+
+# Seconds a closing worker gets to exit on its own before it is terminated, then killed.
+_EXIT_GRACE_S = 2.0
+
+
+@dataclass
+class _Job:
+    """Everything a worker needs, pickled to it once: the inputs, the transform and the batching."""
+
+    paths: list[str]
+    transform: Callable[[Image.Image], np.ndarray]
+    batch_size: int
+    start: int
+    open_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        remaining = max(0, len(self.paths) - self.start)
+        return -(-remaining // self.batch_size)
+
+    def span(self, b: int) -> range:
+        first = self.start + b * self.batch_size
+        return range(first, min(first + self.batch_size, len(self.paths)))
+
+    def load(self, positions: Iterable[int]) -> list[_Outcome]:
+        """Decode and transform each position; every failure becomes a reason (the torch loader's words)."""
+        outcomes: list[_Outcome] = []
+        for pos in positions:
+            try:
+                image = open_image(self.paths[pos], **self.open_kwargs)
+            except DecodeError as exc:
+                outcomes.append((pos, None, str(exc)))
+                continue
+            except MemoryError:
+                outcomes.append((pos, None, "out of memory while decoding"))
+                continue
+            except Exception as exc:  # a bug in decoding must still cost one file only
+                outcomes.append((pos, None, f"cannot decode image ({type(exc).__name__}: {_short(exc)})"))
+                continue
+            try:
+                pixels = self.transform(image)
+                if not isinstance(pixels, np.ndarray) or pixels.ndim != 3:
+                    got = pixels.shape if isinstance(pixels, np.ndarray) else type(pixels).__name__
+                    raise TypeError(f"expected a C×H×W array, got {got}")
+            except MemoryError:
+                outcomes.append((pos, None, "out of memory while preprocessing"))
+                continue
+            except Exception as exc:
+                outcomes.append((pos, None, f"preprocessing failed ({type(exc).__name__}: {_short(exc)})"))
+                continue
+            outcomes.append((pos, pixels, None))
+        return outcomes
+
+    def batch(self, b: int) -> Batch:
+        span = self.span(b)
+        return _assemble(span, self.load(span))
+
+
+def _assemble(span: range, outcomes: Iterable[_Outcome]) -> Batch:
+    """Stack one batch's arrays into N×3×H×W float32; failures and odd shapes become error entries."""
+    indices: list[int] = []
+    arrays: list[np.ndarray] = []
+    errors: list[tuple[int, str]] = []
+    shape: tuple[int, ...] | None = None
+    for pos, pixels, error in sorted(outcomes, key=lambda o: o[0]):
+        if pixels is None:
+            errors.append((pos, error or "unknown error"))
+            continue
+        if shape is None:
+            shape = tuple(pixels.shape)
+        elif tuple(pixels.shape) != shape:
+            errors.append((pos, f"preprocessed to shape {tuple(pixels.shape)}, but this batch is {shape}"))
+            continue
+        indices.append(pos)
+        arrays.append(pixels)
+    values = np.stack(arrays).astype(np.float32, copy=False) if arrays else np.empty((0, 3, 0, 0), np.float32)
+    return Batch(indices=indices, pixel_values=values, errors=errors, span=span)
+
+
+# --------------------------------------------------------------------------------------
+# Worker processes
+# --------------------------------------------------------------------------------------
+
+
+def _worker_init(nice: int) -> None:
+    """Lower the priority by ``nice`` (see ``worker_nice``) and give freed memory back.
+
+    No thread setting is needed: Pillow decodes and numpy preprocesses on one thread, and
+    nothing here uses BLAS. Ctrl-C is left to the main process, which stops the workers.
+    """
+    from effnet_cli.malloc import return_freed_memory
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return_freed_memory()  # flat memory however many images a worker decodes
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:  # not allowed here: decoding still works, only less politely
+            pass
+
+
+def _worker_main(job: _Job, conn: Connection, nice: int) -> None:
+    """Say ("ready", -1, None), then answer each batch number with ("ok", b, Batch) or ("error", b, exception)."""
+    _worker_init(nice)
+    conn.send_bytes(pickle.dumps(("ready", -1, None)))
+    while True:
+        try:
+            b = conn.recv()
+        except (EOFError, OSError):
+            return
+        if b is None:
+            return
+        try:
+            reply: tuple[str, int, Any] = ("ok", b, job.batch(b))
+        except BaseException as exc:  # hand a bug to the consumer instead of dying silently
+            reply = ("error", b, exc)
+        try:
+            conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:  # the main process closed the pipe: the loader was closed early
+            return
+
+
+def _isolated_main(job: _Job, positions: list[int], conn: Connection) -> None:
+    """Body of a single-use process: load ``positions`` and send the outcomes back."""
+    _worker_init(0)
+    conn.send_bytes(pickle.dumps(job.load(positions), protocol=pickle.HIGHEST_PROTOCOL))
+    conn.close()
+
+
+def _run_isolated(ctx: Any, job: _Job, positions: list[int]) -> list[_Outcome] | None:
+    """Load ``positions`` in a fresh process; None if that process died."""
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_isolated_main, args=(job, positions, sender), daemon=True)
+    proc.start()
+    sender.close()  # so recv sees EOF when the child dies without answering
+    try:
+        payload = receiver.recv_bytes()
+    except (EOFError, OSError):
+        payload = None
+    finally:
+        receiver.close()
+        proc.join()
+    return None if payload is None else pickle.loads(payload)
+
+
+def _recover_batch(ctx: Any, job: _Job, b: int) -> Batch:
+    """Redo batch ``b`` after its worker died: whole in a fresh process, else each input alone."""
+    span = job.span(b)
+    outcomes = _run_isolated(ctx, job, list(span))
+    if outcomes is None:
+        outcomes = []
+        for pos in span:
+            single = _run_isolated(ctx, job, [pos])
+            outcomes.extend(single if single is not None else [(pos, None, CRASH_REASON)])
+    return _assemble(span, outcomes)
+
+
+class _Worker:
+    """One worker process, its pipe and the batch numbers it has been sent but not answered, in order."""
+
+    def __init__(self, ctx: Any, job: _Job, nice: int) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(job, child, nice), daemon=True,
+                                name="effnet-decode-worker")
+        self.proc.start()
+        child.close()
+        self.pending: deque[int] = deque()
+        self.ready = False  # it has said so: a death before that is a start-up failure, not an input's fault
+
+    def stop(self) -> None:
+        """Ask politely, then terminate, then kill: no worker outlives the loader.
+
+        Closing the pipe right after asking lets a worker blocked on sending a batch
+        nobody will read fail at once and exit, instead of waiting out the grace period.
+        """
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.conn.close()
+        self.proc.join(_EXIT_GRACE_S)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(_EXIT_GRACE_S)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.proc.close()
+
+
+class _Pool:
+    """The workers of one iter_batches call, batches dealt out ahead of the consumer and collected in order."""
+
+    def __init__(self, ctx: Any, job: _Job, workers: int, prefetch: int, nice: int) -> None:
+        self.ctx, self.job, self.prefetch, self.nice = ctx, job, prefetch, nice
+        self.total = len(job)
+        self.workers = [_Worker(ctx, job, nice) for _ in range(workers)]
+        self.next_task = 0
+        self.redo: deque[int] = deque()  # batches of a dead worker it had not started
+        self.ready: dict[int, Batch] = {}
+
+    def __iter__(self) -> Iterator[Batch]:
+        for b in range(self.total):
+            while b not in self.ready:
+                self._deal(b)
+                self._collect()
+            yield self.ready.pop(b)
+
+    def _deal(self, wanted: int) -> None:
+        """Send batch numbers to workers with room, never further ahead of ``wanted`` than they can hold."""
+        horizon = wanted + len(self.workers) * self.prefetch
+        for worker in sorted(self.workers, key=lambda w: len(w.pending)):
+            while len(worker.pending) < self.prefetch:
+                if self.redo:
+                    b = self.redo.popleft()
+                elif self.next_task < min(self.total, horizon):
+                    b, self.next_task = self.next_task, self.next_task + 1
+                else:
+                    return
+                worker.conn.send(b)
+                worker.pending.append(b)
+
+    def _collect(self) -> None:
+        """Wait until a worker answers or dies, and take in whatever it said."""
+        by_handle: dict[Any, _Worker] = {}
+        for worker in self.workers:
+            by_handle[worker.conn] = worker
+            by_handle[worker.proc.sentinel] = worker
+        for handle in wait(list(by_handle)):
+            worker = by_handle[handle]
+            if worker in self.workers and not self._receive(worker):
+                self._replace(worker)
+
+    def _receive(self, worker: _Worker) -> bool:
+        """Take every answer waiting on ``worker``'s pipe; False when the worker is dead."""
+        try:
+            while worker.conn.poll():
+                status, b, value = pickle.loads(worker.conn.recv_bytes())
+                if status == "ready":
+                    worker.ready = True
+                    continue
+                if status == "error":
+                    raise value
+                worker.pending.remove(b)
+                self.ready[b] = value
+        except (EOFError, OSError):
+            return False
+        return worker.proc.is_alive()
+
+    def _replace(self, dead: _Worker) -> None:
+        """Recover the batch a dead worker was on, queue the rest for others, and start a new worker."""
+        dead.proc.join()
+        if not dead.ready:
+            raise RuntimeError(
+                f"A decode worker exited (code {dead.proc.exitcode}) before it started. With the "
+                f"{self.ctx.get_start_method()} start method a script must start the loader under "
+                "`if __name__ == '__main__':`; its error is printed above."
+            )
+        lost = list(dead.pending)
+        dead.pending.clear()
+        if lost:
+            self.ready[lost[0]] = _recover_batch(self.ctx, self.job, lost[0])
+            self.redo.extend(lost[1:])
+        self.workers[self.workers.index(dead)] = _Worker(self.ctx, self.job, self.nice)
+        dead.stop()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
+
+
+def _context(name: str | None) -> Any:
+    """forkserver where it exists (never forks a parent's threads), else spawn; or the named one.
+
+    The fork server is asked to import this module (numpy, Pillow, the decoder) before its
+    first fork, so that each worker, and each process that redoes a crashed batch, starts
+    as a fork of an interpreter that already has them instead of importing them again.
+    """
+    if name is None:
+        name = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(name)
+    if name == "forkserver":
+        from multiprocessing import forkserver
+
+        preload = list(getattr(forkserver._forkserver, "_preload_modules", ["__main__"]))
+        if __name__ not in preload:  # no effect once the server runs; harmless then
+            ctx.set_forkserver_preload([*preload, __name__])
+    return ctx
+
+
+def iter_batches(
+    paths: Sequence[str],
+    transform: Callable[[Image.Image], np.ndarray],
+    *,
+    batch_size: int,
+    workers: int,
+    open_kwargs: dict[str, Any] | None = None,
+    start: int = 0,
+    prefetch: int = 2,
+    worker_nice: int = 0,
+    start_method: str | None = None,
+) -> Iterator[Batch]:
+    """Decode, preprocess and stack ``paths[start:]`` in batches, in input order, without torch.
+
+    The arguments are those of :func:`effnet_cli.data.loader.iter_batches`; ``transform``
+    returns a C×H×W numpy array and must be picklable, and each :class:`Batch`'s
+    ``pixel_values`` is an N×3×H×W float32 numpy array (0×3×0×0 when every item failed).
+    ``workers == 0`` decodes in the calling process. ``start_method`` picks the
+    multiprocessing start method (default forkserver, else spawn).
+
+    Closing the generator early (``break``) stops and reaps the workers.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise InputError(f"workers must be 0 or more, got {workers}")
+    if prefetch < 1:
+        raise InputError(f"prefetch must be at least 1, got {prefetch}")
+    if not 0 <= start <= len(paths):
+        raise InputError(f"start must be between 0 and {len(paths)}, got {start}")
+    kwargs = dict(open_kwargs or {})
+    inspect.signature(open_image).bind("", **kwargs)  # a misspelt option fails here, not once per image
+
+    job = _Job(list(paths), transform, batch_size, start, kwargs)
+    if workers == 0 or len(job) == 0:
+        for b in range(len(job)):
+            yield job.batch(b)
+        return
+    pool = _Pool(_context(start_method), job, min(workers, len(job)), prefetch, worker_nice)
+    try:
+        yield from pool
+    finally:
+        pool.close()
