@@ -30,19 +30,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from effnet_cli.data.decode import _short, open_image
-from effnet_cli.data.loader import CRASH_REASON, Batch, default_workers
-from effnet_cli.errors import DecodeError, InputError
+from effnet_cli.data.batching import CRASH_REASON, Batch, Outcome, Stacking, assemble, load_positions, recover
+from effnet_cli.data.decode import open_image
+from effnet_cli.data.loader import default_workers
+from effnet_cli.errors import InputError
 
 __all__ = ["CRASH_REASON", "Batch", "default_workers", "iter_batches"]
-
-# (position, C×H×W array or None, error or None) for one input
-_Outcome = tuple[int, Union[np.ndarray, None], Union[str, None]]
 
 # Seconds a closing worker gets to exit on its own before it is terminated, then killed.
 _EXIT_GRACE_S = 2.0
@@ -66,59 +64,25 @@ class _Job:
         first = self.start + b * self.batch_size
         return range(first, min(first + self.batch_size, len(self.paths)))
 
-    def load(self, positions: Iterable[int]) -> list[_Outcome]:
+    def load(self, positions: Iterable[int]) -> list[Outcome]:
         """Decode and transform each position; every failure becomes a reason (the torch loader's words)."""
-        outcomes: list[_Outcome] = []
-        for pos in positions:
-            try:
-                image = open_image(self.paths[pos], **self.open_kwargs)
-            except DecodeError as exc:
-                outcomes.append((pos, None, str(exc)))
-                continue
-            except MemoryError:
-                outcomes.append((pos, None, "out of memory while decoding"))
-                continue
-            except Exception as exc:  # a bug in decoding must still cost one file only
-                outcomes.append((pos, None, f"cannot decode image ({type(exc).__name__}: {_short(exc)})"))
-                continue
-            try:
-                pixels = self.transform(image)
-                if not isinstance(pixels, np.ndarray) or pixels.ndim != 3:
-                    got = pixels.shape if isinstance(pixels, np.ndarray) else type(pixels).__name__
-                    raise TypeError(f"expected a C×H×W array, got {got}")
-            except MemoryError:
-                outcomes.append((pos, None, "out of memory while preprocessing"))
-                continue
-            except Exception as exc:
-                outcomes.append((pos, None, f"preprocessing failed ({type(exc).__name__}: {_short(exc)})"))
-                continue
-            outcomes.append((pos, pixels, None))
-        return outcomes
+        return load_positions(self.paths, positions, self.open_kwargs, self.transform, ARRAYS)
 
     def batch(self, b: int) -> Batch:
         span = self.span(b)
-        return _assemble(span, self.load(span))
+        return assemble(span, self.load(span), ARRAYS)
 
 
-def _assemble(span: range, outcomes: Iterable[_Outcome]) -> Batch:
-    """Stack one batch's arrays into N×3×H×W float32; failures and odd shapes become error entries."""
-    indices: list[int] = []
-    arrays: list[np.ndarray] = []
-    errors: list[tuple[int, str]] = []
-    shape: tuple[int, ...] | None = None
-    for pos, pixels, error in sorted(outcomes, key=lambda o: o[0]):
-        if pixels is None:
-            errors.append((pos, error or "unknown error"))
-            continue
-        if shape is None:
-            shape = tuple(pixels.shape)
-        elif tuple(pixels.shape) != shape:
-            errors.append((pos, f"preprocessed to shape {tuple(pixels.shape)}, but this batch is {shape}"))
-            continue
-        indices.append(pos)
-        arrays.append(pixels)
-    values = np.stack(arrays).astype(np.float32, copy=False) if arrays else np.empty((0, 3, 0, 0), np.float32)
-    return Batch(indices=indices, pixel_values=values, errors=errors, span=span)
+def _array_shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, np.ndarray) else None
+
+
+def _stack_arrays(rows: list[Any]) -> np.ndarray:
+    return np.stack(rows).astype(np.float32, copy=False) if rows else np.empty((0, 3, 0, 0), np.float32)
+
+
+# numpy arrays, N×3×H×W float32, pickled from the workers.
+ARRAYS = Stacking("array", _array_shape, _stack_arrays)
 
 
 # --------------------------------------------------------------------------------------
@@ -171,7 +135,7 @@ def _isolated_main(job: _Job, positions: list[int], conn: Connection) -> None:
     conn.close()
 
 
-def _run_isolated(ctx: Any, job: _Job, positions: list[int]) -> list[_Outcome] | None:
+def _run_isolated(ctx: Any, job: _Job, positions: list[int]) -> list[Outcome] | None:
     """Load ``positions`` in a fresh process; None if that process died."""
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_isolated_main, args=(job, positions, sender), daemon=True)
@@ -189,14 +153,7 @@ def _run_isolated(ctx: Any, job: _Job, positions: list[int]) -> list[_Outcome] |
 
 def _recover_batch(ctx: Any, job: _Job, b: int) -> Batch:
     """Redo batch ``b`` after its worker died: whole in a fresh process, else each input alone."""
-    span = job.span(b)
-    outcomes = _run_isolated(ctx, job, list(span))
-    if outcomes is None:
-        outcomes = []
-        for pos in span:
-            single = _run_isolated(ctx, job, [pos])
-            outcomes.extend(single if single is not None else [(pos, None, CRASH_REASON)])
-    return _assemble(span, outcomes)
+    return recover(job.span(b), lambda positions: _run_isolated(ctx, job, positions), ARRAYS)
 
 
 class _Worker:
