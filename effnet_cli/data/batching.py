@@ -17,7 +17,7 @@ from PIL import Image
 from effnet_cli.data.decode import _short, open_image
 from effnet_cli.errors import DecodeError
 
-__all__ = ["CRASH_REASON", "Batch", "Outcome", "Stacking", "assemble", "load_positions", "recover"]
+__all__ = ["CRASH_REASON", "Batch", "BatchJob", "Outcome", "Stacking", "assemble", "load_positions", "recover"]
 
 # Reason recorded for an input whose decoder took its process down with it.
 CRASH_REASON = "decoder process crashed"
@@ -117,6 +117,38 @@ def assemble(span: range, outcomes: Iterable[Outcome], stacking: Stacking) -> Ba
         indices.append(pos)
         rows.append(pixels)
     return Batch(indices=indices, pixel_values=stacking.stack(rows), errors=errors, span=span)
+
+
+@dataclass
+class BatchJob:
+    """Everything a decode worker needs, pickled to it once: the inputs, the transform and the batching.
+
+    Batch ``b`` covers the positions ``span(b)`` from ``start``; ``job[b]`` decodes and stacks it
+    (map-style, so torch's DataLoader takes it as a dataset too).
+    """
+
+    paths: list[str]
+    transform: Callable[[Image.Image], Any]
+    batch_size: int
+    start: int
+    open_kwargs: dict[str, Any]
+    stacking: Stacking
+
+    def __len__(self) -> int:
+        remaining = max(0, len(self.paths) - self.start)
+        return -(-remaining // self.batch_size)
+
+    def span(self, b: int) -> range:
+        first = self.start + b * self.batch_size
+        return range(first, min(first + self.batch_size, len(self.paths)))
+
+    def load(self, positions: Iterable[int]) -> list[Outcome]:
+        """Decode and transform each position; every failure becomes a reason."""
+        return load_positions(self.paths, positions, self.open_kwargs, self.transform, self.stacking)
+
+    def __getitem__(self, b: int) -> Batch:
+        span = self.span(b)
+        return assemble(span, self.load(span), self.stacking)
 
 
 def recover(span: range, run_isolated: Callable[[list[int]], "list[Outcome] | None"], stacking: Stacking) -> Batch:

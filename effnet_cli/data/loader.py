@@ -21,12 +21,12 @@ import os
 import pickle
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from effnet_cli.data.batching import CRASH_REASON, Batch, Outcome, Stacking, assemble, load_positions, recover
+from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Outcome, Stacking, recover
 from effnet_cli.data.decode import open_image
 from effnet_cli.errors import InputError
 from effnet_cli.host import usable_cores
@@ -35,45 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover - torch is imported lazily at run time
     import torch
 
 __all__ = ["CRASH_REASON", "Batch", "iter_batches", "default_workers"]
-
-class _BatchDataset:
-    """Map-style dataset whose item ``b`` is the whole batch ``b`` (a Batch).
-
-    Making whole batches inside the worker lets a failed image simply be
-    left out of the stack, and the stacked tensor travels to the main process
-    once, through torch's shared memory.
-    """
-
-    def __init__(
-        self,
-        paths: Sequence[str],
-        transform: Callable[[Image.Image], torch.Tensor],
-        batch_size: int,
-        start: int,
-        open_kwargs: dict[str, Any],
-    ) -> None:
-        self.paths = list(paths)
-        self.transform = transform
-        self.batch_size = batch_size
-        self.start = start
-        self.open_kwargs = open_kwargs
-
-    def __len__(self) -> int:
-        remaining = max(0, len(self.paths) - self.start)
-        return -(-remaining // self.batch_size)
-
-    def span(self, b: int) -> range:
-        first = self.start + b * self.batch_size
-        return range(first, min(first + self.batch_size, len(self.paths)))
-
-    def load(self, positions: Iterable[int]) -> list[Outcome]:
-        """Decode and transform each position; every failure becomes a reason."""
-        return load_positions(self.paths, positions, self.open_kwargs, self.transform, TENSORS)
-
-    def __getitem__(self, b: int) -> Batch:
-        span = self.span(b)
-        return assemble(span, self.load(span), TENSORS)
-
 
 def _tensor_shape(value: Any) -> tuple[int, ...] | None:
     import torch
@@ -116,7 +77,7 @@ def _identity(batch: Batch) -> Batch:
     return batch
 
 
-def _isolated_main(dataset: _BatchDataset, positions: list[int], conn: Any) -> None:
+def _isolated_main(dataset: BatchJob, positions: list[int], conn: Any) -> None:
     """Body of a single-use subprocess: load ``positions`` and send the outcomes back."""
     _worker_init(0)
     outcomes = dataset.load(positions)
@@ -127,7 +88,7 @@ def _isolated_main(dataset: _BatchDataset, positions: list[int], conn: Any) -> N
     conn.close()
 
 
-def _run_isolated(dataset: _BatchDataset, positions: list[int]) -> list[Outcome] | None:
+def _run_isolated(dataset: BatchJob, positions: list[int]) -> list[Outcome] | None:
     """Load ``positions`` in a fresh process; ``None`` if that process died."""
     ctx = multiprocessing.get_context()
     receiver, sender = ctx.Pipe(duplex=False)
@@ -146,7 +107,7 @@ def _run_isolated(dataset: _BatchDataset, positions: list[int]) -> list[Outcome]
     return pickle.loads(payload)
 
 
-def _recover_batch(dataset: _BatchDataset, b: int) -> Batch:
+def _recover_batch(dataset: BatchJob, b: int) -> Batch:
     """Redo batch ``b`` after a worker died, finding which input(s) kill the decoder.
 
     First the whole batch in one fresh process (the crash may have been in a
@@ -183,7 +144,7 @@ class _LoaderThread(threading.Thread):
     and carry on with a new loader.
     """
 
-    def __init__(self, dataset: _BatchDataset, workers: int, prefetch: int, nice: int = 0) -> None:
+    def __init__(self, dataset: BatchJob, workers: int, prefetch: int, nice: int = 0) -> None:
         super().__init__(name="effnet-batch-loader", daemon=True)
         self.dataset = dataset
         self.workers = workers
@@ -308,7 +269,7 @@ def iter_batches(
     # Fail fast on a misspelt option, instead of once per image in the workers.
     inspect.signature(open_image).bind("", **kwargs)
 
-    dataset = _BatchDataset(paths, transform, batch_size, start, kwargs)
+    dataset = BatchJob(list(paths), transform, batch_size, start, kwargs, TENSORS)
     if workers == 0:
         for b in range(len(dataset)):
             yield dataset[b]

@@ -27,15 +27,14 @@ import os
 import pickle
 import signal
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from effnet_cli.data.batching import CRASH_REASON, Batch, Outcome, Stacking, assemble, load_positions, recover
+from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Outcome, Stacking, recover
 from effnet_cli.data.decode import open_image
 from effnet_cli.data.loader import default_workers
 from effnet_cli.errors import InputError
@@ -44,33 +43,6 @@ __all__ = ["CRASH_REASON", "Batch", "default_workers", "iter_batches"]
 
 # Seconds a closing worker gets to exit on its own before it is terminated, then killed.
 _EXIT_GRACE_S = 2.0
-
-
-@dataclass
-class _Job:
-    """Everything a worker needs, pickled to it once: the inputs, the transform and the batching."""
-
-    paths: list[str]
-    transform: Callable[[Image.Image], np.ndarray]
-    batch_size: int
-    start: int
-    open_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        remaining = max(0, len(self.paths) - self.start)
-        return -(-remaining // self.batch_size)
-
-    def span(self, b: int) -> range:
-        first = self.start + b * self.batch_size
-        return range(first, min(first + self.batch_size, len(self.paths)))
-
-    def load(self, positions: Iterable[int]) -> list[Outcome]:
-        """Decode and transform each position; every failure becomes a reason (the torch loader's words)."""
-        return load_positions(self.paths, positions, self.open_kwargs, self.transform, ARRAYS)
-
-    def batch(self, b: int) -> Batch:
-        span = self.span(b)
-        return assemble(span, self.load(span), ARRAYS)
 
 
 def _array_shape(value: Any) -> tuple[int, ...] | None:
@@ -107,7 +79,7 @@ def _worker_init(nice: int) -> None:
             pass
 
 
-def _worker_main(job: _Job, conn: Connection, nice: int) -> None:
+def _worker_main(job: BatchJob, conn: Connection, nice: int) -> None:
     """Say ("ready", -1, None), then answer each batch number with ("ok", b, Batch) or ("error", b, exception)."""
     _worker_init(nice)
     conn.send_bytes(pickle.dumps(("ready", -1, None)))
@@ -119,7 +91,7 @@ def _worker_main(job: _Job, conn: Connection, nice: int) -> None:
         if b is None:
             return
         try:
-            reply: tuple[str, int, Any] = ("ok", b, job.batch(b))
+            reply: tuple[str, int, Any] = ("ok", b, job[b])
         except BaseException as exc:  # hand a bug to the consumer instead of dying silently
             reply = ("error", b, exc)
         try:
@@ -128,14 +100,14 @@ def _worker_main(job: _Job, conn: Connection, nice: int) -> None:
             return
 
 
-def _isolated_main(job: _Job, positions: list[int], conn: Connection) -> None:
+def _isolated_main(job: BatchJob, positions: list[int], conn: Connection) -> None:
     """Body of a single-use process: load ``positions`` and send the outcomes back."""
     _worker_init(0)
     conn.send_bytes(pickle.dumps(job.load(positions), protocol=pickle.HIGHEST_PROTOCOL))
     conn.close()
 
 
-def _run_isolated(ctx: Any, job: _Job, positions: list[int]) -> list[Outcome] | None:
+def _run_isolated(ctx: Any, job: BatchJob, positions: list[int]) -> list[Outcome] | None:
     """Load ``positions`` in a fresh process; None if that process died."""
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_isolated_main, args=(job, positions, sender), daemon=True)
@@ -151,7 +123,7 @@ def _run_isolated(ctx: Any, job: _Job, positions: list[int]) -> list[Outcome] | 
     return None if payload is None else pickle.loads(payload)
 
 
-def _recover_batch(ctx: Any, job: _Job, b: int) -> Batch:
+def _recover_batch(ctx: Any, job: BatchJob, b: int) -> Batch:
     """Redo batch ``b`` after its worker died: whole in a fresh process, else each input alone."""
     return recover(job.span(b), lambda positions: _run_isolated(ctx, job, positions), ARRAYS)
 
@@ -159,7 +131,7 @@ def _recover_batch(ctx: Any, job: _Job, b: int) -> Batch:
 class _Worker:
     """One worker process, its pipe and the batch numbers it has been sent but not answered, in order."""
 
-    def __init__(self, ctx: Any, job: _Job, nice: int) -> None:
+    def __init__(self, ctx: Any, job: BatchJob, nice: int) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_worker_main, args=(job, child, nice), daemon=True,
                                 name="effnet-decode-worker")
@@ -192,7 +164,7 @@ class _Worker:
 class _Pool:
     """The workers of one iter_batches call, batches dealt out ahead of the consumer and collected in order."""
 
-    def __init__(self, ctx: Any, job: _Job, workers: int, prefetch: int, nice: int) -> None:
+    def __init__(self, ctx: Any, job: BatchJob, workers: int, prefetch: int, nice: int) -> None:
         self.ctx, self.job, self.prefetch, self.nice = ctx, job, prefetch, nice
         self.total = len(job)
         self.workers = [_Worker(ctx, job, nice) for _ in range(workers)]
@@ -323,10 +295,10 @@ def iter_batches(
     kwargs = dict(open_kwargs or {})
     inspect.signature(open_image).bind("", **kwargs)  # a misspelt option fails here, not once per image
 
-    job = _Job(list(paths), transform, batch_size, start, kwargs)
+    job = BatchJob(list(paths), transform, batch_size, start, kwargs, ARRAYS)
     if workers == 0 or len(job) == 0:
         for b in range(len(job)):
-            yield job.batch(b)
+            yield job[b]
         return
     pool = _Pool(_context(start_method), job, min(workers, len(job)), prefetch, worker_nice)
     try:
