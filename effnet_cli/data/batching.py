@@ -9,6 +9,7 @@ module imports neither torch nor numpy's heavy paths.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from PIL import Image
 from effnet_cli.data.decode import _short, open_image
 from effnet_cli.errors import DecodeError
 
-__all__ = ["CRASH_REASON", "Batch", "BatchJob", "Outcome", "Stacking", "assemble", "load_positions", "recover"]
+__all__ = ["CRASH_REASON", "Batch", "BatchJob", "Outcome", "Stacking", "assemble", "load_positions", "recover", "run_isolated"]
 
 # Reason recorded for an input whose decoder took its process down with it.
 CRASH_REASON = "decoder process crashed"
@@ -161,3 +162,31 @@ def recover(span: range, run_isolated: Callable[[list[int]], "list[Outcome] | No
             single = run_isolated([pos])
             outcomes.extend(single if single is not None else [(pos, None, CRASH_REASON)])
     return assemble(span, outcomes, stacking)
+
+
+def _isolated_main(init: Callable[[], None], job: BatchJob, positions: list[int], conn: Any) -> None:
+    """Body of a single-use process: set it up as a worker, load ``positions``, send the outcomes back."""
+    init()
+    # Plain pickle copies tensor data into the message; torch's shared-memory reducer would hand over
+    # file descriptors that vanish with this short-lived process.
+    conn.send_bytes(pickle.dumps(job.load(positions), protocol=pickle.HIGHEST_PROTOCOL))
+    conn.close()
+
+
+def run_isolated(ctx: Any, init: Callable[[], None], job: BatchJob, positions: list[int]) -> list[Outcome] | None:
+    """Load ``positions`` in a fresh process of the multiprocessing context ``ctx``; None if it died.
+
+    ``init`` (picklable) sets the process up as the loader sets up its workers.
+    """
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_isolated_main, args=(init, job, positions, sender), daemon=True)
+    proc.start()
+    sender.close()  # so recv sees EOF when the child dies without answering
+    try:
+        payload = receiver.recv_bytes()
+    except (EOFError, OSError):
+        payload = None
+    finally:
+        receiver.close()
+        proc.join()
+    return None if payload is None else pickle.loads(payload)

@@ -18,7 +18,6 @@ import functools
 import inspect
 import multiprocessing
 import os
-import pickle
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Outcome, Stacking, recover
+from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Stacking, recover, run_isolated
 from effnet_cli.data.decode import open_image
 from effnet_cli.errors import InputError
 from effnet_cli.host import usable_cores
@@ -77,36 +76,6 @@ def _identity(batch: Batch) -> Batch:
     return batch
 
 
-def _isolated_main(dataset: BatchJob, positions: list[int], conn: Any) -> None:
-    """Body of a single-use subprocess: load ``positions`` and send the outcomes back."""
-    _worker_init(0)
-    outcomes = dataset.load(positions)
-    # Plain pickle copies tensor data into the message; the default
-    # (torch's shared-memory reducer) would hand over file descriptors that
-    # vanish with this short-lived process.
-    conn.send_bytes(pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL))
-    conn.close()
-
-
-def _run_isolated(dataset: BatchJob, positions: list[int]) -> list[Outcome] | None:
-    """Load ``positions`` in a fresh process; ``None`` if that process died."""
-    ctx = multiprocessing.get_context()
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_isolated_main, args=(dataset, positions, sender), daemon=True)
-    proc.start()
-    sender.close()  # so recv sees EOF when the child dies without answering
-    try:
-        payload = receiver.recv_bytes()
-    except (EOFError, OSError):
-        payload = None
-    finally:
-        receiver.close()
-        proc.join()
-    if payload is None:
-        return None
-    return pickle.loads(payload)
-
-
 def _recover_batch(dataset: BatchJob, b: int) -> Batch:
     """Redo batch ``b`` after a worker died, finding which input(s) kill the decoder.
 
@@ -114,7 +83,7 @@ def _recover_batch(dataset: BatchJob, b: int) -> Batch:
     neighbouring batch); if that dies too, each input alone, so exactly the
     culprits are marked as crashed and the rest keep their results.
     """
-    return recover(dataset.span(b), lambda positions: _run_isolated(dataset, positions), TENSORS)
+    return recover(dataset.span(b), lambda positions: run_isolated(multiprocessing.get_context(), functools.partial(_worker_init, 0), dataset, positions), TENSORS)
 
 
 _DONE = object()

@@ -21,6 +21,7 @@ if that dies too, as the torch loader does), its other batches go to a new worke
 
 from __future__ import annotations
 
+import functools
 import inspect
 import multiprocessing
 import os
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Outcome, Stacking, recover
+from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Stacking, recover, run_isolated
 from effnet_cli.data.decode import open_image
 from effnet_cli.data.loader import default_workers
 from effnet_cli.errors import InputError
@@ -100,32 +101,9 @@ def _worker_main(job: BatchJob, conn: Connection, nice: int) -> None:
             return
 
 
-def _isolated_main(job: BatchJob, positions: list[int], conn: Connection) -> None:
-    """Body of a single-use process: load ``positions`` and send the outcomes back."""
-    _worker_init(0)
-    conn.send_bytes(pickle.dumps(job.load(positions), protocol=pickle.HIGHEST_PROTOCOL))
-    conn.close()
-
-
-def _run_isolated(ctx: Any, job: BatchJob, positions: list[int]) -> list[Outcome] | None:
-    """Load ``positions`` in a fresh process; None if that process died."""
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_isolated_main, args=(job, positions, sender), daemon=True)
-    proc.start()
-    sender.close()  # so recv sees EOF when the child dies without answering
-    try:
-        payload = receiver.recv_bytes()
-    except (EOFError, OSError):
-        payload = None
-    finally:
-        receiver.close()
-        proc.join()
-    return None if payload is None else pickle.loads(payload)
-
-
 def _recover_batch(ctx: Any, job: BatchJob, b: int) -> Batch:
     """Redo batch ``b`` after its worker died: whole in a fresh process, else each input alone."""
-    return recover(job.span(b), lambda positions: _run_isolated(ctx, job, positions), ARRAYS)
+    return recover(job.span(b), lambda positions: run_isolated(ctx, functools.partial(_worker_init, 0), job, positions), ARRAYS)
 
 
 class _Worker:
