@@ -9,6 +9,7 @@ module imports neither torch nor numpy's heavy paths.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+import inspect
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,9 @@ from typing import Any
 from PIL import Image
 
 from effnet_cli.data.decode import _short, open_image
-from effnet_cli.errors import DecodeError
+from effnet_cli.errors import DecodeError, InputError
 
-__all__ = ["CRASH_REASON", "Batch", "BatchJob", "Outcome", "Stacking", "assemble", "load_positions", "recover", "run_isolated"]
+__all__ = ["CRASH_REASON", "Batch", "BatchJob", "Outcome", "Stacking", "assemble", "checked_job", "load_positions", "recover", "run_isolated"]
 
 # Reason recorded for an input whose decoder took its process down with it.
 CRASH_REASON = "decoder process crashed"
@@ -150,6 +151,22 @@ class BatchJob:
     def __getitem__(self, b: int) -> Batch:
         span = self.span(b)
         return assemble(span, self.load(span), self.stacking)
+
+
+def checked_job(paths: Sequence[str], transform: Callable[[Image.Image], Any], stacking: Stacking, *, batch_size: int,
+                workers: int, prefetch: int, start: int, open_kwargs: dict[str, Any] | None) -> BatchJob:
+    """The job of a loader call, its arguments checked once, before any worker starts."""
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise InputError(f"workers must be 0 or more, got {workers}")
+    if prefetch < 1:
+        raise InputError(f"prefetch must be at least 1, got {prefetch}")
+    if not 0 <= start <= len(paths):
+        raise InputError(f"start must be between 0 and {len(paths)}, got {start}")
+    kwargs = dict(open_kwargs or {})
+    inspect.signature(open_image).bind("", **kwargs)  # a misspelt option fails here, not once per image
+    return BatchJob(list(paths), transform, batch_size, start, kwargs, stacking)
 
 
 def recover(span: range, run_isolated: Callable[[list[int]], "list[Outcome] | None"], stacking: Stacking) -> Batch:

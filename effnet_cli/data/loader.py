@@ -15,7 +15,6 @@ torch is imported only when batches are made, so importing this module stays che
 from __future__ import annotations
 
 import functools
-import inspect
 import multiprocessing
 import os
 import queue
@@ -25,9 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Stacking, recover, run_isolated
-from effnet_cli.data.decode import open_image
-from effnet_cli.errors import InputError
+from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Stacking, checked_job, recover, run_isolated
 from effnet_cli.host import usable_cores
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported lazily at run time
@@ -226,19 +223,8 @@ def iter_batches(
 
     Closing the generator early (``break``) stops the workers.
     """
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    if workers < 0:
-        raise InputError(f"workers must be 0 or more, got {workers}")
-    if prefetch < 1:
-        raise InputError(f"prefetch must be at least 1, got {prefetch}")
-    if not 0 <= start <= len(paths):
-        raise InputError(f"start must be between 0 and {len(paths)}, got {start}")
-    kwargs = dict(open_kwargs or {})
-    # Fail fast on a misspelt option, instead of once per image in the workers.
-    inspect.signature(open_image).bind("", **kwargs)
-
-    dataset = BatchJob(list(paths), transform, batch_size, start, kwargs, TENSORS)
+    dataset = checked_job(paths, transform, TENSORS, batch_size=batch_size, workers=workers, prefetch=prefetch,
+                           start=start, open_kwargs=open_kwargs)
     if workers == 0:
         for b in range(len(dataset)):
             yield dataset[b]

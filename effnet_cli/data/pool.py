@@ -22,7 +22,6 @@ if that dies too, as the torch loader does), its other batches go to a new worke
 from __future__ import annotations
 
 import functools
-import inspect
 import multiprocessing
 import os
 import pickle
@@ -35,10 +34,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Stacking, recover, run_isolated
-from effnet_cli.data.decode import open_image
+from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Stacking, checked_job, recover, run_isolated
 from effnet_cli.data.loader import default_workers
-from effnet_cli.errors import InputError
 
 __all__ = ["CRASH_REASON", "Batch", "default_workers", "iter_batches"]
 
@@ -262,18 +259,8 @@ def iter_batches(
 
     Closing the generator early (``break``) stops and reaps the workers.
     """
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    if workers < 0:
-        raise InputError(f"workers must be 0 or more, got {workers}")
-    if prefetch < 1:
-        raise InputError(f"prefetch must be at least 1, got {prefetch}")
-    if not 0 <= start <= len(paths):
-        raise InputError(f"start must be between 0 and {len(paths)}, got {start}")
-    kwargs = dict(open_kwargs or {})
-    inspect.signature(open_image).bind("", **kwargs)  # a misspelt option fails here, not once per image
-
-    job = BatchJob(list(paths), transform, batch_size, start, kwargs, ARRAYS)
+    job = checked_job(paths, transform, ARRAYS, batch_size=batch_size, workers=workers, prefetch=prefetch,
+                       start=start, open_kwargs=open_kwargs)
     if workers == 0 or len(job) == 0:
         for b in range(len(job)):
             yield job[b]
