@@ -20,6 +20,7 @@ PACKAGE = ROOT / "effnet_cli"
 FLOORS: dict[str, int] = {
     "effnet_cli.errors": 0,
     "effnet_cli.host": 0,
+    "effnet_cli.interrupts": 0,
     "effnet_cli.malloc": 0,
     "effnet_cli.resources": 0,
     "effnet_cli.records": 1,

@@ -145,7 +145,7 @@ def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions
         utf8_stdout()
     console = stdout_console() if fmt == "table" else None
     writer = None if fmt == "table" else RecordWriter(sys.stdout, fmt)
-    failed = 0
+    failed = shown = 0
     try:
         with progress_bar(len(paths), show, "classify") as advance:
             for results in classify_paths(engine, paths, **run.classify_kwargs()):
@@ -155,6 +155,7 @@ def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions
                         report_failure(result, quiet)
                     elif console is not None:
                         render_table(console, result)
+                    shown += console is not None
                 if writer is not None:
                     writer.write(results)
                 advance(len(results))
@@ -162,7 +163,9 @@ def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions
         # Everything computed so far is already written and flushed; close the document cleanly.
         if writer is not None:
             writer.close()
-        error_line("interrupted; results above are complete for the images they name")
+        written = writer.count if writer is not None else shown
+        error_line(f"interrupted after {written} image{'s' if written != 1 else ''}; "
+                   "each one above is complete for the image it names")
         return EXIT_INTERRUPTED
     if writer is not None:
         writer.close()

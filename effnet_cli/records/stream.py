@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterable
 from typing import IO, Any
 
+from effnet_cli.interrupts import interrupts_held
 from effnet_cli.records.pathtext import PATH_BYTES_FIELD, path_fields
 from effnet_cli.records.results import Result
 
@@ -87,7 +88,11 @@ class RecordWriter:
         (quote_all if needs_all else minimal).writerow(fields)
 
     def write(self, results: Iterable[Result]) -> None:
-        """Write the records of one batch and flush."""
+        """Write the records of one batch and flush; Ctrl-C waits until the batch is written and counted."""
+        with interrupts_held():
+            self._write(results)
+
+    def _write(self, results: Iterable[Result]) -> None:
         for result in results:
             if self.fmt == "jsonl":
                 self.stream.write(json.dumps(classify_record(result), ensure_ascii=False) + "\n")
@@ -106,6 +111,7 @@ class RecordWriter:
 
     def close(self) -> None:
         """Finish the document (closes the JSON array)."""
-        if self.fmt == "json":
-            self.stream.write("[]\n" if self.count == 0 else "\n]\n")
-        self.stream.flush()
+        with interrupts_held():
+            if self.fmt == "json":
+                self.stream.write("[]\n" if self.count == 0 else "\n]\n")
+            self.stream.flush()
