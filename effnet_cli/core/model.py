@@ -21,7 +21,7 @@ from torch import nn
 
 from effnet_cli.core.checkpoint import save_pretrained
 from effnet_cli.core.config import EfficientNetConfig
-from effnet_cli.core.hub_mixin import Located, PretrainedMixin
+from effnet_cli.core.hub_mixin import IGNORED_LOADER_KWARGS, Located, PretrainedMixin
 from effnet_cli.core.outputs import EfficientNetModelOutput, ImageClassifierOutput, ModelOutput  # noqa: F401 - re-exported
 from effnet_cli.core.scaling import BlockSpec, tf_same_padding
 
@@ -323,6 +323,7 @@ class EfficientNetPreTrainedModel(PretrainedMixin, nn.Module):
 
     # ------------------------------------------------- from/save_pretrained
     pretrained_file: ClassVar[str | None] = None  # reads the whole directory (config, weights)
+    loader_kwargs: ClassVar[frozenset[str]] = IGNORED_LOADER_KWARGS
 
     @classmethod
     def _from_located(cls, located: Located, **kwargs: Any
