@@ -97,8 +97,8 @@ def read_json(path: str | Path, what: str, not_json: str = "valid JSON") -> Any:
         raise ConfigFileError(f"{path} is not {not_json} ({exc}).") from None
 
 
-def split_from_dict_kwargs(kwargs: dict[str, Any], applies: Callable[[str], bool], consumed: frozenset[str] = frozenset()
-                           ) -> tuple[dict[str, Any], dict[str, Any], bool]:
+def split_from_dict_kwargs(kwargs: dict[str, Any], applies: Callable[[str], bool],
+                           consumed: frozenset[str] = frozenset()) -> tuple[dict[str, Any], dict[str, Any], bool]:
     """transformers' ``from_dict(data, **kwargs)`` rule: ``(applied, unused, return_unused_kwargs)``.
 
     Keywords for which ``applies`` is true are set on the object and ``consumed`` ones (transformers'
