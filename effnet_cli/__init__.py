@@ -26,7 +26,9 @@ _LAZY = {
     "read_predictions": "effnet_cli.scale.shards",
     "EffnetError": "effnet_cli.errors",
     "ConfigError": "effnet_cli.errors",
+    "ConfigFileError": "effnet_cli.errors",
     "WeightsError": "effnet_cli.errors",
+    "LoadError": "effnet_cli.errors",
     "UnsafeCheckpointError": "effnet_cli.errors",
     "OfflineError": "effnet_cli.errors",
     "InputError": "effnet_cli.errors",
@@ -39,9 +41,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from effnet_cli.core.config import EfficientNetConfig
     from effnet_cli.errors import (
         ConfigError,
+        ConfigFileError,
         DecodeError,
         EffnetError,
         InputError,
+        LoadError,
         OfflineError,
         UnsafeCheckpointError,
         WeightsError,

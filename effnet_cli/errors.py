@@ -16,15 +16,33 @@ class ConfigError(EffnetError, ValueError):
     """A configuration value is wrong (bad type, range, or inconsistent lists)."""
 
 
+class ConfigFileError(ConfigError, OSError):
+    """A config file (config.json, preprocessor_config.json) is missing or is not readable JSON.
+
+    Also an ``OSError``: transformers raises that when a config cannot be found or read, and
+    code written for it (``except OSError:`` around ``from_pretrained``) must catch this too.
+    """
+
+
 class WeightsError(EffnetError):
     """A checkpoint is missing, unreadable, truncated, or does not fit the model."""
 
 
-class UnsafeCheckpointError(WeightsError):
+class LoadError(WeightsError, OSError):
+    """Weights cannot be found or read: no such directory, variant, hub repository, revision or file,
+    or a file that is not a readable checkpoint.
+
+    Also an ``OSError``, which is what transformers raises for these, so ``except OSError:``
+    (``except EnvironmentError:``) written around its ``from_pretrained`` catches effnet's too.
+    A checkpoint that is readable but does not fit the model is a plain :class:`WeightsError`.
+    """
+
+
+class UnsafeCheckpointError(LoadError):
     """A pickle checkpoint would need arbitrary code to load, so it is refused."""
 
 
-class OfflineError(WeightsError):
+class OfflineError(LoadError):
     """Weights are not in the local cache and the network may not be used."""
 
 

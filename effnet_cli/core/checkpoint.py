@@ -60,10 +60,10 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], *,
 
 def config_json(model: nn.Module, **overrides: Any) -> str:
     """The config.json text of a saved model: its config, ``architectures`` (unless it names one) and ``overrides``."""
-    config = dict(model.config.to_dict())
+    config = model.config.to_diff_dict()  # what transformers writes: base-config keys only where not default
     config.setdefault("architectures", [type(model).__name__])
     config.update(overrides)
-    return json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"  # ASCII-escaped, byte for byte as transformers writes
 
 
 def save_pretrained(model: nn.Module, directory: str | Path,

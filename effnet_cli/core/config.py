@@ -19,7 +19,14 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from effnet_cli.core.hub_mixin import Located, PretrainedMixin
+from effnet_cli.core.dtypes import dtype_name
+from effnet_cli.core.hub_mixin import (
+    CONFIG_LOADER_KWARGS,
+    Located,
+    PretrainedMixin,
+    read_json,
+    split_from_dict_kwargs,
+)
 from effnet_cli.core.scaling import (  # noqa: F401 - re-exported: the config's vocabulary
     ALPHA,
     BASE_STAGES,
@@ -301,8 +308,29 @@ class EfficientNetConfig(PretrainedMixin):
         return config
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EfficientNetConfig:
-        """Build from a parsed config.json; unknown keys are kept in :attr:`extra`."""
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> EfficientNetConfig | tuple[EfficientNetConfig, dict]:
+        """Build from a parsed config.json; its unknown keys are kept in :attr:`extra`.
+
+        ``kwargs`` as in transformers: those naming a config field (or a key of ``data``) are
+        assigned afterwards (``num_labels=3`` resizes the labels); ``dtype``/``torch_dtype`` are
+        kept unless ``"auto"``; any other keyword, loader options included (``_from_auto``,
+        ``revision``…), is never stored, and is returned beside the config with
+        ``return_unused_kwargs=True``.
+        """
+        config = cls._from_json_data(data)
+        applied, unused, return_unused = split_from_dict_kwargs(
+            kwargs, lambda key: key in _ASSIGNABLE or key in config.extra or key in ("dtype", "torch_dtype"),
+            _CONSUMED_KWARGS)
+        for key, value in applied.items():
+            if key not in ("dtype", "torch_dtype"):
+                setattr(config, key, value)
+            elif value != "auto":  # "auto" means "the checkpoint's own", which is already there
+                config.extra["dtype"] = dtype_name(value)
+        return (config, unused) if return_unused else config
+
+    @classmethod
+    def _from_json_data(cls, data: dict[str, Any]) -> EfficientNetConfig:
+        """The config a parsed config.json describes, with a :class:`ConfigError` for wrong content."""
         if not isinstance(data, dict):
             raise ConfigError(f"A config must be a JSON object, got {type(data).__name__}.")
         if data.get("model_type", "efficientnet") != "efficientnet":
@@ -319,15 +347,13 @@ class EfficientNetConfig(PretrainedMixin):
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> EfficientNetConfig:
-        """Read a config.json written by transformers or by effnet."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"No config file at {path}.") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path} is not a readable JSON config ({exc}).") from None
-        return cls.from_dict(data)
+        """Read a config.json written by transformers or by effnet.
+
+        Raises:
+            ConfigFileError: the file is missing or not readable JSON (also an ``OSError``).
+            ConfigError: it holds a bad value.
+        """
+        return cls._from_json_data(read_json(path, "config file", "a readable JSON config"))
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json content; readable by transformers' EfficientNetConfig."""
@@ -349,13 +375,24 @@ class EfficientNetConfig(PretrainedMixin):
             out["problem_type"] = self.problem_type
         return out
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        """What config.json holds: :meth:`to_dict` less the keys at transformers' base-config defaults.
+
+        transformers' rule: every EfficientNet key is kept (the base class has none of them), the
+        keys every transformers config has (``id2label``/``label2id`` of the default 2-label head,
+        ``return_dict``…) only where they differ from the default, ``_name_or_path`` never.
+        """
+        return {key: value for key, value in self.to_dict().items()
+                if key != "_name_or_path" and not (key in _BASE_DEFAULTS and value == _BASE_DEFAULTS[key])}
+
     def to_json_string(self, use_diff: bool = True) -> str:
         """config.json text, sorted, indented and ASCII-escaped like transformers writes it.
 
-        ``use_diff`` is accepted for transformers' signature; the text is always the full config.
+        ``use_diff=True`` (the default, what ``save_pretrained`` writes) gives :meth:`to_diff_dict`,
+        ``use_diff=False`` the whole :meth:`to_dict`.
         """
         try:
-            return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+            return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
         except TypeError as exc:
             raise ConfigError(f"The config holds a value JSON cannot store: {exc}.") from None
 
@@ -363,17 +400,17 @@ class EfficientNetConfig(PretrainedMixin):
         """Write config.json atomically (through :mod:`effnet_cli.output`)."""
         from effnet_cli.output import write_text
 
-        write_text(path, self.to_json_string())
+        write_text(path, self.to_json_string(use_diff))
 
     # ------------------------------------------------- from/save_pretrained
     pretrained_file: ClassVar[str] = CONFIG_NAME
+    loader_kwargs: ClassVar[frozenset[str]] = CONFIG_LOADER_KWARGS
 
     @classmethod
-    def _from_located(cls, located: Located, **changes: Any) -> EfficientNetConfig:
-        """:meth:`from_pretrained`: read config.json, then assign ``changes`` (``num_labels=3`` resizes the labels)."""
-        config = cls.from_json_file(located.file)
-        config.update(changes)
-        return config
+    def _from_located(cls, located: Located, **kwargs: Any) -> EfficientNetConfig | tuple[EfficientNetConfig, dict]:
+        """:meth:`from_pretrained`: read config.json, then handle ``kwargs`` as :meth:`from_dict` does
+        (``num_labels=3`` resizes the labels; ``return_unused_kwargs``)."""
+        return cls.from_dict(read_json(located.file, "config file", "a readable JSON config"), **kwargs)
 
     def _save_files(self, directory: Path) -> None:
         """:meth:`save_pretrained`: write ``config.json``."""
@@ -381,6 +418,16 @@ class EfficientNetConfig(PretrainedMixin):
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(EfficientNetConfig))
+_ASSIGNABLE = _FIELD_NAMES - {"extra"}
+# transformers' PreTrainedConfig defaults (5.x) of the keys effnet writes: to_diff_dict leaves a key out at its default.
+_BASE_DEFAULTS: dict[str, Any] = {
+    "architectures": None, "output_hidden_states": False, "return_dict": True, "dtype": None,
+    "chunk_size_feed_forward": 0, "is_encoder_decoder": False, "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+    "label2id": {"LABEL_0": 0, "LABEL_1": 1}, "problem_type": None, "output_attentions": False,
+}
+# Keywords from_dict consumes without storing: transformers' telemetry, and options a convnet has no use for.
+_CONSUMED_KWARGS = frozenset({"_from_auto", "_from_pipeline", "_commit_hash", "attn_implementation",
+                              "experts_implementation", "output_attentions", "name_or_path"})
 # Written to config.json only when set to something else than their default.
 _WRITTEN_WHEN_CHANGED = frozenset({"padding_mode", "use_squeeze_excite", "fix_stem_and_head",
                                    "output_hidden_states", "return_dict"})
@@ -395,6 +442,6 @@ def _unknown_keys(unknown: dict[str, Any]) -> dict[str, Any]:
     unknown.pop("model_type", None)
     if "torch_dtype" in unknown:  # transformers' older spelling
         unknown.setdefault("dtype", unknown.pop("torch_dtype"))
-    if unknown.get("dtype") is not None and not isinstance(unknown["dtype"], str):
-        unknown["dtype"] = str(unknown["dtype"]).removeprefix("torch.")  # JSON-writable, as transformers stores it
+    if "dtype" in unknown:
+        unknown["dtype"] = dtype_name(unknown["dtype"])
     return unknown

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from effnet_cli.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
+
+def dtype_name(dtype: Any) -> Any:
+    """``torch.float16`` -> ``"float16"``: JSON-writable, as transformers stores a dtype in config.json."""
+    return dtype if dtype is None or isinstance(dtype, str) else str(dtype).removeprefix("torch.")
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

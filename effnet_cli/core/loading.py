@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from effnet_cli.core.checkpoint import build_empty, load_weights
 from effnet_cli.core.config import EfficientNetConfig
 from effnet_cli.core.dtypes import parse_dtype
-from effnet_cli.errors import ConfigError, WeightsError
+from effnet_cli.errors import ConfigError, LoadError
 from effnet_cli.weights.files import CONFIG_NAME, PROCESSOR_NAME, weights_file
 from effnet_cli.weights.presets import hub_preprocessing
 from effnet_cli.weights.resolve import resolve_files
@@ -42,11 +42,11 @@ def load_directory(directory: Path, *, model_class: type | None = None
 
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
-        raise WeightsError(f"{directory} has no {CONFIG_NAME}.")
+        raise LoadError(f"{directory} has no {CONFIG_NAME}.")
     try:
         config = EfficientNetConfig.from_json_file(config_path)
     except ConfigError as exc:
-        raise ConfigError(f"{config_path}: {exc}") from None
+        raise type(exc)(f"{config_path}: {exc}") from None  # the same class: a missing file stays an OSError
     weights = weights_file(directory)
     model = build_empty(model_class or EfficientNetForImageClassification, config)
     load_weights(model, read_state_dict(weights), source=str(weights))

@@ -11,7 +11,6 @@ Shapes in comments: N batch, C channels, H×W spatial size.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +20,8 @@ from torch import nn
 
 from effnet_cli.core.checkpoint import save_pretrained
 from effnet_cli.core.config import EfficientNetConfig
-from effnet_cli.core.hub_mixin import Located, PretrainedMixin
+from effnet_cli.core.checkpointing import CheckpointSettings, checkpointed, checkpointing_settings
+from effnet_cli.core.hub_mixin import IGNORED_LOADER_KWARGS, Located, PretrainedMixin
 from effnet_cli.core.outputs import EfficientNetModelOutput, ImageClassifierOutput, ModelOutput  # noqa: F401 - re-exported
 from effnet_cli.core.scaling import BlockSpec, tf_same_padding
 
@@ -199,52 +199,19 @@ class EfficientNetEncoder(nn.Module):
         self.top_activation = activation(config.hidden_act)
 
         self.gradient_checkpointing = False
-        self.checkpoint_kwargs: dict[str, Any] = {}
+        self.checkpointing = CheckpointSettings()  # set by the model's gradient_checkpointing_enable
 
     def forward(self, x: torch.Tensor, output_hidden_states: bool = False
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         states = (x,) if output_hidden_states else None
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
-            x = _checkpointed(block, x, self.checkpoint_kwargs) if checkpointing else block(x)
+        every, options, offload = self.checkpointing.every, self.checkpointing.options, self.checkpointing.offload
+        for index, block in enumerate(self.blocks):
+            x = checkpointed(block, x, options, offload=offload) if checkpointing and index % every == 0 else block(x)
             if states is not None:
                 states += (x,)
         x = self.top_activation(self.top_bn(self.top_conv(x)))  # N×hidden_dim×h×w
         return x, states
-
-
-def _checkpointed(block: nn.Module, x: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
-    """Run ``block`` without keeping its activations; they are recomputed in the backward pass.
-
-    The recomputation must not move the batch-norm running statistics a second
-    time, or a checkpointed training run would drift from a plain one: they are
-    restored after it.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
-        return contextlib.nullcontext(), _frozen_running_stats(block)
-
-    kwargs = {"use_reentrant": False, **options}
-    if not kwargs["use_reentrant"]:
-        kwargs.setdefault("context_fn", contexts)
-    return checkpoint(block, x, **kwargs)
-
-
-@contextlib.contextmanager
-def _frozen_running_stats(module: nn.Module):
-    # The recomputation must save the same tensors as the first pass, so the norms run
-    # unchanged (batch statistics, as in training) and their buffers are put back afterwards.
-    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for norm, (mean, var, count) in zip(norms, saved):
-                norm.running_mean.copy_(mean)
-                norm.running_var.copy_(var)
-                norm.num_batches_tracked.copy_(count)
 
 
 # -------------------------------------------------------------------- models
@@ -272,16 +239,30 @@ class EfficientNetPreTrainedModel(PretrainedMixin, nn.Module):
                 module.reset_running_stats()
 
     # ------------------------------------------------------ checkpointing
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, *,
+                                      activation_checkpointing_kwargs: dict[str, Any] | None = None,
+                                      every_n_layers: int = 1, offload: bool = False) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (training only).
 
-        Same gradients as without it, for less memory. ``gradient_checkpointing_kwargs``
-        go to ``torch.utils.checkpoint.checkpoint`` (``use_reentrant`` defaults to False).
+        Same gradients as without it, for less memory. The checkpointing keywords (under
+        either name: transformers 5's ``activation_checkpointing_kwargs``, which its
+        ``Trainer`` passes, or the older ``gradient_checkpointing_kwargs``; not both) go to
+        ``torch.utils.checkpoint.checkpoint`` (``use_reentrant`` defaults to False). As in
+        transformers, ``every_n_layers=n`` checkpoints only every n-th MBConv block and
+        ``offload=True`` keeps the saved block inputs in (pinned) host memory.
         """
+        settings = checkpointing_settings(gradient_checkpointing_kwargs, activation_checkpointing_kwargs,
+                                          every_n_layers, offload)
         for module in self.modules():
             if isinstance(module, EfficientNetEncoder):
                 module.gradient_checkpointing = True
-                module.checkpoint_kwargs = dict(gradient_checkpointing_kwargs or {})
+                module.checkpointing = settings
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """transformers 5's name (and signature) for :meth:`gradient_checkpointing_enable`; its Trainer calls this."""
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                           every_n_layers=every_n_layers, offload=offload)
 
     def gradient_checkpointing_disable(self) -> None:
         """Keep activations again (the default)."""
@@ -294,9 +275,7 @@ class EfficientNetPreTrainedModel(PretrainedMixin, nn.Module):
         """Whether :meth:`gradient_checkpointing_enable` is in effect."""
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
 
-    # transformers 5 spells these "activation checkpointing" too.
-    activation_checkpointing_enable = gradient_checkpointing_enable
-    activation_checkpointing_disable = gradient_checkpointing_disable
+    activation_checkpointing_disable = gradient_checkpointing_disable  # transformers 5's name
 
     @property
     def is_activation_checkpointing(self) -> bool:
@@ -317,12 +296,18 @@ class EfficientNetPreTrainedModel(PretrainedMixin, nn.Module):
         """Dtype of the model's parameters."""
         return next(self.parameters()).dtype
 
-    def num_parameters(self) -> int:
-        """Number of parameters (buffers excluded), as the paper and the reference count them."""
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (buffers excluded), as the paper and the reference count them.
+
+        transformers' keywords: ``only_trainable`` counts those with ``requires_grad``;
+        ``exclude_embeddings`` leaves out token-embedding tables, of which a convnet has none
+        (transformers' Trainer asks for it to estimate FLOPs).
+        """
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
 
     # ------------------------------------------------- from/save_pretrained
     pretrained_file: ClassVar[str | None] = None  # reads the whole directory (config, weights)
+    loader_kwargs: ClassVar[frozenset[str]] = IGNORED_LOADER_KWARGS
 
     @classmethod
     def _from_located(cls, located: Located, **kwargs: Any

@@ -25,7 +25,7 @@ from torch import nn
 from effnet_cli.core.checkpoint import align_prefix, build_empty
 from effnet_cli.core.config import EfficientNetConfig
 from effnet_cli.core.dtypes import parse_dtype
-from effnet_cli.core.hub_mixin import IGNORED_LOADER_KWARGS, Located
+from effnet_cli.core.hub_mixin import Located
 from effnet_cli.errors import ConfigError, WeightsError
 from effnet_cli.weights.files import CONFIG_NAME, weights_file
 from effnet_cli.weights.state_dict import fit_state, read_state_dict
@@ -67,8 +67,6 @@ def from_pretrained(cls: type[nn.Module], located: Located, *,
     (``num_labels``, ``id2label``, ``label2id``, ``output_hidden_states``...), as in
     transformers. The model comes back in eval mode.
     """
-    for key in IGNORED_LOADER_KWARGS & set(kwargs):
-        kwargs.pop(key)
     config = _config_for(located, config)
     unknown = sorted(k for k in kwargs if not _is_config_key(config, k))
     if unknown:
@@ -109,7 +107,7 @@ def _config_for(located: Located, config: EfficientNetConfig | str | Path | None
         try:
             return EfficientNetConfig.from_json_file(located.directory / CONFIG_NAME)
         except ConfigError as exc:
-            raise ConfigError(f"{located.directory / CONFIG_NAME}: {exc}") from None
+            raise type(exc)(f"{located.directory / CONFIG_NAME}: {exc}") from None  # a missing file stays an OSError
     if not isinstance(config, EfficientNetConfig):
         raise ConfigError(f"config must be an EfficientNetConfig or a path, got {type(config).__name__}.")
     return copy.deepcopy(config)  # the caller's object stays as it was

@@ -50,7 +50,7 @@ from effnet_cli.core.image_fields import (
     parse_bool,
     resize_target,
 )
-from effnet_cli.core.hub_mixin import Located, PretrainedMixin
+from effnet_cli.core.hub_mixin import Located, PretrainedMixin, read_json, split_from_dict_kwargs
 from effnet_cli.errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # torch and the pixel operations load on the first preprocessing call
@@ -63,6 +63,8 @@ __all__ = [
     "BatchFeature",
     "EfficientNetImageProcessor",
 ]
+# Keywords from_dict applies; as in transformers, any other one is left unused and never stored.
+_FROM_DICT_KEYWORDS = frozenset(PARSERS) | {"default_to_square"}
 
 
 # --------------------------------------------------------------------------------------
@@ -218,15 +220,21 @@ class EfficientNetImageProcessor(PretrainedMixin):
         return config
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> EfficientNetImageProcessor:
-        """Build from a ``preprocessor_config.json`` dict; ``overrides`` (e.g. ``backend="pil"``) win.
+    def from_dict(cls, config: Mapping[str, Any], **kwargs: Any
+                  ) -> EfficientNetImageProcessor | tuple[EfficientNetImageProcessor, dict[str, Any]]:
+        """Build from a ``preprocessor_config.json`` dict; keywords naming a field (or ``backend="pil"``) win.
+
+        As in transformers, any other keyword (the loaders' own: ``_from_auto``, ``revision``,
+        ``cache_dir``…) is never stored; ``return_unused_kwargs=True`` returns those beside the processor.
 
         Raises:
             ConfigError: the dict is not a mapping or holds a bad value.
         """
         if not isinstance(config, Mapping):
             raise ConfigError(f"An image processor config must be a JSON object, got {type(config).__name__}.")
-        return cls(**{**config, **overrides})
+        overrides, unused, return_unused = split_from_dict_kwargs(kwargs, _FROM_DICT_KEYWORDS.__contains__)
+        processor = cls(**{**config, **overrides})
+        return (processor, unused) if return_unused else processor
 
     def to_json_string(self) -> str:
         """The JSON text transformers writes: sorted keys, two-space indent, final newline."""
@@ -249,23 +257,22 @@ class EfficientNetImageProcessor(PretrainedMixin):
         """Read a ``preprocessor_config.json``.
 
         Raises:
-            ConfigError: the file is not valid JSON or holds a bad value.
-            OSError: the file cannot be read.
+            ConfigFileError: the file is missing, unreadable or not valid JSON (also an ``OSError``).
+            ConfigError: it holds a bad value.
         """
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}).") from error
-        return cls.from_dict(config, **overrides)
+        return cls.from_dict(read_json(path, "image processor config"), **overrides)
 
     # from_pretrained / save_pretrained come from PretrainedMixin; these are its two hooks.
     pretrained_file = PREPROCESSOR_CONFIG_NAME
 
     @classmethod
-    def _from_located(cls, located: Located, **overrides: Any) -> EfficientNetImageProcessor:
-        """:meth:`from_pretrained`: read ``preprocessor_config.json`` (or the file given); ``overrides`` win."""
-        return cls.from_json_file(located.file, **overrides)
+    def _from_located(cls, located: Located, **kwargs: Any
+                      ) -> EfficientNetImageProcessor | tuple[EfficientNetImageProcessor, dict[str, Any]]:
+        """:meth:`from_pretrained`: read ``preprocessor_config.json`` (or the file given, or transformers'
+        ``image_processor_filename``), then handle ``kwargs`` as :meth:`from_dict` does."""
+        filename = kwargs.pop("image_processor_filename", None)
+        file = located.directory / filename if filename and located.directory is not None else located.file
+        return cls.from_json_file(file, **kwargs)
 
     def _save_files(self, directory: Path) -> list[str]:
         """:meth:`save_pretrained`: write ``preprocessor_config.json``; returns the files written, as transformers does."""
@@ -273,7 +280,7 @@ class EfficientNetImageProcessor(PretrainedMixin):
 
     def replace(self, **changes: Any) -> EfficientNetImageProcessor:
         """A copy with some fields changed (validated), keeping the backend unless it is changed too."""
-        return type(self).from_dict(self.to_dict(), **{"backend": self.backend, **changes})
+        return type(self)(**{**self.to_dict(), "backend": self.backend, **changes})
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, EfficientNetImageProcessor):

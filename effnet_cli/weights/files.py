@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from effnet_cli.errors import WeightsError
+from effnet_cli.errors import LoadError
 
 CONFIG_NAME = "config.json"
 PROCESSOR_NAME = "preprocessor_config.json"
@@ -18,4 +18,4 @@ def weights_file(directory: Path) -> Path:
     for name in WEIGHT_NAMES:
         if (directory / name).is_file():
             return directory / name
-    raise WeightsError(f"{directory} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}.")
+    raise LoadError(f"{directory} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}.")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from effnet_cli.errors import OfflineError, WeightsError, one_line
+from effnet_cli.errors import LoadError, OfflineError, one_line
 from effnet_cli.weights import probe
 from effnet_cli.weights.files import CONFIG_NAME, PICKLE_NAME, PROCESSOR_NAME, SAFETENSORS_NAME
 from effnet_cli.weights.variants import VARIANTS, hub_id_for
@@ -38,7 +38,7 @@ def resolve_local(name_or_path: str | Path) -> tuple[Path, dict[str, str]] | Non
     if path.is_file():
         if path.name == CONFIG_NAME:
             return path.parent, {"source": "local", "path": str(path.parent)}
-        raise WeightsError(f"{path} is a file; give the directory that holds config.json, or convert it with `effnet convert`.")
+        raise LoadError(f"{path} is a file; give the directory that holds config.json, or convert it with `effnet convert`.")
     return None
 
 
@@ -61,13 +61,13 @@ def resolve_files(name_or_path: str | Path, *, revision: str | None = None, cach
         directory = ensure_lite0(cache_root())
         return directory, {"source": "bundled", "name": "lite0", "path": str(directory)}
     if key in VARIANTS and VARIANTS[key].lite:
-        raise WeightsError(
+        raise LoadError(
             f"No pretrained {key} weights ship with effnet; convert timm's tf_efficientnet_{key} checkpoint "
             f"with `effnet convert CKPT --from timm --arch tf_efficientnet_{key} -o DIR` and use --model DIR."
         )
     repo_id = hub_id_for(key) or text
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or "/" not in repo_id:
-        raise WeightsError(
+        raise LoadError(
             f"{text!r} is neither a directory, a variant ({', '.join(VARIANTS)}) nor a hub id like google/efficientnet-b0."
         )
     return _download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
@@ -102,9 +102,9 @@ def _download(repo_id: str, *, revision: str | None, cache_dir: str | Path | Non
             # Older repositories (google/efficientnet-b*) hold a pickle instead; fetch it from the same commit.
             directory = _snapshot(repo_id, directory.name, [PICKLE_NAME], cache_dir, offline, pinned, why, fix)
     if not (directory / CONFIG_NAME).is_file():
-        raise WeightsError(f"{pinned} has no {CONFIG_NAME}; it is not a transformers-style model repository.")
+        raise LoadError(f"{pinned} has no {CONFIG_NAME}; it is not a transformers-style model repository.")
     if not (directory / SAFETENSORS_NAME).is_file() and not (directory / PICKLE_NAME).is_file():
-        raise WeightsError(f"{pinned} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}.")
+        raise LoadError(f"{pinned} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}.")
     # The snapshot folder is named after the commit: report it so a run can be reproduced.
     return directory, {"source": "hub", "repo_id": repo_id, "revision": directory.name}
 
@@ -123,11 +123,11 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str], cache_dir
         reason = why or "the hub could not be reached"
         raise OfflineError(f"{pinned} is not in the local Hugging Face cache and {reason}; {fix}.") from None
     except hub_errors.RevisionNotFoundError:
-        raise WeightsError(f"{repo_id} has no revision {revision!r}.") from None
+        raise LoadError(f"{repo_id} has no revision {revision!r}.") from None
     except hub_errors.RepositoryNotFoundError:
-        raise WeightsError(f"{repo_id} is not a hub repository you can access (check the name, or set HF_TOKEN).") from None
+        raise LoadError(f"{repo_id} is not a hub repository you can access (check the name, or set HF_TOKEN).") from None
     except hub_errors.HfHubHTTPError as exc:
-        raise WeightsError(f"The hub refused {pinned}: {one_line(exc, upto='line')}.") from None
+        raise LoadError(f"The hub refused {pinned}: {one_line(exc, upto='line')}.") from None
     except OSError as exc:
         raise OfflineError(f"{pinned} could not be fetched ({one_line(exc, upto='line')}); {fix}.") from None
 

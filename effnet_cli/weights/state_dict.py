@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from effnet_cli.errors import UnsafeCheckpointError, WeightsError, one_line
+from effnet_cli.errors import LoadError, UnsafeCheckpointError, one_line
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +38,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"No weights file at {path}.")
+        raise LoadError(f"No weights file at {path}.")
     with open(path, "rb") as fh:
         head = fh.read(8)
     if path.suffix == ".safetensors" or _looks_like_safetensors(head, path):
@@ -48,12 +48,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt: {exc}).") from None
+            raise LoadError(f"{path} is not a readable safetensors file (truncated or corrupt: {exc}).") from None
     if path.suffix in (".h5", ".keras"):
-        raise WeightsError(f"{path} is a Keras file; convert it first with `effnet convert {path} --from keras -o DIR`.")
+        raise LoadError(f"{path} is a Keras file; convert it first with `effnet convert {path} --from keras -o DIR`.")
     if not head.startswith(b"PK\x03\x04") and head[:1] != b"\x80":
         # torch.save writes a zip archive (or, before torch 1.6, a pickle of protocol 2 and up).
-        raise WeightsError(f"{path} is not a PyTorch checkpoint: it is neither a zip archive nor a pickle "
+        raise LoadError(f"{path} is not a PyTorch checkpoint: it is neither a zip archive nor a pickle "
                            f"(it starts with {head!r}).")
     try:
         with warnings.catch_warnings():
@@ -67,7 +67,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"{path} is a pickle that would run {', '.join(calls[:3])} when loaded, so it was refused; "
                 f"ask for a safetensors file instead."
             ) from None
-        raise WeightsError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: "
+        raise LoadError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: "
                            f"{one_line(exc, upto='sentence')}).") from None
     return _unwrap_state_dict(data, path)
 
@@ -118,11 +118,11 @@ def _unwrap_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
             data = data[key]
             break
     if not isinstance(data, dict) or not data:
-        raise WeightsError(f"{path} holds no state dict of tensors.")
+        raise LoadError(f"{path} holds no state dict of tensors.")
     out = {}
     for key, value in data.items():
         if not isinstance(value, torch.Tensor):
-            raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor.")
+            raise LoadError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor.")
         out[str(key).removeprefix("module.")] = value
     return out
 
