@@ -254,9 +254,10 @@ def usage_message(exc: Exception) -> str:
         message = f"{name} must be one of {listed}; got {choices.group(1)}"
         return message + _variant_hint(name, choices.group(1).strip("'")) + "."
     text = text.rstrip(".")
+    end = "" if text.endswith(("?", "!")) else "."  # "Did you mean 'classify'?" keeps its own mark
     if name and name not in text:
-        return f"{name}: {text[:1].lower() + text[1:]}."
-    return f"{text[:1].upper() + text[1:]}."
+        return f"{name}: {text[:1].lower() + text[1:]}{end}"
+    return f"{text[:1].upper() + text[1:]}{end}"
 
 
 def _variant_hint(option: str, value: str) -> str:
