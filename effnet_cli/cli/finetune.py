@@ -29,11 +29,11 @@ class TrainDType(str, Enum):
 def finetune(
     data: Annotated[Path, typer.Argument(
         help="A directory with one folder of images per class (folder names become labels), "
-             "or a .csv/.jsonl of path,label rows.", show_default=False)],
+             "or a .csv/.jsonl of path,label rows.", show_default=False, metavar="DATA")],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Directory for the trained model (config.json, model.safetensors, "
                                "preprocessor_config.json), metrics.jsonl, errors.jsonl and the report.",
-        show_default=False)],
+        show_default=False, metavar="DIR")],
     val: Annotated[Optional[Path], typer.Option(
         "--val", help="Validation set, laid out like DATA (same classes). [default: --val-split of DATA]",
         rich_help_panel=TRAIN_PANEL, show_default=False)] = None,
