@@ -75,7 +75,7 @@ def place(tmp_path: Path, photos: list[Path]) -> Path:
     (["classify", "cat.jpg", "-o", "p.csv", "--format", "jsonl"], "names a .csv file but --format is jsonl"),
     (["classify", "cat.jpg", "-o", "p.json", "--output-dir", "d"], "Give -o FILE or --output-dir DIR, not both."),
     (["classify", "cat.jpg", "--overwrite"], "--overwrite replaces the file -o names"),
-    (["embed", "cat.jpg", "-o", "missing/f.npy"], "missing is not a directory"),
+    (["embed", "cat.jpg", "-o", "cat.jpg/f.npy"], "cat.jpg is not a directory"),
 ])
 def test_usage_errors_come_before_any_model_loads(place: Path, args: list[str], says: str) -> None:
     code, lines = _effnet_light(*args, cwd=place)

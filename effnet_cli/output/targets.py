@@ -50,12 +50,12 @@ def add_suffix(path: Path, suffixes: Sequence[str], default: str) -> Path:
 def check_file(path: Path, option: str, *, overwrite: bool | None = None, resume: bool | None = None,
                companions: Sequence[Path] = ()) -> None:
     """Refuse ``path`` (and the files written beside it, ``companions``) when they exist and neither
-    ``--overwrite`` nor ``--resume`` was given; refuse a directory or a missing parent in any case."""
+    ``--overwrite`` nor ``--resume`` was given; refuse a directory, or a file in the place of its parent, in any case."""
     if path.is_dir():
         raise InputError(f"{display_path(path)} is a directory; {option} names a file.")
-    parent = path.parent
-    if not parent.is_dir():
-        raise InputError(f"{display_path(parent)} is not a directory; create it first or choose another {option}.")
+    parent = path.parent  # created when missing; a file in its place is refused
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{display_path(parent)} is not a directory; choose another {option}.")
     if overwrite or resume:
         return
     for existing in (path, *companions):
