@@ -125,3 +125,14 @@ def test_a_top_k_above_the_classes_is_lowered_and_said(b0_small_dir: Path, photo
         json.loads((b0_small_dir / "config.json").read_text())["id2label"])
     assert res.exit_code == 0
     assert f"effnet: --top-k 2000 is more than the model's {classes} classes; giving {classes} per image" in res.stderr
+
+
+def test_classify_o_is_refused_while_another_run_writes_it(place: Path) -> None:
+    from effnet_cli.output import OutputLock
+
+    with OutputLock(place / ".p.jsonl.lock", place / "p.jsonl"):
+        res = subprocess.run([sys.executable, "-m", "effnet_cli", "classify", "cat.jpg", "-o", "p.jsonl"],
+                             capture_output=True, text=True, cwd=place, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert res.returncode == 2 and res.stdout == "" and "p.jsonl" in res.stderr and "Traceback" not in res.stderr
+    assert not (place / "p.jsonl").exists()

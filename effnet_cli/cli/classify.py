@@ -47,6 +47,12 @@ class Format(str, Enum):
     tsv = "tsv"
 
 
+OutputFile = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", metavar="FILE", show_default=False,
+    help="Write the records to FILE instead of stdout, whole or not at all; the format follows its suffix "
+         "(.json, .jsonl, .csv, .tsv) or --format.")]
+
+
 def classify(
     inputs: opt.Inputs,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Predictions per image.")] = 5,
@@ -54,12 +60,8 @@ def classify(
         "--format", "-f", help="table when stdout is a terminal, else jsonl; with -o, from its suffix.", show_default=False)] = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
                                              help="Drop predictions scoring below this (0-1).")] = 0.0,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names: one per line, or JSON.",
-                                                   metavar="FILE")] = None,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", metavar="FILE", show_default=False,
-        help="Write the records to FILE instead of stdout, whole or not at all; the format follows its suffix "
-             "(.json, .jsonl, .csv, .tsv) or --format.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names: one per line, or JSON.")] = None,
+    output: OutputFile = None,
     overwrite: opt.Overwrite = False,
     output_dir: opt.OutputDir = None,
     shard_size: opt.ShardSize = None,
@@ -101,8 +103,7 @@ def classify(
     worker died), 2 usage error.
     """
     started = time.monotonic()
-    # Everything the arguments alone decide, before any model, runtime or torch import.
-    output, fmt = _check_arguments(inputs, output, format, output_dir, resume, overwrite, labels)
+    output, fmt = _check_arguments(inputs, output, format, output_dir, resume, overwrite, labels)  # before any import
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
     from effnet_cli.runtime.engine import read_labels
@@ -127,15 +128,7 @@ def classify(
             return sharded.run(job, engine, spec, run, scale, workers=workers, quiet=quiet, show=show, started=started)
     paths = partition.select(gather_inputs(inputs, null))
     if output is not None:
-        from effnet_cli.cli.sharded import output_lock
-
-        # The lock first: a second run writing the same file is refused before the model loads.
-        with output_lock("classify", per_file=output):
-            _check_file_output(output, overwrite)  # checked again under the lock: another run may have finished
-            engine = load_engine(options, inputs=len(paths))
-            _check_model(engine, None, top_k, quiet)
-            return _classify_to_file(engine, paths, output, fmt, run.with_workers(resolve_workers(workers)), quiet,
-                                     show, started)
+        return _classify_to_file(options, paths, output, fmt, overwrite, run, workers, quiet, show, started)
     engine = load_engine(options, inputs=len(paths))
     _check_model(engine, None, top_k, quiet)
     fmt = fmt or (Format.table if sys.stdout.isatty() else Format.jsonl).value
@@ -194,9 +187,22 @@ def _check_model(engine: Any, names: list[str] | None, top_k: int, quiet: bool) 
         info_line(f"--top-k {top_k} is more than the model's {classes} classes; giving {classes} per image")
 
 
-def _classify_to_file(engine: Any, paths: list[str], output: Path, fmt: str, run: RunOptions, quiet: bool,
-                      show: bool, started: float) -> int:
+def _classify_to_file(options: EngineOptions, paths: list[str], output: Path, fmt: str, overwrite: bool,
+                      run: RunOptions, workers: int | None, quiet: bool, show: bool, started: float) -> int:
     """The records of ``_classify_to_stdout`` in ``output``, published whole (temporary, fsync, rename) at the end."""
+    from effnet_cli.cli.sharded import output_lock
+
+    # The lock first: a second run writing the same file is refused before the model loads.
+    with output_lock("classify", per_file=output):
+        _check_file_output(output, overwrite)  # checked again under the lock: another run may have finished
+        engine = load_engine(options, inputs=len(paths))
+        _check_model(engine, None, run.top_k, quiet)
+        return _write_records(engine, paths, output, fmt, run.with_workers(resolve_workers(workers)), quiet, show,
+                              started)
+
+
+def _write_records(engine: Any, paths: list[str], output: Path, fmt: str, run: RunOptions, quiet: bool,
+                   show: bool, started: float) -> int:
     from effnet_cli.output import atomic_file
 
     with atomic_file(output, text=True) as stream:

@@ -41,14 +41,18 @@ def _parse_features(value: str | None) -> int | None:
     return int(number)
 
 
+OutputFile = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", metavar="FILE.npy", show_default=False,
+    help="The .npy to write (.npy is added when missing); the manifest goes beside it as .jsonl.")]
+PerFile = Annotated[Optional[Path], typer.Option(
+    "--per-file", metavar="DIR", show_default=False,
+    help="Write one .npy per image under this directory instead (input paths mirrored).")]
+
+
 def embed(
     inputs: opt.Inputs,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", metavar="FILE.npy", show_default=False,
-        help="The .npy to write (.npy is added when missing); the manifest goes beside it as .jsonl.")] = None,
-    per_file: Annotated[Optional[Path], typer.Option(
-        "--per-file", metavar="DIR", show_default=False,
-        help="Write one .npy per image under this directory instead (input paths mirrored).")] = None,
+    output: OutputFile = None,
+    per_file: PerFile = None,
     pool: Annotated[opt.Pool, typer.Option("--pool", help="mean or max over the feature map.")] = opt.Pool.mean,
     features: Annotated[Optional[str], typer.Option(
         "--features", help="head (the pooled hidden_dim features) or stage:N for stage N's feature map.",

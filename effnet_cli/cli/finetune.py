@@ -93,9 +93,8 @@ def finetune(
     Ctrl-C saves a checkpoint; rerun the same command with --resume to continue.
     Exit status: 0 trained, 2 bad data or options (before training), 130 interrupted.
     """
-    _check_arguments(data, output, val)  # before any model or torch import
+    _check_arguments(data, output, val)  # before any model or torch import; then the training code
     from effnet_cli.training import finetune as run
-
     options = _training_options(locals())
     view = _Progress(progress_enabled(progress, quiet))
     try:
