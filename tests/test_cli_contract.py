@@ -48,6 +48,9 @@ def place(tmp_path: Path, photos: list[Path]) -> Path:
     (tmp_path / "empty").mkdir()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
+    (tmp_path / "shards").mkdir()  # what finished --output-dir runs of classify and embed leave
+    for name in ("pred_00000.jsonl", "_done_emb_00000.json"):
+        (tmp_path / "shards" / name).write_text("{}\n")
     return tmp_path
 
 
@@ -76,6 +79,9 @@ def place(tmp_path: Path, photos: list[Path]) -> Path:
     (["classify", "cat.jpg", "-o", "p.json", "--output-dir", "d"], "Give -o FILE or --output-dir DIR, not both."),
     (["classify", "cat.jpg", "--overwrite"], "--overwrite replaces the file -o names"),
     (["embed", "cat.jpg", "-o", "cat.jpg/f.npy"], "cat.jpg is not a directory"),
+    (["classify", "cat.jpg", "--output-dir", "shards"], "shards already holds shards of this run (pred_00000.jsonl); "
+                                                        "add --resume to finish it"),
+    (["embed", "cat.jpg", "--output-dir", "shards"], "shards already holds shards of this run (_done_emb_00000.json)"),
 ])
 def test_usage_errors_come_before_any_model_loads(place: Path, args: list[str], says: str) -> None:
     code, lines = _effnet_light(*args, cwd=place)

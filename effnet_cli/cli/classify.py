@@ -106,12 +106,12 @@ def classify(
     output, fmt = _check_arguments(inputs, output, format, output_dir, resume, overwrite, labels)  # before any import
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
-    from effnet_cli.runtime.engine import read_labels
 
     exact = exact_decoding(exact_decode, False, full_decode)
     scale = sharded.ScaleOptions.from_args(locals())
-    sharded.check_options(scale, device=device, backend=backend.value)
+    sharded.check_options(scale, device=device, backend=backend.value, kind="classify")
     partition = sharded.partition_of(shard)
+    from effnet_cli.runtime.engine import read_labels
     names = read_labels(labels) if labels is not None else None
     options = EngineOptions.from_args(locals(), exact_decode=exact, backend=backend.value)
     run = RunOptions(batch_size=batch_size, top_k=top_k, threshold=threshold, labels=names)

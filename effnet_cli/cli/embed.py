@@ -108,7 +108,7 @@ def embed(
     from effnet_cli.cli import sharded
 
     scale = sharded.ScaleOptions.from_args(locals())
-    sharded.check_options(scale, device=device, backend=backend.value)
+    sharded.check_options(scale, device=device, backend=backend.value, kind="embed")
     partition = sharded.partition_of(shard)
     meta = sharded.meta_format_of(meta_format, output_dir)
     run = _run_options(pool, output, per_file, resume, features, normalize, batch_size)
