@@ -142,3 +142,15 @@ def test_classify_o_is_refused_while_another_run_writes_it(place: Path) -> None:
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert res.returncode == 2 and res.stdout == "" and "p.jsonl" in res.stderr and "Traceback" not in res.stderr
     assert not (place / "p.jsonl").exists()
+
+
+def test_the_offline_hint_keeps_the_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as constants
+
+    from effnet_cli.errors import OfflineError
+    from effnet_cli.weights.resolve import resolve_files
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError, match=r"`hf download google/efficientnet-b0 --revision v1\.0`"):
+        resolve_files("google/efficientnet-b0", revision="v1.0")
