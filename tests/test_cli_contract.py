@@ -56,16 +56,16 @@ def place(tmp_path: Path, photos: list[Path]) -> Path:
 
 @pytest.mark.parametrize(("args", "says"), [
     # the cases
-    (["export", "lite0", "-o", "full"], "full is not empty; choose another -o."),
+    (["export", "lite0", "-o", "full"], "full already exists and is not empty; choose another -o."),
     (["export", "lite0", "-o", "new", "--dtype", "bfloat16"], "ONNX Runtime has no bfloat16"),
     (["embed", "cat.jpg"], "Give exactly one of -o FILE.npy, --per-file DIR or --output-dir DIR."),
     (["classify", "nope.jpg"], "nope.jpg: no such file or directory."),
-    (["convert", "cat.jpg", "-o", "full"], "full is not empty; add --overwrite to replace it."),
+    (["convert", "cat.jpg", "-o", "full"], "full already exists and is not empty; add --overwrite to replace it."),
     # existing outputs: the same refusal, naming the flags the command has
     (["embed", "cat.jpg", "-o", "feats.npy"], "feats.npy already exists; add --overwrite to replace it, "
                                               "or --resume to continue it."),
     (["classify", "cat.jpg", "-o", "preds.jsonl"], "preds.jsonl already exists; add --overwrite to replace it."),
-    (["embed", "cat.jpg", "--per-file", "full"], "full is not empty; add --overwrite to replace it."),
+    (["embed", "cat.jpg", "--per-file", "full"], "full already exists and is not empty; add --overwrite to replace it."),
     (["embed", "cat.jpg", "--per-file", "full", "--overwrite"], "holds files effnet did not write (notes.txt)"),
     (["convert", "cat.jpg", "-o", "full", "--overwrite"], "holds files effnet did not write (notes.txt)"),
     (["finetune", "empty", "-o", "full"], "full already holds files effnet did not write (notes.txt)"),

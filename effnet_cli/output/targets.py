@@ -78,7 +78,8 @@ def check_dir(path: Path, option: str, *, overwrite: bool | None = None, resume:
         return
     if not overwrite:
         how = remedy(overwrite, resume)
-        raise InputError(f"{display_path(path)} is not empty; " + (f"{how}." if how else f"choose another {option}."))
+        raise InputError(f"{display_path(path)} already exists and is not empty; "
+                         + (f"{how}." if how else f"choose another {option}."))
     foreign = [name for name in entries if own is None or not own(name)]
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
