@@ -67,7 +67,10 @@ def test_stage_features_pooling_and_normalize(b0_dir: Path, photos: list[Path], 
     row = np.load(out)[0]
     assert row.shape == (192,)  # b0 stage 6 is 192 wide
     np.testing.assert_allclose(row, _api_features(b0_dir, photos[3], stage=6, pool="max"), rtol=1e-5, atol=1e-5)
-    run(["embed", str(photos[3]), "-o", str(out), "--model", str(b0_dir), "--normalize"])
+    # A second run on the same file replaces it only when asked to (--overwrite).
+    assert run(["embed", str(photos[3]), "-o", str(out), "--model", str(b0_dir), "--normalize"]).exit_code == 2
+    assert run(["embed", str(photos[3]), "-o", str(out), "--model", str(b0_dir), "--normalize",
+                "--overwrite"]).exit_code == 0
     assert np.linalg.norm(np.load(out)[0]) == pytest.approx(1.0, abs=1e-5)
 
 

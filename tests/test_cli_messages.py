@@ -143,5 +143,6 @@ def test_a_full_output_directory_names_overwrite(tmp_path: Path) -> None:
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     res = run(["convert", str(source), "-o", str(out)])
-    assert res.exit_code == 1 and "--overwrite" in _lines(res.stderr)[0]
+    assert res.exit_code == 2 and "--overwrite" in _lines(res.stderr)[0]  # decided by the arguments: a usage error
+    assert "overwrite=True" not in res.stderr  # the Python API's spelling is not the command line's
     assert json.loads(json.dumps((out / "keep.txt").read_text())) == "mine"

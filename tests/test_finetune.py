@@ -83,6 +83,7 @@ def test_output_dir_has_model_metrics_and_report(reference, dataset):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3] and all("val_top1" in r for r in records)
     assert result.history == records
+    assert all(r["val_top5_k"] == 3 for r in records)  # 3 classes: "top-5" is top-3, and the record says so
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert [Path(e["path"]).name for e in errors] == ["broken.jpg"] and errors[0]["error"]
     report = json.loads((out / "report.json").read_text())

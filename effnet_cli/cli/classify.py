@@ -17,6 +17,7 @@ from effnet_cli.cli.common import (
     gather_inputs,
     load_engine,
     probe_hub_early,
+    require_inputs,
     resolve_workers,
 )
 from effnet_cli.cli.render import (
@@ -24,6 +25,7 @@ from effnet_cli.cli.render import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     error_line,
+    info_line,
     progress_bar,
     progress_enabled,
     render_table,
@@ -33,6 +35,7 @@ from effnet_cli.cli.render import (
     summary_line,
 )
 from effnet_cli.errors import InputError
+from effnet_cli.records.pathtext import display_path
 from effnet_cli.scale.spec import RunOptions
 
 
@@ -44,14 +47,22 @@ class Format(str, Enum):
     tsv = "tsv"
 
 
+OutputFile = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", metavar="FILE", show_default=False,
+    help="Write the records to FILE instead of stdout, whole or not at all; the format follows its suffix "
+         "(.json, .jsonl, .csv, .tsv) or --format.")]
+
+
 def classify(
     inputs: opt.Inputs,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Predictions per image.")] = 5,
     format: Annotated[Optional[Format], typer.Option(
-        "--format", "-f", help="table when stdout is a terminal, else jsonl.", show_default=False)] = None,
+        "--format", "-f", help="table when stdout is a terminal, else jsonl; with -o, from its suffix.", show_default=False)] = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
                                              help="Drop predictions scoring below this (0-1).")] = 0.0,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names: one per line, or JSON.")] = None,
+    output: OutputFile = None,
+    overwrite: opt.Overwrite = False,
     output_dir: opt.OutputDir = None,
     shard_size: opt.ShardSize = None,
     resume: opt.Resume = False,
@@ -92,18 +103,15 @@ def classify(
     worker died), 2 usage error.
     """
     started = time.monotonic()
+    output, fmt = _check_arguments(inputs, output, format, output_dir, resume, overwrite, labels)  # before any import
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
-    from effnet_cli.runtime.engine import read_labels
 
     exact = exact_decoding(exact_decode, False, full_decode)
     scale = sharded.ScaleOptions.from_args(locals())
-    sharded.check_options(scale, device=device, backend=backend.value)
-    if output_dir is not None and format is not None:
-        raise InputError("--format chooses what goes to stdout; --output-dir always writes .jsonl shards.")
-    if resume and output_dir is None:
-        raise InputError("--resume continues an --output-dir run; stdout output cannot be resumed.")
+    sharded.check_options(scale, device=device, backend=backend.value, kind="classify")
     partition = sharded.partition_of(shard)
+    from effnet_cli.runtime.engine import read_labels
     names = read_labels(labels) if labels is not None else None
     options = EngineOptions.from_args(locals(), exact_decode=exact, backend=backend.value)
     run = RunOptions(batch_size=batch_size, top_k=top_k, threshold=threshold, labels=names)
@@ -113,38 +121,106 @@ def classify(
         with sharded.output_lock("classify", output_dir=output_dir, partition=partition):
             paths = gather_inputs(inputs, null)
             engine, spec = sharded.load(options, scale, len(paths))
-            _check_model(engine, names)
+            _check_model(engine, names, top_k, quiet)
             settings = sharded.run_settings(engine, spec, top_k=top_k, threshold=threshold,
                                             labels=str(labels.resolve()) if labels is not None else None)
             job = sharded.make_job("classify", paths, partition, output_dir, shard_size, settings, resume)
             return sharded.run(job, engine, spec, run, scale, workers=workers, quiet=quiet, show=show, started=started)
     paths = partition.select(gather_inputs(inputs, null))
+    if output is not None:
+        return _classify_to_file(options, paths, output, fmt, overwrite, run, workers, quiet, show, started)
     engine = load_engine(options, inputs=len(paths))
-    _check_model(engine, None)
-    fmt = (format or (Format.table if sys.stdout.isatty() else Format.jsonl)).value
+    _check_model(engine, None, top_k, quiet)
+    fmt = fmt or (Format.table if sys.stdout.isatty() else Format.jsonl).value
     return _classify_to_stdout(engine, paths, fmt, run.with_workers(resolve_workers(workers)), quiet, show, started)
 
 
-def _check_model(engine: Any, names: list[str] | None) -> None:
-    """Usage errors the loaded model reveals: no classifier, or fewer label names than classes."""
+SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+
+
+def _check_arguments(inputs: list[str], output: Path | None, format: Format | None, output_dir: Path | None,
+                     resume: bool, overwrite: bool, labels: Path | None) -> tuple[Path | None, str | None]:
+    """The usage errors the arguments alone decide; ``-o``'s file (its suffix added if needed) and the format."""
+    require_inputs(inputs)
+    if labels is not None and not labels.is_file():
+        raise InputError(f"--labels {labels}: no such file.")
+    if output_dir is not None and format is not None:
+        raise InputError("--format chooses what goes to stdout or -o; --output-dir always writes .jsonl shards.")
+    if output is not None and output_dir is not None:
+        raise InputError("Give -o FILE or --output-dir DIR, not both.")
+    if resume and output_dir is None:
+        raise InputError("--resume continues an --output-dir run; stdout and -o output cannot be resumed "
+                         "(rerun with --overwrite).")
+    if overwrite and output is None:
+        raise InputError("--overwrite replaces the file -o names; add -o FILE (--output-dir runs take --resume).")
+    if output is None:
+        return None, None if format is None else format.value
+    if format is Format.table:
+        raise InputError("--format table is for the terminal; -o writes json, jsonl, csv or tsv.")
+    named = SUFFIX_FORMATS.get(output.suffix.lower())
+    if named is not None and format is not None and format.value != named:
+        raise InputError(f"-o {output} names a .{named} file but --format is {format.value}; give one.")
+    fmt = named or (format.value if format is not None else "jsonl")
+    if named is None:
+        output = output.with_name(f"{output.name}.{fmt}")
+        info_line(f"writing {display_path(output)} (-o takes the suffix of its format)")
+    _check_file_output(output, overwrite)
+    return output, fmt
+
+
+def _check_file_output(output: Path, overwrite: bool) -> None:
+    from effnet_cli.output.targets import check_file
+
+    check_file(output, "-o", overwrite=overwrite)
+
+
+def _check_model(engine: Any, names: list[str] | None, top_k: int, quiet: bool) -> None:
+    """Usage errors the loaded model reveals: no classifier, or fewer label names than classes; a --top-k
+    above the number of classes is lowered, and said so."""
     from effnet_cli.runtime.engine import require_classifier
 
     require_classifier(engine)
-    if names is not None and len(names) < engine.config.num_labels:
-        raise InputError(f"The labels file has {len(names)} names but the model has "
-                         f"{engine.config.num_labels} classes.")
+    classes = engine.config.num_labels
+    if names is not None and len(names) < classes:
+        raise InputError(f"The labels file has {len(names)} names but the model has {classes} classes.")
+    if top_k > classes and not quiet:
+        info_line(f"--top-k {top_k} is more than the model's {classes} classes; giving {classes} per image")
+
+
+def _classify_to_file(options: EngineOptions, paths: list[str], output: Path, fmt: str, overwrite: bool,
+                      run: RunOptions, workers: int | None, quiet: bool, show: bool, started: float) -> int:
+    """The records of ``_classify_to_stdout`` in ``output``, published whole (temporary, fsync, rename) at the end."""
+    from effnet_cli.cli.sharded import output_lock
+
+    # The lock first: a second run writing the same file is refused before the model loads.
+    with output_lock("classify", per_file=output):
+        _check_file_output(output, overwrite)  # checked again under the lock: another run may have finished
+        engine = load_engine(options, inputs=len(paths))
+        _check_model(engine, None, run.top_k, quiet)
+        return _write_records(engine, paths, output, fmt, run.with_workers(resolve_workers(workers)), quiet, show,
+                              started)
+
+
+def _write_records(engine: Any, paths: list[str], output: Path, fmt: str, run: RunOptions, quiet: bool,
+                   show: bool, started: float) -> int:
+    from effnet_cli.output import atomic_file
+
+    with atomic_file(output, text=True) as stream:
+        status = _classify_to_stdout(engine, paths, fmt, run, quiet, show, started, stream=stream,
+                                     where=f"{fmt} in {display_path(output)}")
+    return status
 
 
 def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions, quiet: bool, show: bool,
-                        started: float) -> int:
-    """Classify ``paths`` to stdout as tables or records, one batch at a time; the exit status."""
+                        started: float, stream: Any = None, where: str | None = None) -> int:
+    """Classify ``paths`` to stdout (or ``stream``) as tables or records, one batch at a time; the exit status."""
     from effnet_cli.records.stream import RecordWriter
     from effnet_cli.runtime.engine import classify_paths
 
-    if fmt != "table":
+    if fmt != "table" and stream is None:
         utf8_stdout()
     console = stdout_console() if fmt == "table" else None
-    writer = None if fmt == "table" else RecordWriter(sys.stdout, fmt)
+    writer = None if fmt == "table" else RecordWriter(sys.stdout if stream is None else stream, fmt)
     failed = shown = 0
     try:
         with progress_bar(len(paths), show, "classify") as advance:
@@ -160,6 +236,8 @@ def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions
                     writer.write(results)
                 advance(len(results))
     except KeyboardInterrupt:
+        if stream is not None:
+            raise  # -o: the file is published whole or not at all
         # Everything computed so far is already written and flushed; close the document cleanly.
         if writer is not None:
             writer.close()
@@ -169,5 +247,5 @@ def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions
         return EXIT_INTERRUPTED
     if writer is not None:
         writer.close()
-    summary_line("classified", len(paths), failed, f"{fmt} on stdout", time.monotonic() - started, quiet)
+    summary_line("classified", len(paths), failed, where or f"{fmt} on stdout", time.monotonic() - started, quiet)
     return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -25,6 +25,24 @@ def probe_hub_early(variant: Variant | None, model: str | None) -> None:
         start_probe()
 
 
+def require_inputs(inputs: list[str]) -> None:
+    """Refuse a command line whose every input is a path that does not exist, before anything loads.
+
+    A missing file among others still gets its own error record; when nothing named exists there
+    is nothing to run, which the arguments alone decide.
+    """
+    import glob
+    import os
+
+    named = [arg for arg in inputs if arg != "-"]
+    if len(named) < len(inputs) or not named:
+        return
+    if any(os.path.lexists(arg) or glob.has_magic(arg) for arg in named):
+        return
+    more = f" (and {len(named) - 1} more missing)" if len(named) > 1 else ""
+    raise InputError(f"{named[0]}: no such file or directory{more}.")
+
+
 def gather_inputs(inputs: list[str], null: bool) -> list[str]:
     """The ordered, de-duplicated image list the arguments (and stdin, for ``-``) name."""
     from effnet_cli.data import discover_inputs

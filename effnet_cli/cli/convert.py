@@ -19,11 +19,25 @@ class Source(str, Enum):
     keras = "keras"
 
 
+def _check_arguments(src: Path, output: Path, overwrite: bool) -> None:
+    """The usage errors the arguments alone decide: a missing checkpoint, an output convert must not write."""
+    from effnet_cli.errors import InputError
+    from effnet_cli.output import MODEL_DIR_FILES
+    from effnet_cli.output.targets import check_dir
+    from effnet_cli.records.pathtext import display_path
+
+    if not src.exists():
+        raise InputError(f"{display_path(src)}: no such file or directory.")
+    # --overwrite replaces a directory that holds only what convert writes.
+    check_dir(output, "-o", overwrite=overwrite, own=lambda name: (output / name).is_file()
+              and not (output / name).is_symlink() and name in MODEL_DIR_FILES)
+
+
 def convert(
     src: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint file (.safetensors, .pth, .bin, .h5) or transformers directory.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (config.json, model.safetensors, preprocessor_config.json).")],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Directory to write (config.json, model.safetensors, preprocessor_config.json).")],
     source: Annotated[Optional[Source], typer.Option("--from", help="Source library; detected from the key layout when omitted.", show_default=False)] = None,
-    arch: Annotated[Optional[str], typer.Option("--arch", help="Source architecture where the file can't tell, e.g. tf_efficientnet_b3, efficientnet-b2, EfficientNetB0.")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", metavar="NAME", help="Source architecture where the file can't tell, e.g. tf_efficientnet_b3, efficientnet-b2, EfficientNetB0.")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Run the source library (if installed) and the converted model on the same input; print the largest difference.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it already holds files.")] = False,
 ) -> int:
@@ -37,6 +51,7 @@ def convert(
 
     The output directory loads with `effnet classify --model DIR` and load_pretrained(DIR).
     """
+    _check_arguments(src, output, overwrite)  # before any model or torch import
     from effnet_cli.convert import convert_checkpoint
 
     report = convert_checkpoint(src, output, source=source.value if source else None, arch=arch, verify=verify,

@@ -10,10 +10,18 @@ from typing import Annotated, Any, Optional
 import typer
 
 from effnet_cli.cli import options as opt
-from effnet_cli.cli.common import EngineOptions, exact_decoding, gather_inputs, probe_hub_early, resolve_workers
+from effnet_cli.cli.common import (
+    EngineOptions,
+    exact_decoding,
+    gather_inputs,
+    probe_hub_early,
+    require_inputs,
+    resolve_workers,
+)
 from effnet_cli.cli.render import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    info_line,
     progress_bar,
     progress_enabled,
     report_failure,
@@ -33,18 +41,25 @@ def _parse_features(value: str | None) -> int | None:
     return int(number)
 
 
+OutputFile = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", metavar="FILE.npy", show_default=False,
+    help="The .npy to write (.npy is added when missing); the manifest goes beside it as .jsonl.")]
+PerFile = Annotated[Optional[Path], typer.Option(
+    "--per-file", metavar="DIR", show_default=False,
+    help="Write one .npy per image under this directory instead (input paths mirrored).")]
+
+
 def embed(
     inputs: opt.Inputs,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="The .npy to write; the manifest goes beside it as .jsonl.")] = None,
-    per_file: Annotated[Optional[Path], typer.Option(
-        "--per-file", help="Write one .npy per image under this directory instead (input paths mirrored).")] = None,
+    output: OutputFile = None,
+    per_file: PerFile = None,
     pool: Annotated[opt.Pool, typer.Option("--pool", help="mean or max over the feature map.")] = opt.Pool.mean,
     features: Annotated[Optional[str], typer.Option(
         "--features", help="head (the pooled hidden_dim features) or stage:N for stage N's feature map.",
         show_default=False, metavar="head|stage:N")] = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise each row.")] = False,
     resume: opt.Resume = False,
+    overwrite: opt.Overwrite = False,
     output_dir: opt.OutputDir = None,
     meta_format: opt.MetaFormat = None,
     shard_size: opt.ShardSize = None,
@@ -87,13 +102,13 @@ def embed(
     Exit status: 0 all embedded, 1 some failed (or a device worker died), 2 usage error.
     """
     started = time.monotonic()
+    # Everything the arguments alone decide, before any model, runtime or torch import.
+    output = _check_arguments(inputs, output, per_file, output_dir, resume, overwrite)
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
 
-    if sum(x is not None for x in (output, per_file, output_dir)) != 1:
-        raise InputError("Give exactly one of -o OUT.npy, --per-file DIR or --output-dir DIR.")
     scale = sharded.ScaleOptions.from_args(locals())
-    sharded.check_options(scale, device=device, backend=backend.value)
+    sharded.check_options(scale, device=device, backend=backend.value, kind="embed")
     partition = sharded.partition_of(shard)
     meta = sharded.meta_format_of(meta_format, output_dir)
     run = _run_options(pool, output, per_file, resume, features, normalize, batch_size)
@@ -103,6 +118,7 @@ def embed(
     show = progress_enabled(progress, quiet)
     # The output's lock first: a second run on the same output is refused before it reads or loads anything.
     with sharded.output_lock("embed", output=output, output_dir=output_dir, per_file=per_file, partition=partition):
+        _check_outputs(output, per_file, resume, overwrite)  # again under the lock: another run may have finished
         paths = gather_inputs(inputs, null)
         engine, spec = sharded.load(options, scale, len(paths))
         dim = engine.feature_dim(run.stage)  # a bad stage number is a usage error, before any work
@@ -115,6 +131,39 @@ def embed(
         return sharded.run(job, engine, spec, run, scale, workers=workers, quiet=quiet, show=show, started=started)
 
 
+def _check_arguments(inputs: list[str], output: Path | None, per_file: Path | None, output_dir: Path | None,
+                     resume: bool, overwrite: bool) -> Path | None:
+    """The usage errors the arguments alone decide; ``-o``'s file, with .npy added when it has no such suffix."""
+    require_inputs(inputs)
+    if sum(x is not None for x in (output, per_file, output_dir)) != 1:
+        raise InputError("Give exactly one of -o FILE.npy, --per-file DIR or --output-dir DIR.")
+    if resume and overwrite:
+        raise InputError("--resume continues an output and --overwrite replaces it; give one.")
+    if overwrite and output_dir is not None:
+        raise InputError("--overwrite replaces -o's file or --per-file's files; an --output-dir run takes --resume "
+                         "(or another directory).")
+    if output is not None:
+        from effnet_cli.output.targets import add_suffix
+
+        named, output = output, add_suffix(output, (".npy",), ".npy")
+        if output != named:
+            info_line(f"writing {display_path(output)} (-o names a .npy file)")
+    _check_outputs(output, per_file, resume, overwrite)
+    return output
+
+
+def _check_outputs(output: Path | None, per_file: Path | None, resume: bool, overwrite: bool) -> None:
+    """An existing -o file (or its manifest) or a non-empty --per-file directory: refused without --overwrite."""
+    from effnet_cli.output.targets import check_dir, check_file
+
+    if output is not None:
+        check_file(output, "-o", overwrite=overwrite, resume=resume, companions=(output.with_suffix(".jsonl"),))
+    if per_file is not None:
+        # --overwrite replaces what an earlier --per-file run wrote, recognised by its manifest.jsonl.
+        earlier = (per_file / "manifest.jsonl").is_file()
+        check_dir(per_file, "--per-file", overwrite=overwrite, own=lambda name: earlier)
+
+
 def _run_options(pool: opt.Pool, output: Path | None, per_file: Path | None, resume: bool, features: str | None,
                  normalize: bool, batch_size: int) -> RunOptions:
     """What every batch computes, after the usage errors of the embed-only options."""
@@ -123,8 +172,6 @@ def _run_options(pool: opt.Pool, output: Path | None, per_file: Path | None, res
     pool = opt.Pool(pool).value
     if pool not in POOLS:
         raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}.")
-    if output is not None and output.suffix != ".npy":
-        raise InputError(f"-o must name a .npy file, got {output}.")
     if per_file is not None and resume:
         raise InputError("--resume works with -o; --per-file runs write each file atomically and can simply be rerun.")
     return RunOptions(batch_size=batch_size, pool=pool, stage=_parse_features(features), normalize=normalize)

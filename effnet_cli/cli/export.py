@@ -26,24 +26,43 @@ def _parse_batch(text: str) -> int | None:
     raise InputError(f"--batch must be 'dynamic' or a positive number, got {text!r}.")
 
 
+def _check_arguments(output: Path, format: ExportFormat, dtype: opt.DType, batch: str,
+                     verify: list[str] | None) -> int | None:
+    """The usage errors the arguments alone decide; the fixed batch size (None: dynamic)."""
+    from effnet_cli.cli.common import require_inputs
+    from effnet_cli.output.targets import check_dir
+
+    check_dir(output, "-o")  # export never writes into a directory that holds anything
+    if format is ExportFormat.onnx and dtype is opt.DType.bfloat16:
+        # The same refusal as effnet_cli.runtime.export's, made here without importing the exporter.
+        raise InputError("ONNX Runtime has no bfloat16 convolutions on the CPU; export float32 (or float16), "
+                         "or use --format openvino, which computes in bfloat16 where the CPU supports it.")
+    fixed = _parse_batch(batch)
+    if verify:
+        require_inputs(verify)
+    return fixed
+
+
 def export(
     model: Annotated[str, typer.Argument(help="Variant (lite0, b0-b7), hub id, or directory (e.g. from effnet convert).",
-                                         show_default=False)],
+                                         show_default=False, metavar="MODEL")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to create: the model file, config.json "
-                                                                "and preprocessor_config.json.", show_default=False)],
+                                                                "and preprocessor_config.json.", show_default=False,
+                                         metavar="DIR")],
     format: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (model.onnx) or openvino "
                                                                          "(model.xml + model.bin).")] = ExportFormat.onnx,
     dtype: Annotated[opt.DType, typer.Option(
         "--dtype", help="float32; float16 (half-size weights); bfloat16 (openvino: computes in bf16 where the CPU "
                         "supports it).")] = opt.DType.float32,
-    batch: Annotated[str, typer.Option("--batch", help="'dynamic' (any batch size) or a fixed batch size.")] = "dynamic",
+    batch: Annotated[str, typer.Option("--batch", help="'dynamic' (any batch size) or a fixed batch size.",
+                                       metavar="N|dynamic")] = "dynamic",
     image_size: Annotated[Optional[str], typer.Option(
         "--image-size", help="Input size N or HxW; preprocessing is adjusted to match. [default: the model's]",
-        show_default=False)] = None,
+        show_default=False, metavar="N|HxW")] = None,
     verify: Annotated[Optional[list[str]], typer.Option(
         "--verify", help="Images (files, directories or globs) to run through the export in its runtime and "
                          "through the PyTorch model; prints the largest difference per output.",
-        show_default=False)] = None,
+        show_default=False, metavar="IMAGES")] = None,
     revision: opt.Revision = None,
 ) -> int:
     """Export a model to ONNX or OpenVINO, with its preprocessing beside it.
@@ -58,12 +77,12 @@ def export(
     preprocessor_config.json describes), outputs "logits", "features" (mean-pooled) and
     "features_max". See docs/export.md.
     """
+    fixed = _check_arguments(output, format, dtype, batch, verify)  # before any model, runtime or torch import
     from effnet_cli.data import discover_inputs
     from effnet_cli.runtime.export import export_model, parse_image_size, sample_pixels, verify_export
     from effnet_cli.core.loading import load_pretrained
 
     size = parse_image_size(image_size)
-    fixed = _parse_batch(batch)
     images = discover_inputs(verify) if verify else None
     net, processor = load_pretrained(model, revision=revision)
     result = export_model(net, processor, output, fmt=format.value, dtype=dtype.value, batch=fixed, image_size=size)

@@ -29,11 +29,11 @@ class TrainDType(str, Enum):
 def finetune(
     data: Annotated[Path, typer.Argument(
         help="A directory with one folder of images per class (folder names become labels), "
-             "or a .csv/.jsonl of path,label rows.", show_default=False)],
+             "or a .csv/.jsonl of path,label rows.", show_default=False, metavar="DATA")],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Directory for the trained model (config.json, model.safetensors, "
                                "preprocessor_config.json), metrics.jsonl, errors.jsonl and the report.",
-        show_default=False)],
+        show_default=False, metavar="DIR")],
     val: Annotated[Optional[Path], typer.Option(
         "--val", help="Validation set, laid out like DATA (same classes). [default: --val-split of DATA]",
         rich_help_panel=TRAIN_PANEL, show_default=False)] = None,
@@ -93,8 +93,8 @@ def finetune(
     Ctrl-C saves a checkpoint; rerun the same command with --resume to continue.
     Exit status: 0 trained, 2 bad data or options (before training), 130 interrupted.
     """
+    _check_arguments(data, output, val)  # before any model or torch import; then the training code
     from effnet_cli.training import finetune as run
-
     options = _training_options(locals())
     view = _Progress(progress_enabled(progress, quiet))
     try:
@@ -106,6 +106,37 @@ def finetune(
     if not quiet:
         render_report(result.metrics, output)
     return EXIT_OK
+
+
+FINETUNE_LEDGER = ".effnet-finetune.json"  # effnet_cli.training.files.LEDGER: the names a run wrote into -o
+
+
+def _check_arguments(data: Path, output: Path, val: Path | None) -> None:
+    """The usage errors the arguments alone decide: missing data, an -o that holds files effnet did not write.
+
+    A directory a finished run wrote (every entry in its ledger) is written again; one that holds an
+    interrupted run is refused by the training loop, which names --resume.
+    """
+    import json
+
+    from effnet_cli.output import foreign_files
+    from effnet_cli.records.pathtext import display_path
+
+    for path in (data, val):
+        if path is not None and not path.exists():
+            raise InputError(f"{display_path(path)}: no such directory or file.")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{display_path(output)} exists and is not a directory; choose another -o.")
+    own: list[str] = []
+    try:
+        own = json.loads((output / FINETUNE_LEDGER).read_text("utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no ledger (or an unreadable one, which the training loop reports)
+    foreign = [name for name in foreign_files(output, tuple(own)) if not name.startswith(".")]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise InputError(f"{display_path(output)} already holds files effnet did not write ({display_path(foreign[0])}"
+                         f"{more}); choose an empty or new output directory.")
 
 
 def _training_options(args: dict[str, Any]) -> dict[str, Any]:

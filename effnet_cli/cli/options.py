@@ -123,3 +123,5 @@ RayActors = Annotated[Optional[int], typer.Option(
                                 "else half its CPUs]", rich_help_panel=SCALE_PANEL, show_default=False)]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run of the same command instead of starting over.")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace an existing output (only files effnet wrote).")]

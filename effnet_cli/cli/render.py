@@ -119,7 +119,24 @@ class Command(typer.core.TyperCommand):
         for param in params:
             if getattr(param, "param_type_name", "") == "argument" and getattr(param, "metavar", None):
                 param.display_type_rich = lambda ctx: None  # the metavar says it all
+            elif getattr(param, "param_type_name", "") == "option" and not getattr(param, "metavar", None) \
+                    and not getattr(param, "is_flag", False):
+                # "--device <str>", "--lr <float>" tell a user the Python type; say what the value is.
+                try:
+                    shown = param.display_type(ctx)
+                except (AttributeError, TypeError):  # an older Typer: it prints click's own metavar
+                    continue
+                generic = {"<int>": "N", "<int range>": "N", "<float>": "NUMBER", "<float range>": "NUMBER",
+                           "<path>": "PATH", "<str>": "TEXT"}
+                if shown in generic:
+                    param.metavar = _METAVARS.get(param.name or "", generic[shown])
         return params
+
+
+# The value of an option as a user names it, where its type alone would say "<str>" or "<path>".
+_METAVARS = {"model": "MODEL", "revision": "REV", "device": "DEVICE", "devices": "DEVICES", "output_dir": "DIR",
+             "shard": "I/N", "meta_format": "parquet|jsonl", "ray_address": "ADDRESS", "freeze": "backbone|none|N",
+             "val": "PATH", "output": "PATH", "labels": "FILE", "threshold": "0-1"}
 
 
 def quiet_libraries() -> None:
@@ -254,9 +271,10 @@ def usage_message(exc: Exception) -> str:
         message = f"{name} must be one of {listed}; got {choices.group(1)}"
         return message + _variant_hint(name, choices.group(1).strip("'")) + "."
     text = text.rstrip(".")
+    end = "" if text.endswith(("?", "!")) else "."  # "Did you mean 'classify'?" keeps its own mark
     if name and name not in text:
-        return f"{name}: {text[:1].lower() + text[1:]}."
-    return f"{text[:1].upper() + text[1:]}."
+        return f"{name}: {text[:1].lower() + text[1:]}{end}"
+    return f"{text[:1].upper() + text[1:]}{end}"
 
 
 def _variant_hint(option: str, value: str) -> str:

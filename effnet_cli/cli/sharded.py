@@ -65,8 +65,11 @@ def partition_of(shard: str | None) -> Partition:
     return parse_shard(shard) if shard is not None else Partition()
 
 
-def check_options(scale: ScaleOptions, *, device: str, backend: str) -> None:
-    """Usage errors of the scale options (with --device and --backend), before any input is read or model loaded."""
+def check_options(scale: ScaleOptions, *, device: str, backend: str, kind: str | None = None) -> None:
+    """Usage errors of the scale options (with --device and --backend), before any input is read or model loaded;
+    with ``kind``, also an --output-dir that already holds this run's first shard without --resume."""
+    if kind is not None:
+        _check_first_shard(kind, scale)
     ray = scale.engine_kind is EngineKind.ray
     if scale.output_dir is None:
         for given, name in ((scale.shard_size is not None, "--shard-size"), (scale.devices is not None, "--devices"),
@@ -94,6 +97,22 @@ def check_options(scale: ScaleOptions, *, device: str, backend: str) -> None:
         from effnet_cli.scale.ray import require_ray
 
         require_ray()  # a missing extra is one line now, not after the model has loaded
+
+
+def _check_first_shard(kind: str, scale: ScaleOptions) -> None:
+    """Refuse, before anything loads, an --output-dir holding the first shard of the same partition (finished or
+    partial) without --resume: what the shard plan would refuse once the model is loaded. Runs on several devices
+    or on Ray name their shards per worker, and are left to that plan."""
+    if scale.output_dir is None or scale.resume or scale.devices is not None or scale.engine_kind is EngineKind.ray:
+        return
+    # total=1: shard numbers of the narrowest width (5 digits), which every run of fewer than 10^5 shards uses.
+    job = ShardJob(kind=kind, directory=scale.output_dir, paths=[], total=1, partition=partition_of(scale.shard),
+                   settings={}, resume=False)
+    files = {role: path for role, path in job.files(0).items() if role != "meta"}  # meta: its format may differ
+    for path in (job.marker(0), *files.values(), *job.partials(0).values()):
+        if os.path.lexists(path):
+            raise InputError(f"{display_path(scale.output_dir)} already holds shards of this run "
+                             f"({display_path(path.name)}); add --resume to finish it, or choose an empty --output-dir.")
 
 
 def model_name(options: EngineOptions) -> str:

@@ -225,8 +225,8 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
         raise WeightsError(f"{display_path(out_dir)} exists and is not a directory.")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise WeightsError(f"{display_path(out_dir)} is not empty; choose a new output directory, or replace it with --overwrite "
-                               f"(overwrite=True).")
+            raise WeightsError(f"{display_path(out_dir)} is not empty; choose a new output directory, or pass "
+                               f"overwrite=True to replace it.")
         foreign = foreign_files(out_dir)
         if foreign:
             shown = ", ".join(display_path(name) for name in foreign[:5]) + (

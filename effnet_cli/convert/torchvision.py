@@ -151,5 +151,5 @@ def reference_output(ckpt: Checkpoint, plan: Plan, raw: torch.Tensor, pixel_valu
     model.load_state_dict(state, strict=True)
     with torch.no_grad():
         out = model(pixel_values)
-    return out, f"torchvision {torchvision.__version__} efficientnet_{variant}"
+    return out, f"torchvision {torchvision.__version__.split('+')[0]} efficientnet_{variant}"
 

@@ -9,6 +9,9 @@
 - :mod:`effnet_cli.output.npy`: the growing ``.npy`` of a run in progress.
 - :mod:`effnet_cli.output.owned`: which files in a directory effnet wrote, so nothing
   else is ever deleted.
+- :mod:`effnet_cli.output.targets`: the one rule for an output that already exists
+  (refused, or with ``--overwrite`` replaced where effnet wrote it), checked from the
+  arguments before anything loads.
 """
 
 from effnet_cli.output.atomic import (

@@ -54,7 +54,9 @@ def epoch_record(state: TrainState, epoch: int, running: Running) -> dict[str, A
     if split.val is not None and len(split.val):
         logits = _predict(state, split.val)
         scores = evaluate(logits, torch.tensor(split.targets(split.val)), split.classes)
-        record.update(val_loss=scores["loss"], val_top1=scores["top1"], val_top5=scores["top5"])
+        # val_top5 is top-k with k = min(5, classes): val_top5_k says which, as the console's "top-2" does.
+        record.update(val_loss=scores["loss"], val_top1=scores["top1"], val_top5=scores["top5"],
+                      val_top5_k=scores["top5_k"])
     return record
 
 

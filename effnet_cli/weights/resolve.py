@@ -90,7 +90,7 @@ def _download(repo_id: str, *, revision: str | None, cache_dir: str | Path | Non
         host = probe.unreachable(hub_constants.ENDPOINT)
         if host is not None:
             offline, why = True, f"{host} cannot be reached"
-    fix = (f"download it once with `hf download {repo_id}`"
+    fix = (f"download it once with `hf download {repo_id}{' --revision ' + revision if revision else ''}`"
            + ("" if why == "HF_HUB_OFFLINE is set" else ", set HF_HUB_OFFLINE=1 to use only the cache")
            + ", or give a local directory with --model DIR")
     with _quiet_hub_logs():
