@@ -94,7 +94,7 @@ def classify(
     started = time.monotonic()
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
-    from effnet_cli.runtime.engine import read_labels
+    from effnet_cli.runtime.paths import read_labels
 
     exact = exact_decoding(exact_decode, False, full_decode)
     scale = sharded.ScaleOptions.from_args(locals())
@@ -127,7 +127,7 @@ def classify(
 
 def _check_model(engine: Any, names: list[str] | None) -> None:
     """Usage errors the loaded model reveals: no classifier, or fewer label names than classes."""
-    from effnet_cli.runtime.engine import require_classifier
+    from effnet_cli.runtime.paths import require_classifier
 
     require_classifier(engine)
     if names is not None and len(names) < engine.config.num_labels:
@@ -139,7 +139,7 @@ def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions
                         started: float) -> int:
     """Classify ``paths`` to stdout as tables or records, one batch at a time; the exit status."""
     from effnet_cli.records.stream import RecordWriter
-    from effnet_cli.runtime.engine import classify_paths
+    from effnet_cli.runtime.paths import classify_paths
 
     if fmt != "table":
         utf8_stdout()
