@@ -94,7 +94,8 @@ def load_engine(options: EngineOptions, *, device: str | None = None, backend: s
     from effnet_cli.data import DEFAULT_MAX_PIXELS
     from effnet_cli.runtime.backends import AUTO_MEASURE_MIN_IMAGES
 
-    lean = _lean_engine(options, device=device, backend=backend)
+    measure = inputs is None or inputs >= AUTO_MEASURE_MIN_IMAGES
+    lean = _lean_engine(options, device=device, backend=backend, measure=measure)
     if lean is not None:
         return lean
     from effnet_cli.runtime.engine import Engine
@@ -112,8 +113,7 @@ def load_engine(options: EngineOptions, *, device: str | None = None, backend: s
         dtype=options.dtype.value, compile=options.compile, draft=not options.exact_decode,
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
         backend=options.backend if backend is None else backend, batch_size=options.batch_size,
-        measure=inputs is None or inputs >= AUTO_MEASURE_MIN_IMAGES,
-        announce=None if options.quiet else _announce_measurement,
+        measure=measure, announce=None if options.quiet else _announce_measurement,
         first_export=(lambda: None) if options.quiet else _announce_first_export)
     source = engine.source or {}
     if source.get("source") == "hub" and not options.quiet:
@@ -122,12 +122,14 @@ def load_engine(options: EngineOptions, *, device: str | None = None, backend: s
     return engine
 
 
-def _lean_engine(options: EngineOptions, *, device: str | None, backend: str | None) -> LeanEngine | None:
+def _lean_engine(options: EngineOptions, *, device: str | None, backend: str | None,
+                 measure: bool) -> LeanEngine | None:
     """The torch-free engine, when --model is an export directory, or when ``auto`` finds a cached export.
 
     ``auto`` runs the lean path only where the PyTorch path has nothing to add: on the CPU, in
     float32, without --compile; the model's files must resolve without a download, and a cached
-    export of them must be recorded in the index (:mod:`effnet_cli.runtime.index`).
+    export of them must be recorded in the index (:mod:`effnet_cli.runtime.index`), and for a run that
+    ``measure``s (long enough to gain from the fastest backend), auto's measured choice at its batch size.
     """
     from effnet_cli.data import DEFAULT_MAX_PIXELS
     from effnet_cli.runtime.lean import LeanEngine, export_format, lean_for_model
@@ -149,7 +151,7 @@ def _lean_engine(options: EngineOptions, *, device: str | None, backend: str | N
 
     try:
         files, source = resolve_files(options.name, revision=options.revision, local_files_only=True)
-        found = lean_for_model(files, batch_size=options.batch_size)
+        found = lean_for_model(files, batch_size=options.batch_size, measured_only=measure)
         return None if found is None else LeanEngine(found[1], backend=found[0], source=source, **kwargs)
     except EffnetError:  # not cached locally, or an export this machine cannot run: the PyTorch path decides
         return None

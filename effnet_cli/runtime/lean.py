@@ -189,15 +189,17 @@ class LeanEngine:
                             open_kwargs=self.open_kwargs, start=start)
 
 
-def lean_for_model(directory: str | Path, *, batch_size: int, cache: Path | None = None) -> tuple[str, Path] | None:
+def lean_for_model(directory: str | Path, *, batch_size: int, measured_only: bool = False,
+                   cache: Path | None = None) -> tuple[str, Path] | None:
     """The (backend, export directory) ``auto`` runs the model in ``directory`` with, without torch; or None.
 
     None when the model has no cached export yet, when ``auto`` measured PyTorch fastest at this
     batch size, or when the runtime is not installed. A measured choice wins; without one, the
-    cached ONNX export in ONNX Runtime, else the OpenVINO one.
+    cached ONNX export in ONNX Runtime, else the OpenVINO one, unless ``measured_only`` (a run long
+    enough to measure the backends first).
     """
     choice = find_choice(directory, batch_size, cache=cache)
-    if choice == "torch":
+    if choice == "torch" or (choice is None and measured_only):
         return None
     order = [choice] if choice in RUNTIME_OF.values() else ["onnxruntime", "openvino"]
     for backend in order:
