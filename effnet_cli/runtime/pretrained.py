@@ -9,7 +9,8 @@ With ``backend="torch"`` (the default) this is :func:`effnet_cli.core.loading.lo
 With a runtime, the model is exported once into effnet's cache (which imports torch that once)
 and later calls find the export through the torch-free index (:mod:`effnet_cli.runtime.index`),
 so a process that only runs exported models never imports torch. A directory written by
-``effnet export`` is run as it is. "auto" gives the runtime model when an export is cached
+``effnet export`` is run as it is, by the runtime its files allow unless ``backend`` names one.
+"auto" gives the runtime model when an export is cached
 already (ONNX Runtime first), else the PyTorch model.
 """
 
@@ -85,7 +86,7 @@ def load_pretrained(name_or_path: str | Path, *, backend: str = "torch", revisio
     if backend not in LOAD_BACKENDS:
         raise InputError(f"backend must be one of {', '.join(LOAD_BACKENDS)}, got {backend!r}.")
     if export_format(name_or_path) is not None:  # a directory written by `effnet export`
-        model = RuntimeModel(name_or_path, backend=backend)
+        model = RuntimeModel(name_or_path, backend="auto" if backend == "torch" else backend)
         return model, model.engine.processor
     if backend != "torch" and not torch_kwargs:
         found = _cached(name_or_path, backend, revision=revision, cache_dir=cache_dir)
