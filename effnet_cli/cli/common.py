@@ -124,9 +124,10 @@ def load_engine(options: EngineOptions, *, device: str | None = None, backend: s
 
 def _lean_engine(options: EngineOptions, *, device: str | None, backend: str | None,
                  measure: bool) -> LeanEngine | None:
-    """The torch-free engine, when --model is an export directory, or when ``auto`` finds a cached export.
+    """The torch-free engine, when --model is an export directory, or when ``auto``, ``onnxruntime`` or
+    ``openvino`` finds a cached export of the model.
 
-    ``auto`` runs the lean path only where the PyTorch path has nothing to add: on the CPU, in
+    The lean path runs only where the PyTorch path has nothing to add: on the CPU, in
     float32, without --compile; the model's files must resolve without a download, and a cached
     export of them must be recorded in the index (:mod:`effnet_cli.runtime.index`), and for a run that
     ``measure``s (long enough to gain from the fastest backend), auto's measured choice at its batch size.
@@ -143,15 +144,20 @@ def _lean_engine(options: EngineOptions, *, device: str | None, backend: str | N
         if options.compile:
             raise InputError(f"{options.model} is an exported model; --compile needs the PyTorch weights.")
         return LeanEngine(options.model, backend=backend, **kwargs)
-    if (backend != "auto" or options.compile or options.dtype.value != "float32" or device not in ("auto", "cpu")
+    if (backend == "torch" or options.compile or options.dtype.value != "float32" or device not in ("auto", "cpu")
             or (device == "auto" and _has_gpu())):
         return None
     from effnet_cli.errors import EffnetError
+    from effnet_cli.runtime.index import find_export
     from effnet_cli.weights.resolve import resolve_files
 
     try:
         files, source = resolve_files(options.name, revision=options.revision, local_files_only=True)
-        found = lean_for_model(files, batch_size=options.batch_size, measured_only=measure)
+        if backend == "auto":
+            found = lean_for_model(files, batch_size=options.batch_size, measured_only=measure)
+        else:  # the runtime named: its cached export, when there is one
+            export = find_export(files, "onnx" if backend == "onnxruntime" else "openvino")
+            found = None if export is None else (backend, export)
         return None if found is None else LeanEngine(found[1], backend=found[0], source=source, **kwargs)
     except EffnetError:  # not cached locally, or an export this machine cannot run: the PyTorch path decides
         return None

@@ -85,7 +85,7 @@ class Engine:
             if measured is not None and files is not None and dtype_name == "float32":
                 record_choice(files, batch_size, measured)  # later runs find it without torch
             self.backend = measured or "torch"
-            if measured is None and first_export is not None and "onnxruntime" in candidates:
+            if measured is None and first_export is not None and "onnxruntime" in candidates and self.config.num_labels:
                 # Not measured (a short run): export once for ONNX Runtime, so later runs start without torch.
                 first_export()
                 self.backend = "onnxruntime"
