@@ -69,7 +69,7 @@ def records(stdout: bytes) -> list[dict]:
 @pytest.mark.parametrize("name", ["lite0", "b0"])
 def test_export_dir_classifies_without_torch_as_torch_does(name, exports, b0_dir, photos, site):
     weights = "lite0" if name == "lite0" else str(b0_dir)
-    args = ["classify", *map(str, photos), "-k", "5", "-f", "jsonl", "--workers", "2"]
+    args = ["classify", *map(str, photos), "-k", "5", "-f", "jsonl", "--workers", "2", "-b", "2"]  # workers decode
     lean = run(site, *args, "--model", str(exports[name]), block=True)
     assert lean.returncode == 0, lean.stderr.decode()
     reference = run(site, *args, "--model", weights, "--backend", "torch", block=False)
