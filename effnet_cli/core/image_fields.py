@@ -34,6 +34,7 @@ __all__ = [
     "Backend",
     "is_int",
     "parse_bool",
+    "draft_size",
     "resize_target",
 ]
 
@@ -241,3 +242,17 @@ def resize_target(size: Mapping[str, int], height: int, width: int) -> tuple[int
     if width < height:
         return int((raw if raw is not None else shortest) * height / width), shortest
     return shortest, int((raw if raw is not None else shortest) * width / height)
+
+
+def draft_size(size: Mapping[str, int], do_resize: bool, orig_w: int, orig_h: int) -> tuple[int, int] | None:
+    """The (width, height) to pass to ``PIL.Image.draft`` for a JPEG of ``orig_w × orig_h``, or None.
+
+    The resize target itself, so the decoder never goes below what the resize needs; None when
+    resizing is off or the image is less than twice the target on one side (no reduction possible).
+    """
+    if not do_resize or orig_w <= 0 or orig_h <= 0:
+        return None
+    height, width = resize_target(size, orig_h, orig_w)
+    if width <= 0 or height <= 0 or min(orig_w // width, orig_h // height) < 2:
+        return None
+    return width, height

@@ -38,35 +38,22 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from effnet_cli.core.image_fields import (
+    BICUBIC,
+    BILINEAR,
+    BOX,
+    DEFAULTS,
+    HAMMING,
+    LANCZOS,
+    NEAREST,
+    PARSERS,
+    draft_size,
+    resize_target,
+)
 from effnet_cli.errors import ConfigError, InputError
 
-__all__ = ["PixelPipeline", "UnsupportedPreprocessing", "resize_target"]
-
-# PIL resampling filters, as stored in preprocessor_config.json ("resample": 0 ... 5).
-NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING = 0, 1, 2, 3, 4, 5
-
-# The reference class's defaults, for keys a hand-written preprocessor_config.json leaves out.
-_DEFAULTS: dict[str, Any] = {
-    "do_resize": True,
-    "size": {"height": 346, "width": 346},
-    "resample": BICUBIC,
-    "do_center_crop": False,
-    "crop_size": {"height": 289, "width": 289},
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "rescale_offset": False,
-    "do_normalize": True,
-    "image_mean": (0.5, 0.5, 0.5),
-    "image_std": (0.5, 0.5, 0.5),
-    "include_top": True,
-}
-
-_SIZE_KEY_SETS = (
-    frozenset({"height", "width"}),
-    frozenset({"shortest_edge"}),
-    frozenset({"shortest_edge", "longest_edge"}),
-    frozenset({"max_height", "max_width"}),
-)
+__all__ = ["PixelPipeline", "UnsupportedPreprocessing", "affine", "crop_span", "pil_to_rgb", "resize_target",
+           "torchvision_has_lanczos"]
 
 # torch's antialiased filters on uint8: (taps at scale 1, filter); see _aa_filter.
 _TORCH_TAPS = {BILINEAR: 2, BICUBIC: 4, LANCZOS: 6}
@@ -81,74 +68,44 @@ class UnsupportedPreprocessing(ConfigError):
 # --------------------------------------------------------------------------------------
 
 
-def _size(name: str, value: Any) -> dict[str, int]:
-    """A size field as the processor stores it: an int is a square, a pair is (height, width)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = {"height": value, "width": value}
-    elif isinstance(value, (list, tuple)) and len(value) == 2:
-        value = {"height": value[0], "width": value[1]}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{name} must be an integer, a (height, width) pair or a dict, got {value!r}.")
-    size = {str(key): val for key, val in value.items() if val is not None}
-    allowed = _SIZE_KEY_SETS[:1] if name == "crop_size" else _SIZE_KEY_SETS
-    if frozenset(size) not in allowed:
-        raise ConfigError(f"{name} has the keys {sorted(size)}, which the processor does not accept.")
-    if not all(isinstance(val, int) and not isinstance(val, bool) and val > 0 for val in size.values()):
-        raise ConfigError(f"{name} must hold positive integers, got {value!r}.")
-    return size
+def affine(do_rescale: bool, rescale_factor: float, rescale_offset: bool, do_normalize: bool,
+           image_mean: tuple[float, float, float], image_std: tuple[float, float, float],
+           include_top: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel float32 (scale, shift), 3×1×1, so that rescale/normalize/include_top is x*scale + shift.
 
-
-def _channels(name: str, value: Any) -> tuple[float, float, float]:
-    values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    if not isinstance(values, (list, tuple)) or len(values) != 3:
-        raise ConfigError(f"{name} must have one value per RGB channel (3 numbers), got {value!r}.")
-    channels = tuple(float(val) for val in values)
-    if not all(math.isfinite(val) for val in channels) or (name == "image_std" and 0.0 in channels):
-        raise ConfigError(f"{name} must hold finite numbers (image_std no zero), got {value!r}.")
-    return channels  # type: ignore[return-value]
-
-
-def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise ConfigError(f"{name} must be true or false, got {value!r}.")
-
-
-def _affine(config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel float32 (scale, shift), composed in float64 and rounded once, as the processor does."""
-    mean = np.asarray(config["image_mean"], dtype=np.float64)
-    std = np.asarray(config["image_std"], dtype=np.float64)
+    Composed in float64 and rounded once to float32; the reference rounds after each of its three
+    steps, so the two agree to a few float32 ulps (well under 1e-5). The torch processor uses it too.
+    """
+    mean = np.asarray(image_mean, dtype=np.float64)
+    std = np.asarray(image_std, dtype=np.float64)
     scale, shift = np.ones(3), np.zeros(3)
-    if config["do_rescale"]:
-        scale *= config["rescale_factor"]
-        if config["rescale_offset"]:
-            shift -= 1.0
-    if config["do_normalize"]:
+    if do_rescale:
+        scale *= rescale_factor
+        if rescale_offset:
+            shift -= 1.0  # x * factor - 1: with factor 1/127.5 this maps 0..255 to [-1, 1]
+    if do_normalize:
         scale, shift = scale / std, (shift - mean) / std
-    if config["include_top"]:  # the reference divides by image_std a second time, normalised or not
+    if include_top:  # the reference divides by image_std a second time, normalised or not
         scale, shift = scale / std, shift / std
     return scale.astype(np.float32).reshape(3, 1, 1), shift.astype(np.float32).reshape(3, 1, 1)
 
 
+_PIXEL_FIELDS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+                 "rescale_offset", "do_normalize", "image_mean", "image_std", "include_top")
+
+
 def _read_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Fill in the reference defaults and check every field the pixels depend on."""
-    merged = {**_DEFAULTS, **{key: val for key, val in config.items() if val is not None}}
-    for name in ("do_resize", "do_center_crop", "do_rescale", "rescale_offset", "do_normalize", "include_top"):
-        merged[name] = _flag(name, merged[name])
-    merged["size"] = _size("size", merged["size"])
-    merged["crop_size"] = _size("crop_size", merged["crop_size"])
-    resample = merged["resample"]
-    if isinstance(resample, bool) or not isinstance(resample, int) or resample not in range(6):
-        raise ConfigError(f"resample must be a PIL filter code 0..5, got {resample!r}.")
-    factor = merged["rescale_factor"]
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor > 0):
-        raise ConfigError(f"rescale_factor must be a positive number, got {factor!r}.")
-    merged["image_mean"] = _channels("image_mean", merged["image_mean"])
-    merged["image_std"] = _channels("image_std", merged["image_std"])
-    return merged
+    """The fields the pixels depend on, defaulted and checked by the processor's own parsers."""
+    fields = {}
+    for name in _PIXEL_FIELDS:
+        value = config.get(name)
+        fields[name] = DEFAULTS[name] if value is None else PARSERS[name](name, value)
+    if fields["do_center_crop"] and "height" not in fields["crop_size"]:
+        raise ConfigError(f"crop_size must be a height and width to center crop, got {fields['crop_size']!r}.")
+    return fields
 
 
-def _torchvision_has_lanczos() -> bool:
+def torchvision_has_lanczos() -> bool:
     """Whether the installed torchvision (read from its metadata, not imported) resizes lanczos natively."""
     try:
         major, minor = (int(part) for part in metadata.version("torchvision").split(".")[:2])
@@ -172,30 +129,6 @@ def _torch_resizes_uint8_bilinear() -> bool:
     except OSError:
         pass
     return False  # cannot tell: refuse rather than risk different numbers
-
-
-def resize_target(size: Mapping[str, int], height: int, width: int) -> tuple[int, int]:
-    """(height, width) an image of this size is resized to, with the processor's integer rounding."""
-    if "height" in size:
-        return size["height"], size["width"]
-    if "max_height" in size:
-        scale = min(size["max_height"] / height, size["max_width"] / width)
-        return int(height * scale), int(width * scale)
-    shortest = size["shortest_edge"]
-    longest = size.get("longest_edge")
-    if longest is None:
-        short, long = min(height, width), max(height, width)
-        new_long = int(shortest * long / short)
-        return (new_long, shortest) if width <= height else (shortest, new_long)
-    raw = None
-    if max(height, width) / min(height, width) * shortest > longest:
-        raw = longest * min(height, width) / max(height, width)
-        shortest = int(round(raw))
-    if (height <= width and height == shortest) or (width <= height and width == shortest):
-        return height, width
-    if width < height:
-        return int((raw if raw is not None else shortest) * height / width), shortest
-    return shortest, int((raw if raw is not None else shortest) * width / height)
 
 
 # --------------------------------------------------------------------------------------
@@ -296,7 +229,7 @@ def _nearest_exact_index(in_size: int, out_size: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def _pil_to_rgb(image: Image.Image) -> Image.Image:
+def pil_to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to RGB as the processor does (transparency composited over white)."""
     if image.mode == "RGB":
         return image
@@ -307,7 +240,7 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _crop_span(length: int, crop: int, pad_ceil: bool) -> tuple[int, int, int]:
+def crop_span(length: int, crop: int, pad_ceil: bool) -> tuple[int, int, int]:
     """(first source index, source length, first output index) of one axis of the center crop."""
     if length >= crop:
         return (length - crop) // 2, crop, 0
@@ -356,10 +289,11 @@ class PixelPipeline:
                 "On this CPU (no AVX2) torchvision resizes bilinear in float32, which is not reproduced "
                 "without torch; use the torch image processor."
             )
-        scale, shift = _affine(fields)
+        scale, shift = affine(*(fields[name] for name in ("do_rescale", "rescale_factor", "rescale_offset",
+                                                          "do_normalize", "image_mean", "image_std", "include_top")))
         crop = (fields["crop_size"]["height"], fields["crop_size"]["width"]) if fields["do_center_crop"] else None
         return cls(fields["do_resize"], tuple(sorted(fields["size"].items())), fields["resample"], crop,
-                   scale, shift, backend, _torchvision_has_lanczos())
+                   scale, shift, backend, torchvision_has_lanczos())
 
     # ---------------------------------------------------------------- sizes
 
@@ -379,12 +313,7 @@ class PixelPipeline:
 
     def draft_size(self, orig_w: int, orig_h: int) -> tuple[int, int] | None:
         """The processor's ``draft_size``: the (width, height) for ``PIL.Image.draft``, or None."""
-        if not self.do_resize or orig_w <= 0 or orig_h <= 0:
-            return None
-        height, width = self.resize_target(orig_h, orig_w)
-        if width <= 0 or height <= 0 or min(orig_w // width, orig_h // height) < 2:
-            return None
-        return width, height
+        return draft_size(dict(self.size), self.do_resize, orig_w, orig_h)
 
     # ---------------------------------------------------------------- pixels
 
@@ -407,8 +336,8 @@ class PixelPipeline:
         assert self.crop is not None
         crop_h, crop_w = self.crop
         pad_ceil = self.backend == "pil"
-        top, rows, out_top = _crop_span(pixels.shape[1], crop_h, pad_ceil)
-        left, cols, out_left = _crop_span(pixels.shape[2], crop_w, pad_ceil)
+        top, rows, out_top = crop_span(pixels.shape[1], crop_h, pad_ceil)
+        left, cols, out_left = crop_span(pixels.shape[2], crop_w, pad_ceil)
         window = pixels[:, top:top + rows, left:left + cols]
         if (rows, cols) == (crop_h, crop_w):
             return window
@@ -420,7 +349,7 @@ class PixelPipeline:
         """One decoded PIL image (any mode) -> 3×H×W float32 array, a fresh contiguous buffer."""
         if not isinstance(image, Image.Image):
             raise InputError(f"PixelPipeline takes a PIL image, got {type(image).__name__}.")
-        image = _pil_to_rgb(image)
+        image = pil_to_rgb(image)
         if self.do_resize:
             pixels = self._resize(image, *self.resize_target(image.height, image.width))
         else:

@@ -16,12 +16,13 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvF
 
 from effnet_cli.core.image_fields import BICUBIC, BILINEAR, LANCZOS, NEAREST
+from effnet_cli.core.numpy_pixels import affine, crop_span, torchvision_has_lanczos
+from effnet_cli.core.numpy_pixels import pil_to_rgb as pil_to_rgb  # the processor reaches every pixel step here
 from effnet_cli.errors import InputError
 
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
@@ -37,14 +38,9 @@ _TORCHVISION_MODES = {
 }
 
 
-def _torchvision_has_lanczos() -> bool:
-    # Native lanczos arrived in torchvision 0.27; older versions make the reference fall
-    # back to bicubic, which we do not copy: PIL's lanczos is the closer answer.
-    major, minor = (int(part) for part in torchvision.__version__.split(".")[:2])
-    return (major, minor) >= (0, 27)
-
-
-_TORCHVISION_HAS_LANCZOS = _torchvision_has_lanczos()
+# Native lanczos arrived in torchvision 0.27; older versions make the reference fall back to bicubic,
+# which we do not copy: PIL's lanczos is the closer answer.
+_TORCHVISION_HAS_LANCZOS = torchvision_has_lanczos()
 
 
 # --------------------------------------------------------------------------------------
@@ -80,17 +76,6 @@ def image_hw(image: Image.Image | torch.Tensor) -> tuple[int, int]:
 def in_unit_range(pixels: torch.Tensor) -> bool:
     """Whether a non-empty float image lies in [0, 1], i.e. looks rescaled already."""
     return bool(pixels.numel()) and float(pixels.min()) >= 0 and float(pixels.max()) <= 1
-
-
-def pil_to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB the way the reference does (transparency over white)."""
-    if image.mode == "RGB":
-        return image
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def pil_as_is(image: Image.Image, backend: str) -> torch.Tensor:
@@ -251,21 +236,11 @@ def resize_with_torchvision(image: Image.Image | torch.Tensor, height: int, widt
 # --------------------------------------------------------------------------------------
 
 
-def _crop_span(length: int, crop: int, pad_ceil: bool) -> tuple[int, int, int]:
-    """(first source index, source length, first output index) for one axis of a center crop."""
-    if length >= crop:
-        return (length - crop) // 2, crop, 0
-    # Too small: the whole axis is kept and zero padded. With an odd amount of padding the
-    # PIL reference puts the extra pixel before the image, the torchvision one after it.
-    padding = crop - length
-    return 0, length, (padding + 1) // 2 if pad_ceil else padding // 2
-
-
 def center_crop(image: torch.Tensor, crop_height: int, crop_width: int, pad_ceil: bool) -> torch.Tensor:
     """Center crop a C×H×W tensor, padding with zeros (before rescaling) where it is too small."""
     _, height, width = image.shape
-    top, rows, out_top = _crop_span(height, crop_height, pad_ceil)
-    left, cols, out_left = _crop_span(width, crop_width, pad_ceil)
+    top, rows, out_top = crop_span(height, crop_height, pad_ceil)
+    left, cols, out_left = crop_span(width, crop_width, pad_ceil)
     window = image[:, top : top + rows, left : left + cols]
     if rows == crop_height and cols == crop_width:
         return window  # a view: no copy until the multiply-add below
@@ -284,23 +259,6 @@ def affine_coefficients(
     image_std: tuple[float, float, float],
     include_top: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (scale, shift), shaped 3×1×1, so that rescale/normalize/include_top is x*scale + shift.
-
-    Composed in float64 and rounded once to float32; the reference rounds after each of
-    its three steps, so the two agree to a few float32 ulps (well under 1e-5).
-    """
-    mean = np.asarray(image_mean, dtype=np.float64)
-    std = np.asarray(image_std, dtype=np.float64)
-    scale = np.ones(3)
-    shift = np.zeros(3)
-    if do_rescale:
-        scale *= rescale_factor
-        if rescale_offset:
-            shift -= 1.0  # x * factor - 1: with factor 1/127.5 this maps 0..255 to [-1, 1]
-    if do_normalize:
-        scale, shift = scale / std, (shift - mean) / std
-    if include_top:
-        # The reference divides by image_std a second time here, whether or not it normalised.
-        scale, shift = scale / std, shift / std
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.float32).view(3, 1, 1)  # noqa: E731
-    return as_tensor(scale), as_tensor(shift)
+    """:func:`effnet_cli.core.numpy_pixels.affine` as tensors, cached per setting."""
+    scale, shift = affine(do_rescale, rescale_factor, rescale_offset, do_normalize, image_mean, image_std, include_top)
+    return torch.from_numpy(scale), torch.from_numpy(shift)

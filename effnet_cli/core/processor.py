@@ -46,6 +46,7 @@ from effnet_cli.core.image_fields import (
     PREPROCESSOR_CONFIG_NAME,
     Backend,
     is_int,
+    draft_size,
     parse_bool,
     resize_target,
 )
@@ -315,12 +316,7 @@ class EfficientNetImageProcessor(PretrainedMixin):
         Decoding at reduced size changes the pixels slightly (the DCT does part of the
         downscaling), so this is an opt-in speed-up for the loader; ``__call__`` never does it.
         """
-        if not self.do_resize or orig_w <= 0 or orig_h <= 0:
-            return None
-        height, width = self.resize_target(orig_h, orig_w)
-        if width <= 0 or height <= 0 or min(orig_w // width, orig_h // height) < 2:
-            return None
-        return width, height
+        return draft_size(self.size, self.do_resize, orig_w, orig_h)
 
     # ---------------------------------------------------------------- preprocessing
 

@@ -15,20 +15,16 @@ torch is imported only when batches are made, so importing this module stays che
 from __future__ import annotations
 
 import functools
-import inspect
 import multiprocessing
 import os
-import pickle
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from effnet_cli.data.decode import _short, open_image
-from effnet_cli.errors import DecodeError, InputError
+from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Stacking, checked_job, recover, run_isolated
 from effnet_cli.host import usable_cores
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported lazily at run time
@@ -36,131 +32,21 @@ if TYPE_CHECKING:  # pragma: no cover - torch is imported lazily at run time
 
 __all__ = ["CRASH_REASON", "Batch", "iter_batches", "default_workers"]
 
-# Reason recorded for an input whose decoder took its process down with it.
-CRASH_REASON = "decoder process crashed"
-
-
-@dataclass
-class Batch:
-    """One batch of decoded inputs, covering the positions ``span`` of the input list.
-
-    Every position in ``span`` is in exactly one of ``indices`` (decoded; its
-    pixels are row ``indices.index(pos)`` of ``pixel_values``) or ``errors``.
-    ``pixel_values`` is N×3×H×W with N = ``len(indices)``; when every item
-    failed it is an empty tensor and must not be fed to a model.
-    """
-
-    indices: list[int]
-    pixel_values: torch.Tensor
-    errors: list[tuple[int, str]] = field(default_factory=list)
-    span: range = range(0)
-
-    def outcomes(self) -> Iterator[tuple[int, int | None, str | None]]:
-        """(position, row in pixel_values or None, error or None), in input order.
-
-        This is the order writers emit records in, so output rows never get
-        out of step with the inputs.
-        """
-        rows = {pos: row for row, pos in enumerate(self.indices)}
-        reasons = dict(self.errors)
-        for pos in self.span:
-            yield pos, rows.get(pos), reasons.get(pos)
-
-
-# (position, tensor or None, error or None) for one input
-_Outcome = tuple[int, Union["torch.Tensor", None], Union[str, None]]
-
-
-class _BatchDataset:
-    """Map-style dataset whose item ``b`` is the whole batch ``b`` (a Batch).
-
-    Making whole batches inside the worker lets a failed image simply be
-    left out of the stack, and the stacked tensor travels to the main process
-    once, through torch's shared memory.
-    """
-
-    def __init__(
-        self,
-        paths: Sequence[str],
-        transform: Callable[[Image.Image], torch.Tensor],
-        batch_size: int,
-        start: int,
-        open_kwargs: dict[str, Any],
-    ) -> None:
-        self.paths = list(paths)
-        self.transform = transform
-        self.batch_size = batch_size
-        self.start = start
-        self.open_kwargs = open_kwargs
-
-    def __len__(self) -> int:
-        remaining = max(0, len(self.paths) - self.start)
-        return -(-remaining // self.batch_size)
-
-    def span(self, b: int) -> range:
-        first = self.start + b * self.batch_size
-        return range(first, min(first + self.batch_size, len(self.paths)))
-
-    def load(self, positions: Iterable[int]) -> list[_Outcome]:
-        """Decode and transform each position; every failure becomes a reason."""
-        import torch
-
-        outcomes: list[_Outcome] = []
-        for pos in positions:
-            try:
-                image = open_image(self.paths[pos], **self.open_kwargs)
-            except DecodeError as exc:
-                outcomes.append((pos, None, str(exc)))
-                continue
-            except MemoryError:
-                outcomes.append((pos, None, "out of memory while decoding"))
-                continue
-            except Exception as exc:  # a bug in decoding must still cost one file only
-                outcomes.append((pos, None, f"cannot decode image ({type(exc).__name__}: {_short(exc)})"))
-                continue
-            try:
-                tensor = self.transform(image)
-                if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3:
-                    got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-                    raise TypeError(f"expected a C×H×W tensor, got {got}")
-            except MemoryError:
-                outcomes.append((pos, None, "out of memory while preprocessing"))
-                continue
-            except Exception as exc:
-                outcomes.append((pos, None, f"preprocessing failed ({type(exc).__name__}: {_short(exc)})"))
-                continue
-            outcomes.append((pos, tensor, None))
-        return outcomes
-
-    def __getitem__(self, b: int) -> Batch:
-        span = self.span(b)
-        return _assemble(span, self.load(span))
-
-
-def _assemble(span: range, outcomes: Iterable[_Outcome]) -> Batch:
-    """Stack the decoded tensors of one batch; failures become error entries."""
+def _tensor_shape(value: Any) -> tuple[int, ...] | None:
     import torch
 
-    indices: list[int] = []
-    tensors: list[torch.Tensor] = []
-    errors: list[tuple[int, str]] = []
-    shape: tuple[int, ...] | None = None
-    for pos, tensor, error in sorted(outcomes, key=lambda o: o[0]):
-        if tensor is None:
-            errors.append((pos, error or "unknown error"))
-            continue
-        if shape is None:
-            shape = tuple(tensor.shape)
-        elif tuple(tensor.shape) != shape:
-            # A transform without a fixed output size: the odd one cannot be
-            # stacked, and guessing a resize here would change the numbers.
-            errors.append((pos, f"preprocessed to shape {tuple(tensor.shape)}, "
-                                f"but this batch is {shape}"))
-            continue
-        indices.append(pos)
-        tensors.append(tensor)
-    pixel_values = torch.stack(tensors) if tensors else torch.empty((0, 3, 0, 0))
-    return Batch(indices=indices, pixel_values=pixel_values, errors=errors, span=span)
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _stack_tensors(rows: list[Any]) -> torch.Tensor:
+    import torch
+
+    return torch.stack(rows) if rows else torch.empty((0, 3, 0, 0))
+
+
+# The decode workers' outputs are torch tensors, stacked once in the worker and handed over through
+# torch's shared memory.
+TENSORS = Stacking("tensor", _tensor_shape, _stack_tensors)
 
 
 def _worker_init(_worker_id: int, nice: int = 0) -> None:
@@ -187,51 +73,14 @@ def _identity(batch: Batch) -> Batch:
     return batch
 
 
-def _isolated_main(dataset: _BatchDataset, positions: list[int], conn: Any) -> None:
-    """Body of a single-use subprocess: load ``positions`` and send the outcomes back."""
-    _worker_init(0)
-    outcomes = dataset.load(positions)
-    # Plain pickle copies tensor data into the message; the default
-    # (torch's shared-memory reducer) would hand over file descriptors that
-    # vanish with this short-lived process.
-    conn.send_bytes(pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL))
-    conn.close()
-
-
-def _run_isolated(dataset: _BatchDataset, positions: list[int]) -> list[_Outcome] | None:
-    """Load ``positions`` in a fresh process; ``None`` if that process died."""
-    ctx = multiprocessing.get_context()
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_isolated_main, args=(dataset, positions, sender), daemon=True)
-    proc.start()
-    sender.close()  # so recv sees EOF when the child dies without answering
-    try:
-        payload = receiver.recv_bytes()
-    except (EOFError, OSError):
-        payload = None
-    finally:
-        receiver.close()
-        proc.join()
-    if payload is None:
-        return None
-    return pickle.loads(payload)
-
-
-def _recover_batch(dataset: _BatchDataset, b: int) -> Batch:
+def _recover_batch(dataset: BatchJob, b: int) -> Batch:
     """Redo batch ``b`` after a worker died, finding which input(s) kill the decoder.
 
     First the whole batch in one fresh process (the crash may have been in a
     neighbouring batch); if that dies too, each input alone, so exactly the
     culprits are marked as crashed and the rest keep their results.
     """
-    span = dataset.span(b)
-    outcomes = _run_isolated(dataset, list(span))
-    if outcomes is None:
-        outcomes = []
-        for pos in span:
-            single = _run_isolated(dataset, [pos])
-            outcomes.extend(single if single is not None else [(pos, None, CRASH_REASON)])
-    return _assemble(span, outcomes)
+    return recover(dataset.span(b), lambda positions: run_isolated(multiprocessing.get_context(), functools.partial(_worker_init, 0), dataset, positions), TENSORS)
 
 
 _DONE = object()
@@ -261,7 +110,7 @@ class _LoaderThread(threading.Thread):
     and carry on with a new loader.
     """
 
-    def __init__(self, dataset: _BatchDataset, workers: int, prefetch: int, nice: int = 0) -> None:
+    def __init__(self, dataset: BatchJob, workers: int, prefetch: int, nice: int = 0) -> None:
         super().__init__(name="effnet-batch-loader", daemon=True)
         self.dataset = dataset
         self.workers = workers
@@ -374,19 +223,8 @@ def iter_batches(
 
     Closing the generator early (``break``) stops the workers.
     """
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    if workers < 0:
-        raise InputError(f"workers must be 0 or more, got {workers}")
-    if prefetch < 1:
-        raise InputError(f"prefetch must be at least 1, got {prefetch}")
-    if not 0 <= start <= len(paths):
-        raise InputError(f"start must be between 0 and {len(paths)}, got {start}")
-    kwargs = dict(open_kwargs or {})
-    # Fail fast on a misspelt option, instead of once per image in the workers.
-    inspect.signature(open_image).bind("", **kwargs)
-
-    dataset = _BatchDataset(paths, transform, batch_size, start, kwargs)
+    dataset = checked_job(paths, transform, TENSORS, batch_size=batch_size, workers=workers, prefetch=prefetch,
+                           start=start, open_kwargs=open_kwargs)
     if workers == 0:
         for b in range(len(dataset)):
             yield dataset[b]

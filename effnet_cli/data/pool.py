@@ -21,104 +21,38 @@ if that dies too, as the torch loader does), its other batches go to a new worke
 
 from __future__ import annotations
 
-import inspect
+import functools
 import multiprocessing
 import os
 import pickle
 import signal
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from effnet_cli.data.decode import _short, open_image
-from effnet_cli.data.loader import CRASH_REASON, Batch, default_workers
-from effnet_cli.errors import DecodeError, InputError
+from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Stacking, checked_job, recover, run_isolated
+from effnet_cli.data.loader import default_workers
 
 __all__ = ["CRASH_REASON", "Batch", "default_workers", "iter_batches"]
-
-# (position, C×H×W array or None, error or None) for one input
-_Outcome = tuple[int, Union[np.ndarray, None], Union[str, None]]
 
 # Seconds a closing worker gets to exit on its own before it is terminated, then killed.
 _EXIT_GRACE_S = 2.0
 
 
-@dataclass
-class _Job:
-    """Everything a worker needs, pickled to it once: the inputs, the transform and the batching."""
-
-    paths: list[str]
-    transform: Callable[[Image.Image], np.ndarray]
-    batch_size: int
-    start: int
-    open_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        remaining = max(0, len(self.paths) - self.start)
-        return -(-remaining // self.batch_size)
-
-    def span(self, b: int) -> range:
-        first = self.start + b * self.batch_size
-        return range(first, min(first + self.batch_size, len(self.paths)))
-
-    def load(self, positions: Iterable[int]) -> list[_Outcome]:
-        """Decode and transform each position; every failure becomes a reason (the torch loader's words)."""
-        outcomes: list[_Outcome] = []
-        for pos in positions:
-            try:
-                image = open_image(self.paths[pos], **self.open_kwargs)
-            except DecodeError as exc:
-                outcomes.append((pos, None, str(exc)))
-                continue
-            except MemoryError:
-                outcomes.append((pos, None, "out of memory while decoding"))
-                continue
-            except Exception as exc:  # a bug in decoding must still cost one file only
-                outcomes.append((pos, None, f"cannot decode image ({type(exc).__name__}: {_short(exc)})"))
-                continue
-            try:
-                pixels = self.transform(image)
-                if not isinstance(pixels, np.ndarray) or pixels.ndim != 3:
-                    got = pixels.shape if isinstance(pixels, np.ndarray) else type(pixels).__name__
-                    raise TypeError(f"expected a C×H×W array, got {got}")
-            except MemoryError:
-                outcomes.append((pos, None, "out of memory while preprocessing"))
-                continue
-            except Exception as exc:
-                outcomes.append((pos, None, f"preprocessing failed ({type(exc).__name__}: {_short(exc)})"))
-                continue
-            outcomes.append((pos, pixels, None))
-        return outcomes
-
-    def batch(self, b: int) -> Batch:
-        span = self.span(b)
-        return _assemble(span, self.load(span))
+def _array_shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, np.ndarray) else None
 
 
-def _assemble(span: range, outcomes: Iterable[_Outcome]) -> Batch:
-    """Stack one batch's arrays into N×3×H×W float32; failures and odd shapes become error entries."""
-    indices: list[int] = []
-    arrays: list[np.ndarray] = []
-    errors: list[tuple[int, str]] = []
-    shape: tuple[int, ...] | None = None
-    for pos, pixels, error in sorted(outcomes, key=lambda o: o[0]):
-        if pixels is None:
-            errors.append((pos, error or "unknown error"))
-            continue
-        if shape is None:
-            shape = tuple(pixels.shape)
-        elif tuple(pixels.shape) != shape:
-            errors.append((pos, f"preprocessed to shape {tuple(pixels.shape)}, but this batch is {shape}"))
-            continue
-        indices.append(pos)
-        arrays.append(pixels)
-    values = np.stack(arrays).astype(np.float32, copy=False) if arrays else np.empty((0, 3, 0, 0), np.float32)
-    return Batch(indices=indices, pixel_values=values, errors=errors, span=span)
+def _stack_arrays(rows: list[Any]) -> np.ndarray:
+    return np.stack(rows).astype(np.float32, copy=False) if rows else np.empty((0, 3, 0, 0), np.float32)
+
+
+# numpy arrays, N×3×H×W float32, pickled from the workers.
+ARRAYS = Stacking("array", _array_shape, _stack_arrays)
 
 
 # --------------------------------------------------------------------------------------
@@ -143,7 +77,7 @@ def _worker_init(nice: int) -> None:
             pass
 
 
-def _worker_main(job: _Job, conn: Connection, nice: int) -> None:
+def _worker_main(job: BatchJob, conn: Connection, nice: int) -> None:
     """Say ("ready", -1, None), then answer each batch number with ("ok", b, Batch) or ("error", b, exception)."""
     _worker_init(nice)
     conn.send_bytes(pickle.dumps(("ready", -1, None)))
@@ -155,7 +89,7 @@ def _worker_main(job: _Job, conn: Connection, nice: int) -> None:
         if b is None:
             return
         try:
-            reply: tuple[str, int, Any] = ("ok", b, job.batch(b))
+            reply: tuple[str, int, Any] = ("ok", b, job[b])
         except BaseException as exc:  # hand a bug to the consumer instead of dying silently
             reply = ("error", b, exc)
         try:
@@ -164,45 +98,15 @@ def _worker_main(job: _Job, conn: Connection, nice: int) -> None:
             return
 
 
-def _isolated_main(job: _Job, positions: list[int], conn: Connection) -> None:
-    """Body of a single-use process: load ``positions`` and send the outcomes back."""
-    _worker_init(0)
-    conn.send_bytes(pickle.dumps(job.load(positions), protocol=pickle.HIGHEST_PROTOCOL))
-    conn.close()
-
-
-def _run_isolated(ctx: Any, job: _Job, positions: list[int]) -> list[_Outcome] | None:
-    """Load ``positions`` in a fresh process; None if that process died."""
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_isolated_main, args=(job, positions, sender), daemon=True)
-    proc.start()
-    sender.close()  # so recv sees EOF when the child dies without answering
-    try:
-        payload = receiver.recv_bytes()
-    except (EOFError, OSError):
-        payload = None
-    finally:
-        receiver.close()
-        proc.join()
-    return None if payload is None else pickle.loads(payload)
-
-
-def _recover_batch(ctx: Any, job: _Job, b: int) -> Batch:
+def _recover_batch(ctx: Any, job: BatchJob, b: int) -> Batch:
     """Redo batch ``b`` after its worker died: whole in a fresh process, else each input alone."""
-    span = job.span(b)
-    outcomes = _run_isolated(ctx, job, list(span))
-    if outcomes is None:
-        outcomes = []
-        for pos in span:
-            single = _run_isolated(ctx, job, [pos])
-            outcomes.extend(single if single is not None else [(pos, None, CRASH_REASON)])
-    return _assemble(span, outcomes)
+    return recover(job.span(b), lambda positions: run_isolated(ctx, functools.partial(_worker_init, 0), job, positions), ARRAYS)
 
 
 class _Worker:
     """One worker process, its pipe and the batch numbers it has been sent but not answered, in order."""
 
-    def __init__(self, ctx: Any, job: _Job, nice: int) -> None:
+    def __init__(self, ctx: Any, job: BatchJob, nice: int) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_worker_main, args=(job, child, nice), daemon=True,
                                 name="effnet-decode-worker")
@@ -235,7 +139,7 @@ class _Worker:
 class _Pool:
     """The workers of one iter_batches call, batches dealt out ahead of the consumer and collected in order."""
 
-    def __init__(self, ctx: Any, job: _Job, workers: int, prefetch: int, nice: int) -> None:
+    def __init__(self, ctx: Any, job: BatchJob, workers: int, prefetch: int, nice: int) -> None:
         self.ctx, self.job, self.prefetch, self.nice = ctx, job, prefetch, nice
         self.total = len(job)
         self.workers = [_Worker(ctx, job, nice) for _ in range(workers)]
@@ -355,21 +259,11 @@ def iter_batches(
 
     Closing the generator early (``break``) stops and reaps the workers.
     """
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    if workers < 0:
-        raise InputError(f"workers must be 0 or more, got {workers}")
-    if prefetch < 1:
-        raise InputError(f"prefetch must be at least 1, got {prefetch}")
-    if not 0 <= start <= len(paths):
-        raise InputError(f"start must be between 0 and {len(paths)}, got {start}")
-    kwargs = dict(open_kwargs or {})
-    inspect.signature(open_image).bind("", **kwargs)  # a misspelt option fails here, not once per image
-
-    job = _Job(list(paths), transform, batch_size, start, kwargs)
+    job = checked_job(paths, transform, ARRAYS, batch_size=batch_size, workers=workers, prefetch=prefetch,
+                       start=start, open_kwargs=open_kwargs)
     if workers == 0 or len(job) == 0:
         for b in range(len(job)):
-            yield job.batch(b)
+            yield job[b]
         return
     pool = _Pool(_context(start_method), job, min(workers, len(job)), prefetch, worker_nice)
     try:

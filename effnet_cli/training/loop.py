@@ -237,7 +237,7 @@ def _source(state: TrainState, epoch: int, start_step: int) -> Any:
 def _epoch(state: TrainState, epoch: int, start_step: int, running: Running, sigint: dict[str, bool],
            emit: Callback) -> None:
     """One epoch's steps from ``start_step``, adding to ``running``; on Ctrl-C, a checkpoint at the last step."""
-    opts, model, device, probe = state.opts, state.model, state.device, state.probe
+    opts, model = state.opts, state.model
     steps_per_epoch = _steps_per_epoch(len(state.split.train), opts)
     total = steps_per_epoch * opts.epochs
     source = _source(state, epoch, start_step)
