@@ -144,7 +144,8 @@ def _lean_engine(options: EngineOptions, *, device: str | None, backend: str | N
         if options.compile:
             raise InputError(f"{options.model} is an exported model; --compile needs the PyTorch weights.")
         return LeanEngine(options.model, backend=backend, **kwargs)
-    if (backend == "torch" or options.compile or options.dtype.value != "float32" or device not in ("auto", "cpu")
+    # float16 on the CPU computes in float32 and only stores float16 rows: the lean engine does the same.
+    if (backend == "torch" or options.compile or options.dtype.value == "bfloat16" or device not in ("auto", "cpu")
             or (device == "auto" and _has_gpu())):
         return None
     from effnet_cli.errors import EffnetError

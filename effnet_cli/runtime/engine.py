@@ -25,7 +25,7 @@ from effnet_cli.records.results import Prediction
 from effnet_cli.runtime.backends import auto_candidates, choose_backend, measured_choice
 from effnet_cli.runtime.cache import runner_for, weights_hash
 from effnet_cli.runtime.fused import optimize, resolve_device
-from effnet_cli.runtime.index import record_choice
+from effnet_cli.runtime.index import find_export, record_choice
 from effnet_cli.weights.resolve import resolve_files
 # The record loops are torch-free (shared with the lean engine); re-exported here, where they used to live.
 from effnet_cli.runtime.paths import POOLS, classify_paths, embed_paths, read_labels, require_classifier
@@ -87,7 +87,8 @@ class Engine:
             self.backend = measured or "torch"
             if measured is None and first_export is not None and "onnxruntime" in candidates and self.config.num_labels:
                 # Not measured (a short run): export once for ONNX Runtime, so later runs start without torch.
-                first_export()
+                if files is None or find_export(files, "onnx") is None:  # only an export to be made is announced
+                    first_export()
                 self.backend = "onnxruntime"
         self.runner: Any = None
         if self.backend != "torch":
