@@ -19,7 +19,7 @@ _LAZY = {
     "EfficientNetForImageClassification": "effnet_cli.core.model",
     "EfficientNetPreTrainedModel": "effnet_cli.core.model",
     "EfficientNetImageProcessor": "effnet_cli.core.processor",
-    "load_pretrained": "effnet_cli.core.loading",
+    "load_pretrained": "effnet_cli.runtime.pretrained",
     "optimize": "effnet_cli.runtime.fused",
     "finetune": "effnet_cli.training",
     "read_embeddings": "effnet_cli.scale.shards",
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         UnsafeCheckpointError,
         WeightsError,
     )
-    from effnet_cli.core.loading import load_pretrained
+    from effnet_cli.runtime.pretrained import load_pretrained
     from effnet_cli.core.model import EfficientNetForImageClassification, EfficientNetModel, EfficientNetPreTrainedModel
     from effnet_cli.runtime.fused import optimize
     from effnet_cli.scale.shards import read_embeddings, read_predictions

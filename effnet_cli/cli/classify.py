@@ -111,7 +111,7 @@ def classify(
     scale = sharded.ScaleOptions.from_args(locals())
     sharded.check_options(scale, device=device, backend=backend.value, kind="classify")
     partition = sharded.partition_of(shard)
-    from effnet_cli.runtime.engine import read_labels
+    from effnet_cli.runtime.paths import read_labels
     names = read_labels(labels) if labels is not None else None
     options = EngineOptions.from_args(locals(), exact_decode=exact, backend=backend.value)
     run = RunOptions(batch_size=batch_size, top_k=top_k, threshold=threshold, labels=names)
@@ -177,7 +177,7 @@ def _check_file_output(output: Path, overwrite: bool) -> None:
 def _check_model(engine: Any, names: list[str] | None, top_k: int, quiet: bool) -> None:
     """Usage errors the loaded model reveals: no classifier, or fewer label names than classes; a --top-k
     above the number of classes is lowered, and said so."""
-    from effnet_cli.runtime.engine import require_classifier
+    from effnet_cli.runtime.paths import require_classifier
 
     require_classifier(engine)
     classes = engine.config.num_labels
@@ -215,7 +215,7 @@ def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions
                         started: float, stream: Any = None, where: str | None = None) -> int:
     """Classify ``paths`` to stdout (or ``stream``) as tables or records, one batch at a time; the exit status."""
     from effnet_cli.records.stream import RecordWriter
-    from effnet_cli.runtime.engine import classify_paths
+    from effnet_cli.runtime.paths import classify_paths
 
     if fmt != "table" and stream is None:
         utf8_stdout()

@@ -14,6 +14,7 @@ from effnet_cli.errors import InputError
 
 if TYPE_CHECKING:
     from effnet_cli.runtime.engine import Engine
+    from effnet_cli.runtime.lean import LeanEngine
 
 
 def probe_hub_early(variant: Variant | None, model: str | None) -> None:
@@ -99,7 +100,7 @@ class EngineOptions:
 
 
 def load_engine(options: EngineOptions, *, device: str | None = None, backend: str | None = None,
-                inputs: int | None = None) -> Engine:
+                inputs: int | None = None) -> Engine | LeanEngine:
     """Load the weights named by --variant / --model and prepare them for inference.
 
     ``device`` and ``backend`` override the options' own (the parent of device workers loads its
@@ -110,6 +111,11 @@ def load_engine(options: EngineOptions, *, device: str | None = None, backend: s
     """
     from effnet_cli.data import DEFAULT_MAX_PIXELS
     from effnet_cli.runtime.backends import AUTO_MEASURE_MIN_IMAGES
+
+    measure = inputs is None or inputs >= AUTO_MEASURE_MIN_IMAGES
+    lean = _lean_engine(options, device=device, backend=backend, measure=measure)
+    if lean is not None:
+        return lean
     from effnet_cli.runtime.engine import Engine
 
     if options.quiet:
@@ -125,13 +131,64 @@ def load_engine(options: EngineOptions, *, device: str | None = None, backend: s
         dtype=options.dtype.value, compile=options.compile, draft=not options.exact_decode,
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
         backend=options.backend if backend is None else backend, batch_size=options.batch_size,
-        measure=inputs is None or inputs >= AUTO_MEASURE_MIN_IMAGES,
-        announce=None if options.quiet else _announce_measurement)
+        measure=measure, announce=None if options.quiet else _announce_measurement,
+        first_export=(lambda: None) if options.quiet else _announce_first_export)
     source = engine.source or {}
     if source.get("source") == "hub" and not options.quiet:
         # The exact commit, so a run can be reproduced with --revision.
         info_line(f"using {source['repo_id']} at revision {source['revision']}")
     return engine
+
+
+def _lean_engine(options: EngineOptions, *, device: str | None, backend: str | None,
+                 measure: bool) -> LeanEngine | None:
+    """The torch-free engine, when --model is an export directory, or when ``auto``, ``onnxruntime`` or
+    ``openvino`` finds a cached export of the model.
+
+    The lean path runs only where the PyTorch path has nothing to add: on the CPU, in
+    float32, without --compile; the model's files must resolve without a download, and a cached
+    export of them must be recorded in the index (:mod:`effnet_cli.runtime.index`), and for a run that
+    ``measure``s (long enough to gain from the fastest backend), auto's measured choice at its batch size.
+    """
+    from effnet_cli.data import DEFAULT_MAX_PIXELS
+    from effnet_cli.runtime.lean import LeanEngine, export_format, lean_for_model
+
+    backend = options.backend if backend is None else backend
+    device = options.device if device is None else device
+    kwargs: dict[str, Any] = {"batch_size": options.batch_size, "dtype": options.dtype.value,
+                              "draft": not options.exact_decode, "device": device,
+                              "max_pixels": DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels}
+    if options.model is not None and export_format(options.model) is not None:
+        if options.compile:
+            raise InputError(f"{options.model} is an exported model; --compile needs the PyTorch weights.")
+        return LeanEngine(options.model, backend=backend, **kwargs)
+    # float16 on the CPU computes in float32 and only stores float16 rows: the lean engine does the same.
+    if (backend == "torch" or options.compile or options.dtype.value == "bfloat16" or device not in ("auto", "cpu")
+            or (device == "auto" and _has_gpu())):
+        return None
+    from effnet_cli.errors import EffnetError
+    from effnet_cli.runtime.index import find_export
+    from effnet_cli.weights.resolve import resolve_files
+
+    try:
+        files, source = resolve_files(options.name, revision=options.revision, local_files_only=True)
+        if backend == "auto":
+            found = lean_for_model(files, batch_size=options.batch_size, measured_only=measure)
+        else:  # the runtime named: its cached export, when there is one
+            export = find_export(files, "onnx" if backend == "onnxruntime" else "openvino")
+            found = None if export is None else (backend, export)
+        return None if found is None else LeanEngine(found[1], backend=found[0], source=source, **kwargs)
+    except EffnetError:  # not cached locally, or an export this machine cannot run: the PyTorch path decides
+        return None
+
+
+def _has_gpu() -> bool:
+    """Whether an NVIDIA driver is loaded (--device auto would pick CUDA), asked without importing torch."""
+    return Path("/proc/driver/nvidia/version").exists()
+
+
+def _announce_first_export() -> None:
+    info_line("exporting the model for ONNX Runtime once (about 8 s for b0); later runs start without PyTorch")
 
 
 def _announce_measurement(rates: dict[str, float] | None) -> None:

@@ -167,7 +167,7 @@ def _check_outputs(output: Path | None, per_file: Path | None, resume: bool, ove
 def _run_options(pool: opt.Pool, output: Path | None, per_file: Path | None, resume: bool, features: str | None,
                  normalize: bool, batch_size: int) -> RunOptions:
     """What every batch computes, after the usage errors of the embed-only options."""
-    from effnet_cli.runtime.engine import POOLS
+    from effnet_cli.runtime.paths import POOLS
 
     pool = opt.Pool(pool).value
     if pool not in POOLS:
@@ -201,7 +201,7 @@ def _embed_per_file(engine: Any, paths: list[str], directory: Path, run: RunOpti
 
     import numpy as np
 
-    from effnet_cli.runtime.engine import embed_paths
+    from effnet_cli.runtime.paths import embed_paths
     from effnet_cli.output import make_dir, write_bytes
     from effnet_cli.records.pathtext import path_fields
     from effnet_cli.records.manifest import manifest_record, per_file_targets

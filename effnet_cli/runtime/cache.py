@@ -117,14 +117,36 @@ def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", 
 
 
 def runner_for(model: Any, processor: Any, backend: str, *, dtype: str, device_type: str, batch: int = 16,
-               weights: str | None = None) -> Any:
+               weights: str | None = None, files: str | Path | None = None) -> Any:
     """Export ``model`` for ``backend`` (or reuse the cached export) and open it in that runtime.
 
     ``weights`` is :func:`weights_hash` of ``model`` when the caller has it already (None: computed here).
+    ``files``: the model's directory (config.json, weights), whose export is then recorded in the
+    torch-free index (:mod:`effnet_cli.runtime.index`), so later runs find it without loading torch.
     """
     from effnet_cli.runtime.export import model_file
 
     fmt = FORMAT_OF[backend]
     # The cached OpenVINO IR is float32; bfloat16 is the precision it is compiled with.
     directory = cached_export(model, processor, fmt, "float32", weights=weights)
+    if files is not None and processor.input_size == _files_input_size(files):
+        from effnet_cli.runtime.index import record_export
+
+        record_export(files, fmt, directory)
     return open_runner(model_file(directory, fmt), fmt, dtype=dtype, device_type=device_type, batch=batch)
+
+
+def _files_input_size(files: str | Path) -> tuple[int, int] | None:
+    """The input size of the preprocessing saved in ``files`` (the hub default's when none is saved)."""
+    from effnet_cli.core.config import EfficientNetConfig
+    from effnet_cli.core.processor import EfficientNetImageProcessor
+    from effnet_cli.weights.presets import hub_preprocessing
+
+    path = Path(files) / "preprocessor_config.json"
+    try:
+        processor = (EfficientNetImageProcessor.from_json_file(path) if path.is_file() else
+                     EfficientNetImageProcessor.from_dict(hub_preprocessing(
+                         EfficientNetConfig.from_json_file(Path(files) / "config.json").image_size)))
+    except Exception:
+        return None
+    return processor.input_size

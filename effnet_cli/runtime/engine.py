@@ -10,7 +10,6 @@ memory stays flat however many inputs there are.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,18 @@ import torch
 from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
 from effnet_cli.errors import InputError
 from effnet_cli.core.dtypes import parse_dtype as _dtype
-from effnet_cli.core.loading import load_pretrained
-from effnet_cli.records.results import EmbedBatch, Prediction, Result
+from effnet_cli.core.loading import load_directory
+from effnet_cli.records.results import Prediction
 from effnet_cli.runtime.backends import auto_candidates, choose_backend, measured_choice
 from effnet_cli.runtime.cache import runner_for, weights_hash
 from effnet_cli.runtime.fused import optimize, resolve_device
+from effnet_cli.runtime.index import find_export, record_choice
+from effnet_cli.weights.resolve import resolve_files
+# The record loops are torch-free (shared with the lean engine); re-exported here, where they used to live.
+from effnet_cli.runtime.paths import POOLS, classify_paths, embed_paths, read_labels, require_classifier
 
-POOLS = ("mean", "max")
+__all__ = ["DRAFT_MARGIN", "POOLS", "Engine", "WORKER_NICE", "classify_paths", "embed_paths", "read_labels",
+           "require_classifier"]
 
 # Reduced-size JPEG decoding stops at this multiple of the resize target (see Engine.open_kwargs).
 DRAFT_MARGIN = 1.5
@@ -37,31 +41,6 @@ DRAFT_MARGIN = 1.5
 # A niced worker cannot be given its priority back when other programs start (an unprivileged process
 # can only raise its nice), so the idle gain would cost everything on a busy machine.
 WORKER_NICE = 0
-
-
-def read_labels(path: str | Path) -> list[str]:
-    """Label names from a text file (one per line) or JSON (a list, or an {index: name} object)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"Cannot read labels file {path}: {exc.strerror if isinstance(exc, OSError) else exc}.") from None
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            reason = exc.msg.removesuffix(" at")  # json says "Invalid control character at" and gives the place apart
-            raise InputError(f"Labels file {path} is not valid JSON: {reason} at line {exc.lineno}, "
-                             f"column {exc.colno}.") from None
-        if isinstance(data, dict):
-            try:
-                return [str(data[k]) for k in sorted(data, key=int)]
-            except ValueError:
-                raise InputError(f"Labels file {path}: object keys must be class indices.") from None
-        if isinstance(data, list):
-            return [str(x) for x in data]
-        raise InputError(f"Labels file {path} must hold a JSON list or object.")
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 class Engine:
@@ -80,7 +59,8 @@ class Engine:
                  dtype: str | torch.dtype | None = None, compile: bool = False, fast: bool = True,
                  draft: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, backend: str = "torch",
                  batch_size: int = 16, measure: bool = True,
-                 announce: Callable[[dict[str, float] | None], None] | None = None) -> None:
+                 announce: Callable[[dict[str, float] | None], None] | None = None,
+                 files: str | Path | None = None, first_export: Callable[[], None] | None = None) -> None:
         self.device = resolve_device(device)
         requested = _dtype(dtype) or torch.float32
         # CPUs have no fast float16 convolutions: compute in float32 there (outputs may still be stored as float16).
@@ -96,16 +76,30 @@ class Engine:
         weights = None  # the weights' hash keys both auto's record and the export: computed once, if needed
         if self.backend == "auto":  # several candidates: the fastest here, measured once and remembered
             weights = weights_hash(model)
+            candidates = auto_candidates(device_type=self.device.type, dtype=dtype_name, needs_torch=needs_torch)
             try:
-                self.backend = measured_choice(model, processor, auto_candidates(
-                    device_type=self.device.type, dtype=dtype_name, needs_torch=needs_torch), dtype=dtype_name,
-                    batch=batch_size, measure=measure, announce=announce, weights=weights) or "torch"
+                measured = measured_choice(model, processor, candidates, dtype=dtype_name, batch=batch_size,
+                                           measure=measure, announce=announce, weights=weights)
             except InputError:  # no writable cache for exports: PyTorch needs none
-                self.backend = "torch"
+                measured = None
+            if measured is not None and files is not None and dtype_name == "float32":
+                record_choice(files, batch_size, measured)  # later runs find it without torch
+            self.backend = measured or "torch"
+            if measured is None and first_export is not None and "onnxruntime" in candidates and self.config.num_labels:
+                # Not measured (a short run): export once for ONNX Runtime, so later runs start without torch.
+                if files is None or find_export(files, "onnx") is None:  # only an export to be made is announced
+                    first_export()
+                self.backend = "onnxruntime"
         self.runner: Any = None
         if self.backend != "torch":
-            self.runner = runner_for(model, processor, self.backend, dtype=dtype_name,
-                                     device_type=self.device.type, batch=batch_size, weights=weights)
+            try:
+                self.runner = runner_for(model, processor, self.backend, dtype=dtype_name, batch=batch_size,
+                                         device_type=self.device.type, weights=weights, files=files)
+            except InputError:
+                if backend != "auto":
+                    raise
+                self.backend = "torch"  # auto without a writable cache for its export: PyTorch needs none
+        if self.backend != "torch":
             # Kept for what the export has no output for (stage features); optimised only if asked to run.
             self._plain = model.eval()
             self._model: torch.nn.Module | None = None
@@ -131,8 +125,10 @@ class Engine:
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, revision: str | None = None, **kwargs: Any) -> Engine:
         """Load weights by name (see :func:`effnet_cli.load_pretrained`) and prepare them for inference."""
-        model, processor = load_pretrained(name_or_path, revision=revision)
-        return cls(model, processor, **kwargs)
+        directory, source = resolve_files(name_or_path, revision=revision)
+        model, processor = load_directory(directory)
+        model.source = source
+        return cls(model, processor, files=directory, **kwargs)
 
     # ------------------------------------------------------------ transforms
     @property
@@ -228,52 +224,3 @@ class Engine:
         return iter_batches(paths, self.transform, batch_size=batch_size, workers=workers,
                             open_kwargs=self.open_kwargs, start=start,
                             worker_nice=WORKER_NICE if self.device.type == "cpu" else 0)
-
-
-def require_classifier(engine: Engine) -> None:
-    """Refuse to classify with a model that has no classification head (``num_labels`` 0).
-
-    ``effnet convert`` keeps headless checkpoints headless on purpose; a softmax
-    over their pooled features would look like predictions and mean nothing.
-    """
-    # The config decides, so a runtime backend need not build the PyTorch model to know.
-    headless = not engine.config.num_labels or (engine.runner is None and not hasattr(engine.model, "classifier"))
-    if headless:
-        raise InputError("This model has no classification head (num_labels is 0), so it cannot classify; "
-                         "use `effnet embed` for its features.")
-
-
-def classify_paths(engine: Engine, paths: Sequence[str], *, top_k: int = 5, threshold: float = 0.0,
-                   labels: Sequence[str] | None = None, batch_size: int = 16, workers: int = 0,
-                   ) -> Iterator[list[Result]]:
-    """Classify every path; yields one list of :class:`Result` per batch, in input order."""
-    require_classifier(engine)
-    if top_k < 1:
-        raise InputError(f"--top-k must be at least 1, got {top_k}.")
-    if labels is not None and len(labels) < engine.config.num_labels:
-        raise InputError(f"The labels file has {len(labels)} names but the model has {engine.config.num_labels} classes.")
-    for batch in engine.batches(paths, batch_size=batch_size, workers=workers):
-        preds = engine.topk(batch.pixel_values, top_k, threshold=threshold, labels=labels) if batch.indices else []
-        yield [Result(position=pos, path=paths[pos], predictions=None if row is None else preds[row], error=err)
-               for pos, row, err in batch.outcomes()]
-
-
-def embed_paths(engine: Engine, paths: Sequence[str], *, pool: str = "mean", stage: int | None = None,
-                normalize: bool = False, batch_size: int = 16, workers: int = 0, start: int = 0,
-                first_row: int = 0) -> Iterator[EmbedBatch]:
-    """Embed ``paths[start:]``; yields per batch the records (with their output row) and the feature rows."""
-    engine.feature_dim(stage)  # validates the stage before any decoding starts
-    out_dtype = engine.output_numpy_dtype
-    row = first_row
-    for batch in engine.batches(paths, batch_size=batch_size, workers=workers, start=start):
-        if batch.indices:
-            feats = engine.features(batch.pixel_values, pool=pool, stage=stage, normalize=normalize)
-            array = feats.numpy().astype(out_dtype, copy=False)
-        else:
-            array = np.zeros((0, engine.feature_dim(stage)), dtype=out_dtype)
-        results = []
-        for pos, r, err in batch.outcomes():
-            results.append(Result(position=pos, path=paths[pos], row=None if r is None else row + r, error=err))
-        row += len(batch.indices)
-        yield EmbedBatch(results=results, features=array)
-

@@ -88,7 +88,7 @@ def embed_into_shards(engine: Any, job: ShardJob, run: RunOptions, *, on_progres
     ``on_plan`` sees the plan before any work (the CLI advances its progress
     bar past what a resume keeps). The caller holds the output's lock.
     """
-    from effnet_cli.runtime.engine import embed_paths
+    from effnet_cli.runtime.paths import embed_paths
 
     return _run(engine, job, lambda todo: embed_paths(engine, todo, **run.embed_kwargs()), on_plan,
                 dim=engine.feature_dim(run.stage), dtype=engine.output_numpy_dtype,
@@ -99,7 +99,7 @@ def classify_into_shards(engine: Any, job: ShardJob, run: RunOptions, *,
                          on_progress: ProgressFn | None = None, on_failure: FailureFn | None = None,
                          on_plan: Callable[[Plan], None] | None = None) -> Summary:
     """Classify a partition into ``pred_*.jsonl`` shards, computing each batch as ``run`` says."""
-    from effnet_cli.runtime.engine import classify_paths
+    from effnet_cli.runtime.paths import classify_paths
 
     return _run(engine, job, lambda todo: classify_paths(engine, todo, **run.classify_kwargs()), on_plan,
                 on_progress=on_progress, on_failure=on_failure)
