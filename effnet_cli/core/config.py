@@ -277,8 +277,12 @@ class EfficientNetConfig(PretrainedMixin):
         )
         if variant.lite:
             values.update(hidden_act="relu6", use_squeeze_excite=False, fix_stem_and_head=True, padding_mode="same")
-        values.update(overrides)
-        config = cls(**values)
+        return cls._published(values, overrides)
+
+    @classmethod
+    def _published(cls, values: dict[str, Any], overrides: dict[str, Any]) -> EfficientNetConfig:
+        """A config from a variant's values and the caller's overrides, with the reference's fixed padding."""
+        config = cls(**{**values, **overrides})
         if "depthwise_padding" not in overrides:
             # The reference's table, which is exactly the odd-input stride-2 blocks at the native size.
             config.depthwise_padding = config.odd_stride2_blocks()
@@ -301,11 +305,7 @@ class EfficientNetConfig(PretrainedMixin):
             dropout_rate=min(0.2 + 0.05 * phi, 0.5),
             id2label=dict(enumerate(imagenet_labels())),
         )
-        values.update(overrides)
-        config = cls(**values)
-        if "depthwise_padding" not in overrides:
-            config.depthwise_padding = config.odd_stride2_blocks()
-        return config
+        return cls._published(values, overrides)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> EfficientNetConfig | tuple[EfficientNetConfig, dict]:
