@@ -16,7 +16,7 @@ import prepare
 from run_common import HERE, PASSES, PY, effnet_cmd, load_average, log, middle_rate, quietly, run_child
 from run_load import run_under_load
 
-# (name, extra CLI arguments, extra environment, effnet_cli.runtime.engine constants to patch)
+# (name, extra CLI arguments, extra environment, module constants to patch: CONSTANT_HOMES)
 E2E_ABLATION: list[tuple[str, list[str], dict[str, str], dict[str, Any]]] = [
     ("defaults: --backend auto, 2 decode workers at normal priority, threads = cores waiting passively, "
      "draft decoding to 1.5× the resize target", [], {}, {}),
@@ -35,13 +35,16 @@ E2E_ABLATION: list[tuple[str, list[str], dict[str, str], dict[str, Any]]] = [
 ]
 
 
+# The module that reads each patchable constant at run time.
+CONSTANT_HOMES = {"DRAFT_MARGIN": "effnet_cli.data.decode", "WORKER_NICE": "effnet_cli.runtime.engine"}
+
+
 def _cli_patched(constants: dict[str, int]) -> list[str]:
-    """The real CLI entry point with module constants of effnet_cli.runtime.engine changed (they have no option)."""
-    sets = "; ".join(f"inference.{name} = {value!r}" for name, value in constants.items())
+    """The real CLI entry point with module constants changed (they have no option)."""
+    sets = "".join(f"import {CONSTANT_HOMES[name]} as m; m.{name} = {value!r}; " for name, value in constants.items())
     # The CLI's thread policy first: it must be in the environment before torch loads.
-    code = (f"import sys; from effnet_cli.cli.app import _thread_waiting_policy; _thread_waiting_policy(); "
-            f"import effnet_cli.runtime.engine as inference; {sets}; "
-            "from effnet_cli.cli.app import main; sys.argv[0] = 'effnet'; main()")
+    code = ("import sys; from effnet_cli.cli.app import _thread_waiting_policy; _thread_waiting_policy(sys.argv[1:]); "
+            f"{sets}from effnet_cli.cli.app import main; sys.argv[0] = 'effnet'; main()")
     return [PY, "-c", code]
 
 

@@ -133,3 +133,23 @@ def test_renders_again_from_the_json_file(report: ModuleType, results: dict, tmp
     out = tmp_path / "benchmarks.md"
     assert report.main([str(RESULTS), "--out", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == report.render(results)
+
+
+def test_the_ablations_patched_cli_runs_and_patches_what_the_engines_read() -> None:
+    # run_ablation.py changes module constants through a `-c` string; a renamed constant or helper
+    # would only fail 30 minutes into a benchmark run.
+    import subprocess
+
+    script = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import run_ablation; "
+        "print(json.dumps(run_ablation._cli_patched({'DRAFT_MARGIN': 2, 'WORKER_NICE': 19})))"
+    )
+    command = json.loads(subprocess.run([sys.executable, "-c", script, str(BENCHMARKS)], check=True,
+                                        capture_output=True, text=True, cwd=REPO).stdout)
+    probe = command[2].replace("from effnet_cli.cli.app import main; sys.argv[0] = 'effnet'; main()",
+                               "import effnet_cli.runtime.engine as e, effnet_cli.data.decode as d; "
+                               "print(d.draft_options({'shortest_edge': 100}), e.WORKER_NICE)")
+    shown = subprocess.run([sys.executable, "-c", probe, "classify"], check=True, capture_output=True, text=True)
+    assert shown.stdout.split() == ["{'draft_size':", "(200,", "200)}", "19"]
+    help_run = subprocess.run([*command, "classify", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert help_run.returncode == 0, help_run.stderr

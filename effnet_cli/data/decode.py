@@ -62,6 +62,23 @@ def _pil_global(module: Any, name: str, value: Any) -> Iterator[None]:
             setattr(module, name, saved)
 
 
+# JPEGs are decoded at reduced size (PIL's draft: the DCT scales by 1/2, 1/4 or 1/8) only down to this
+# multiple of the resize target. Decoding right down to the target lets the DCT's crude scaling replace
+# the resize's filter, which flipped close top-1 calls on the sample photos; with 1.5× the resize still
+# does the last step (tests/test_optimize.py; the agreement with full decoding: docs/benchmarks.md).
+DRAFT_MARGIN = 1.5
+
+
+def draft_options(size: dict[str, int], margin: float | None = None) -> dict[str, Any]:
+    """``open_image``'s ``draft_size`` for a processor's resize ``size`` (height/width or shortest_edge)."""
+    margin = DRAFT_MARGIN if margin is None else margin
+    if "height" in size:
+        return {"draft_size": (round(margin * size["width"]), round(margin * size["height"]))}
+    if "shortest_edge" in size:
+        return {"draft_size": (round(margin * size["shortest_edge"]),) * 2}
+    return {}
+
+
 def _short(exc: BaseException) -> str:
     """A library's exception message on one line, short enough to quote."""
     return one_line(exc, limit=_MAX_DETAIL)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
+from effnet_cli.data.decode import DRAFT_MARGIN, draft_options  # DRAFT_MARGIN: the documented name
 from effnet_cli.errors import InputError
 from effnet_cli.core.dtypes import parse_dtype as _dtype
 from effnet_cli.core.loading import load_directory
@@ -34,7 +35,6 @@ __all__ = ["DRAFT_MARGIN", "POOLS", "Engine", "WORKER_NICE", "classify_paths", "
            "require_classifier"]
 
 # Reduced-size JPEG decoding stops at this multiple of the resize target (see Engine.open_kwargs).
-DRAFT_MARGIN = 1.5
 # Scheduling priority (nice) of the decode workers when the model runs on the CPU (see iter_batches).
 # Normal priority. Measured with b0 over 1,024 camera JPEGs on 2 cores (images/s idle / with one busy
 # process pinned to each core): nice 0 150 / 85 (57%), nice 10 168 / 42 (25%), nice 19 173 / 7 (4%).
@@ -140,16 +140,8 @@ class Engine:
     def open_kwargs(self) -> dict[str, Any]:
         """Decoder options: the pixel limit, and reduced-size JPEG decoding down to 1.5× the resize target."""
         kwargs: dict[str, Any] = {"max_pixels": self.max_pixels}
-        size = self.processor.size
         if self.draft and self.processor.do_resize:
-            # PIL's draft keeps both sides at least this large. Decoding right down to the resize target
-            # lets the DCT's crude scaling replace the resize's filter, which flipped close top-1 calls
-            # on the sample photos; with DRAFT_MARGIN the resize still does the last 1.5× or more
-            # (tests/test_optimize.py; the agreement with full decoding is measured in docs/benchmarks.md).
-            if "height" in size:
-                kwargs["draft_size"] = (round(DRAFT_MARGIN * size["width"]), round(DRAFT_MARGIN * size["height"]))
-            elif "shortest_edge" in size:
-                kwargs["draft_size"] = (round(DRAFT_MARGIN * size["shortest_edge"]),) * 2
+            kwargs.update(draft_options(self.processor.size))
         return kwargs
 
     @property

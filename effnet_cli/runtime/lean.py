@@ -25,7 +25,7 @@ import numpy as np
 from effnet_cli.core.config import EfficientNetConfig
 from effnet_cli.core.numpy_pixels import PixelPipeline
 from effnet_cli.core.processor import EfficientNetImageProcessor
-from effnet_cli.data.decode import DEFAULT_MAX_PIXELS
+from effnet_cli.data.decode import DEFAULT_MAX_PIXELS, draft_options
 from effnet_cli.errors import ConfigError, InputError
 from effnet_cli.host import installed
 from effnet_cli.records.results import Prediction
@@ -35,8 +35,6 @@ from effnet_cli.runtime.runners import open_runner, require_runtime
 
 __all__ = ["LeanEngine", "export_format", "lean_for_model"]
 
-# Reduced-size JPEG decoding stops at this multiple of the resize target, as in the PyTorch engine.
-DRAFT_MARGIN = 1.5
 RUNTIME_OF = {"onnx": "onnxruntime", "openvino": "openvino"}  # export format -> the runtime that runs it
 
 
@@ -131,12 +129,8 @@ class LeanEngine:
     def open_kwargs(self) -> dict[str, Any]:
         """Decoder options: the pixel limit, and reduced-size JPEG decoding down to 1.5× the resize target."""
         kwargs: dict[str, Any] = {"max_pixels": self.max_pixels}
-        size = dict(self.pipeline.size)
         if self.draft and self.pipeline.do_resize:
-            if "height" in size:
-                kwargs["draft_size"] = (round(DRAFT_MARGIN * size["width"]), round(DRAFT_MARGIN * size["height"]))
-            elif "shortest_edge" in size:
-                kwargs["draft_size"] = (round(DRAFT_MARGIN * size["shortest_edge"]),) * 2
+            kwargs.update(draft_options(dict(self.pipeline.size)))
         return kwargs
 
     def logits(self, pixel_values: np.ndarray) -> np.ndarray:

@@ -103,7 +103,7 @@ def sized_processor(processor: Any, image_size: int) -> Any:
 
 def open_kwargs_for(processor: Any) -> dict[str, Any]:
     """Decode JPEGs at reduced size when that still leaves 1.5× the pixels the model needs."""
-    from effnet_cli.runtime.engine import DRAFT_MARGIN
+    from effnet_cli.data.decode import DRAFT_MARGIN
 
     size = processor.size
     side = size.get("shortest_edge") or max(size.get("height", 0), size.get("width", 0))
