@@ -167,16 +167,11 @@ def _lean_engine(options: EngineOptions, *, device: str | None, backend: str | N
             or (device == "auto" and _has_gpu())):
         return None
     from effnet_cli.errors import EffnetError
-    from effnet_cli.runtime.index import find_export
     from effnet_cli.weights.resolve import resolve_files
 
     try:
         files, source = resolve_files(options.name, revision=options.revision, local_files_only=True)
-        if backend == "auto":
-            found = lean_for_model(files, batch_size=options.batch_size, measured_only=measure)
-        else:  # the runtime named: its cached export, when there is one
-            export = find_export(files, "onnx" if backend == "onnxruntime" else "openvino")
-            found = None if export is None else (backend, export)
+        found = lean_for_model(files, batch_size=options.batch_size, backend=backend, measured_only=measure)
         return None if found is None else LeanEngine(found[1], backend=found[0], source=source, **kwargs)
     except EffnetError:  # not cached locally, or an export this machine cannot run: the PyTorch path decides
         return None

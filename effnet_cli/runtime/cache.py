@@ -19,7 +19,7 @@ from typing import Any
 from effnet_cli.errors import InputError
 from effnet_cli.host import EFFNET_VERSION, package_version
 from effnet_cli.output import OutputLock, publish_dir, temp_dir
-from effnet_cli.runtime.runners import open_runner
+from effnet_cli.runtime.runners import FORMAT_OF, model_file, open_runner
 
 # effnet_cli.runtime.export is imported inside the functions that need it: it imports torch (2.5 s),
 # which choosing a backend, or finding an export that is cached already, does not need.
@@ -27,7 +27,6 @@ from effnet_cli.runtime.runners import open_runner
 __all__ = ["FORMAT_OF", "cache_lock", "cached_export", "export_key", "export_versions", "runner_for",
            "weights_hash", "writable_dir"]
 
-FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}  # backend -> the export format it runs
 
 
 def weights_hash(model: Any) -> str:
@@ -93,7 +92,7 @@ def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", 
     come meanwhile wait on the lock and then use the finished export.
     """
     from effnet_cli.weights.resolve import cache_root
-    from effnet_cli.runtime.export import model_file, write_export
+    from effnet_cli.runtime.export import write_export
 
     # The weights are hashed once here, not again for the ONNX export an OpenVINO one is converted from.
     weights = weights or weights_hash(model)
@@ -124,8 +123,6 @@ def runner_for(model: Any, processor: Any, backend: str, *, dtype: str, device_t
     ``files``: the model's directory (config.json, weights), whose export is then recorded in the
     torch-free index (:mod:`effnet_cli.runtime.index`), so later runs find it without loading torch.
     """
-    from effnet_cli.runtime.export import model_file
-
     fmt = FORMAT_OF[backend]
     # The cached OpenVINO IR is float32; bfloat16 is the precision it is compiled with.
     directory = cached_export(model, processor, fmt, "float32", weights=weights)

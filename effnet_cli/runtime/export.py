@@ -35,7 +35,7 @@ from torch import nn
 
 from effnet_cli.errors import InputError
 from effnet_cli.output import publish_dir, temp_dir
-from effnet_cli.runtime.runners import keep_float32, open_runner, require_runtime
+from effnet_cli.runtime.runners import FILE_OF, keep_float32, model_file, open_runner, require_runtime
 
 __all__ = [
     "DTYPES",
@@ -55,8 +55,8 @@ INPUT_NAME = "pixel_values"
 # Opset 18 is the oldest the dynamo exporter writes natively (no version conversion step), and
 # ONNX Runtime has run it since 1.14.
 OPSET = 18
-ONNX_NAME = "model.onnx"
-OPENVINO_NAME = "model.xml"
+ONNX_NAME = FILE_OF["onnx"]
+OPENVINO_NAME = FILE_OF["openvino"]
 # Bumped when the exported graph changes (outputs, names, wrapper), so cached exports are redone.
 GRAPH_VERSION = 1
 
@@ -89,11 +89,6 @@ def has_classifier(model: nn.Module) -> bool:
 def output_names(model: nn.Module) -> list[str]:
     """The export's outputs for ``model``, in graph order."""
     return list(OUTPUT_NAMES if has_classifier(model) else OUTPUT_NAMES[1:])
-
-
-def model_file(directory: str | Path, fmt: str) -> Path:
-    """The model file inside an export directory of format ``fmt``."""
-    return Path(directory) / (ONNX_NAME if fmt == "onnx" else OPENVINO_NAME)
 
 
 def parse_image_size(text: str | None) -> tuple[int, int] | None:

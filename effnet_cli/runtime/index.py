@@ -26,11 +26,10 @@ from typing import Any
 
 from effnet_cli.host import EFFNET_VERSION
 from effnet_cli.output import write_text
+from effnet_cli.runtime.runners import FILE_OF
 from effnet_cli.weights.files import CONFIG_NAME, PROCESSOR_NAME, weights_file
 
 __all__ = ["find_choice", "find_export", "model_identity", "record_choice", "record_export"]
-
-FILE_OF = {"onnx": "model.onnx", "openvino": "model.xml"}  # the model file inside an export of each format
 
 
 def model_identity(directory: str | Path) -> dict[str, Any] | None:

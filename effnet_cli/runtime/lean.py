@@ -29,14 +29,11 @@ from effnet_cli.data.decode import DEFAULT_MAX_PIXELS, draft_options
 from effnet_cli.errors import ConfigError, InputError
 from effnet_cli.host import installed
 from effnet_cli.records.results import Prediction
-from effnet_cli.runtime.index import FILE_OF, find_choice, find_export
+from effnet_cli.runtime.index import find_choice, find_export
 from effnet_cli.runtime.paths import POOLS
-from effnet_cli.runtime.runners import open_runner, require_runtime
+from effnet_cli.runtime.runners import FILE_OF, FORMAT_OF, open_runner, require_runtime
 
 __all__ = ["LeanEngine", "export_format", "lean_for_model"]
-
-RUNTIME_OF = {"onnx": "onnxruntime", "openvino": "openvino"}  # export format -> the runtime that runs it
-
 
 def export_format(directory: str | Path) -> str | None:
     """"onnx" or "openvino" when ``directory`` is an export (its model file and config.json), else None."""
@@ -188,22 +185,24 @@ class LeanEngine:
                             open_kwargs=self.open_kwargs, start=start)
 
 
-def lean_for_model(directory: str | Path, *, batch_size: int, measured_only: bool = False,
+def lean_for_model(directory: str | Path, *, batch_size: int, backend: str = "auto", measured_only: bool = False,
                    cache: Path | None = None) -> tuple[str, Path] | None:
-    """The (backend, export directory) ``auto`` runs the model in ``directory`` with, without torch; or None.
+    """The (backend, export directory) that runs the model in ``directory`` without torch; or None.
 
-    None when the model has no cached export yet, when ``auto`` measured PyTorch fastest at this
-    batch size, or when the runtime is not installed. A measured choice wins; without one, the
-    cached ONNX export in ONNX Runtime, else the OpenVINO one, unless ``measured_only`` (a run long
-    enough to measure the backends first).
+    A runtime ``backend`` gives its cached export, if any. For ``auto``: None when the model has no
+    cached export yet, when ``auto`` measured PyTorch fastest at this batch size, or when the runtime
+    is not installed. A measured choice wins; without one, the cached ONNX export in ONNX Runtime,
+    else the OpenVINO one, unless ``measured_only`` (a run long enough to measure the backends first).
     """
+    if backend != "auto":
+        export = find_export(directory, FORMAT_OF[backend], cache=cache)
+        return None if export is None else (backend, export)
     choice = find_choice(directory, batch_size, cache=cache)
     if choice == "torch" or (choice is None and measured_only):
         return None
-    order = [choice] if choice in RUNTIME_OF.values() else ["onnxruntime", "openvino"]
-    for backend in order:
-        fmt = "onnx" if backend == "onnxruntime" else "openvino"
-        export = find_export(directory, fmt, cache=cache)
-        if export is not None and installed(backend):
-            return backend, export
+    order = [choice] if choice in FORMAT_OF else ["onnxruntime", "openvino"]
+    for runtime in order:
+        export = find_export(directory, FORMAT_OF[runtime], cache=cache)
+        if export is not None and installed(runtime):
+            return runtime, export
     return None

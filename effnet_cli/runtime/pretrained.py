@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from effnet_cli.errors import InputError
-from effnet_cli.runtime.index import find_export
 from effnet_cli.runtime.lean import LeanEngine, export_format, lean_for_model
 
 __all__ = ["RuntimeModel", "RuntimeOutput", "load_pretrained"]
@@ -114,17 +113,15 @@ def _cached(name_or_path: str | Path, backend: str, *, revision: str | None,
         files, source = resolve_files(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=True)
     except EffnetError:
         return None
-    if backend == "auto":
-        found = lean_for_model(files, batch_size=1)
-        return None if found is None else (*found, source)
-    export = find_export(files, "onnx" if backend == "onnxruntime" else "openvino")
-    return None if export is None else (backend, export, source)
+    found = lean_for_model(files, batch_size=1, backend=backend)
+    return None if found is None else (*found, source)
 
 
 def _export_now(name_or_path: str | Path, model: Any, processor: Any, backend: str, *, revision: str | None,
                 cache_dir: str | Path | None) -> tuple[RuntimeModel, Any]:
     """Export ``model`` into effnet's cache for ``backend``, record it in the index, and open it."""
-    from effnet_cli.runtime.cache import FORMAT_OF, cached_export
+    from effnet_cli.runtime.cache import cached_export
+    from effnet_cli.runtime.runners import FORMAT_OF
     from effnet_cli.runtime.index import record_export
     from effnet_cli.weights.resolve import resolve_files
 

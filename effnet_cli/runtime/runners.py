@@ -19,7 +19,16 @@ import numpy as np
 from effnet_cli.errors import InputError
 from effnet_cli.host import installed, usable_cores
 
-__all__ = ["OnnxRuntimeRunner", "OpenVinoRunner", "keep_float32", "open_runner", "require_runtime"]
+__all__ = ["FILE_OF", "FORMAT_OF", "OnnxRuntimeRunner", "OpenVinoRunner", "keep_float32", "model_file", "open_runner",
+           "require_runtime"]
+
+FILE_OF = {"onnx": "model.onnx", "openvino": "model.xml"}  # export format -> its model file
+FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}  # backend -> the export format it runs
+
+
+def model_file(directory: str | Path, fmt: str) -> Path:
+    """The model file inside an export directory of format ``fmt``."""
+    return Path(directory) / FILE_OF[fmt]
 
 
 def require_runtime(name: str) -> None:
