@@ -206,3 +206,46 @@ def test_no_torch_in_the_main_process_or_the_workers(photos, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                       os.environ.get("PYTHONPATH")]))}
     subprocess.run([sys.executable, str(script)], check=True, env=env, cwd=tempfile.gettempdir(), timeout=120)
+
+
+def test_a_short_run_forks_its_workers_and_still_survives_a_crash(tmp_path):
+    """One batch per worker: forked from the caller (no fork server to wait for), crash isolation kept.
+
+    Longer runs, and any process where torch or a runtime is loaded, use the fork server. The
+    check runs in a fresh interpreter, since this test process has torch loaded.
+    """
+    script = tmp_path / "short.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        import numpy as np
+        from PIL import Image
+        from effnet_cli.data.pool import CRASH_REASON, start_batches
+
+        class ParentAndCrash:
+            '''Rows hold the worker's parent pid; a 13×7 image kills its process.'''
+            def __call__(self, image):
+                if image.size == (13, 7):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return np.full((3, 2, 2), os.getppid(), np.float32)
+
+        if __name__ == "__main__":
+            folder = {str(tmp_path)!r}
+            paths = []
+            for i in range(6):
+                path = os.path.join(folder, f"{{i}}.png")
+                Image.new("RGB", (13, 7) if i == 4 else (6, 6), (i, 0, 0)).save(path)
+                paths.append(path)
+            def parents(paths, batch_size, workers):
+                batches = list(start_batches(paths, ParentAndCrash(), batch_size=batch_size, workers=workers))
+                errors = [e for b in batches for e in b.errors]
+                assert errors == ([(4, CRASH_REASON)] if len(paths) > 4 else []), errors
+                return {{int(v) for b in batches for v in b.pixel_values[:, 0, 0, 0]}}
+            assert parents(paths[:4], 4, 2) == {{os.getpid()}}  # one batch: a fork of this process
+            assert os.getpid() not in parents(paths, 6, 2)  # its crash: redone in the fork server's children
+            assert os.getpid() not in parents(paths[:4], 1, 2)  # 4 batches on 2 workers: the fork server
+            import torch  # noqa: F401 - a process with torch's threads never forks
+            assert os.getpid() not in parents(paths[:4], 4, 2)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, str(script)], check=True, env=env, cwd=tempfile.gettempdir(), timeout=120)

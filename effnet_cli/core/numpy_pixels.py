@@ -32,7 +32,6 @@ import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -107,10 +106,12 @@ def _read_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def torchvision_has_lanczos() -> bool:
     """Whether the installed torchvision (read from its metadata, not imported) resizes lanczos natively."""
+    from effnet_cli.host import package_version
+
     try:
-        major, minor = (int(part) for part in metadata.version("torchvision").split(".")[:2])
-    except (metadata.PackageNotFoundError, ValueError):
-        return True  # no torchvision here: follow what current releases do
+        major, minor = (int(part) for part in package_version("torchvision").split(".")[:2])
+    except ValueError:
+        return True  # no torchvision here ("-"): follow what current releases do
     return (major, minor) >= (0, 27)
 
 
@@ -293,7 +294,9 @@ class PixelPipeline:
                                                           "do_normalize", "image_mean", "image_std", "include_top")))
         crop = (fields["crop_size"]["height"], fields["crop_size"]["width"]) if fields["do_center_crop"] else None
         return cls(fields["do_resize"], tuple(sorted(fields["size"].items())), fields["resample"], crop,
-                   scale, shift, backend, torchvision_has_lanczos())
+                   scale, shift, backend,
+                   # read only when it matters: the metadata lookup costs a start-up ~10 ms
+                   torchvision_has_lanczos() if fields["resample"] == LANCZOS else True)
 
     # ---------------------------------------------------------------- sizes
 

@@ -26,6 +26,8 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
@@ -37,7 +39,7 @@ from PIL import Image
 from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Stacking, checked_job, recover, run_isolated
 from effnet_cli.data.loader import default_workers
 
-__all__ = ["CRASH_REASON", "Batch", "default_workers", "iter_batches"]
+__all__ = ["CRASH_REASON", "Batch", "Batches", "default_workers", "iter_batches", "start_batches"]
 
 # Seconds a closing worker gets to exit on its own before it is terminated, then killed.
 _EXIT_GRACE_S = 2.0
@@ -80,7 +82,10 @@ def _worker_init(nice: int) -> None:
 def _worker_main(job: BatchJob, conn: Connection, nice: int) -> None:
     """Say ("ready", -1, None), then answer each batch number with ("ok", b, Batch) or ("error", b, exception)."""
     _worker_init(nice)
-    conn.send_bytes(pickle.dumps(("ready", -1, None)))
+    try:
+        conn.send_bytes(pickle.dumps(("ready", -1, None)))
+    except OSError:  # the loader was closed before this worker started
+        return
     while True:
         try:
             b = conn.recv()
@@ -139,10 +144,13 @@ class _Worker:
 class _Pool:
     """The workers of one iter_batches call, batches dealt out ahead of the consumer and collected in order."""
 
-    def __init__(self, ctx: Any, job: BatchJob, workers: int, prefetch: int, nice: int) -> None:
+    def __init__(self, ctx: Any, job: BatchJob, workers: int, prefetch: int, nice: int,
+                 first_ctx: Any = None) -> None:
+        # ``first_ctx`` starts the first workers; replacements, and processes that redo a crashed
+        # batch, always come from ``ctx`` (see start_batches on why the first ones may be forked).
         self.ctx, self.job, self.prefetch, self.nice = ctx, job, prefetch, nice
         self.total = len(job)
-        self.workers = [_Worker(ctx, job, nice) for _ in range(workers)]
+        self.workers = [_Worker(first_ctx or ctx, job, nice) for _ in range(workers)]
         self.next_task = 0
         self.redo: deque[int] = deque()  # batches of a dead worker it had not started
         self.ready: dict[int, Batch] = {}
@@ -150,11 +158,11 @@ class _Pool:
     def __iter__(self) -> Iterator[Batch]:
         for b in range(self.total):
             while b not in self.ready:
-                self._deal(b)
+                self.deal(b)
                 self._collect()
             yield self.ready.pop(b)
 
-    def _deal(self, wanted: int) -> None:
+    def deal(self, wanted: int) -> None:
         """Send batch numbers to workers with room, never further ahead of ``wanted`` than they can hold."""
         horizon = wanted + len(self.workers) * self.prefetch
         for worker in sorted(self.workers, key=lambda w: len(w.pending)):
@@ -209,7 +217,10 @@ class _Pool:
         if lost:
             self.ready[lost[0]] = _recover_batch(self.ctx, self.job, lost[0])
             self.redo.extend(lost[1:])
-        self.workers[self.workers.index(dead)] = _Worker(self.ctx, self.job, self.nice)
+        if self.redo or self.next_task < self.total:
+            self.workers[self.workers.index(dead)] = _Worker(self.ctx, self.job, self.nice)
+        else:  # nothing left for a new worker to do
+            self.workers.remove(dead)
         dead.stop()
 
     def close(self) -> None:
@@ -237,6 +248,76 @@ def _context(name: str | None) -> Any:
     return ctx
 
 
+def _can_fork_now() -> bool:
+    """Whether forking this process now is safe: no Python thread but this one, and no runtime loaded.
+
+    numpy's BLAS may have threads of its own; it re-initialises them in a forked child. An
+    ONNX Runtime, OpenVINO or torch thread pool does not, so a process that has one never forks.
+    """
+    return ("fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+            and not any(name in sys.modules for name in ("onnxruntime", "openvino", "torch")))
+
+
+class Batches:
+    """The batches of a started loader, in input order; ``close()`` (or the end) stops its workers."""
+
+    def __init__(self, pool: _Pool | None, batches: Iterator[Batch]) -> None:
+        self._pool, self._batches = pool, batches
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def __next__(self) -> Batch:
+        try:
+            return next(self._batches)
+        except BaseException:  # the end, or a failure: either way no worker is needed any more
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop and reap the workers; further iteration ends at once."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        self._batches = iter(())
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def start_batches(
+    paths: Sequence[str],
+    transform: Callable[[Image.Image], np.ndarray],
+    *,
+    batch_size: int,
+    workers: int,
+    open_kwargs: dict[str, Any] | None = None,
+    start: int = 0,
+    prefetch: int = 2,
+    worker_nice: int = 0,
+    start_method: str | None = None,
+) -> Batches:
+    """:func:`iter_batches`, but its workers start and begin decoding before this returns.
+
+    So a caller can do other work (the lean engine opens its runtime) while the first batches
+    decode. A short run, one batch per worker or less, whose process may still fork safely
+    (:func:`_can_fork_now`), forks its workers: a fork costs milliseconds where the fork server
+    first needs tens of milliseconds to import numpy and Pillow, and such a run would wait for
+    it; longer runs use the fork server, whose smaller workers keep the summed memory low.
+    """
+    job = checked_job(paths, transform, ARRAYS, batch_size=batch_size, workers=workers, prefetch=prefetch,
+                       start=start, open_kwargs=open_kwargs)
+    if workers == 0 or len(job) == 0:
+        return Batches(None, (job[b] for b in range(len(job))))
+    ctx = _context(start_method)
+    count = min(workers, len(job))
+    first = multiprocessing.get_context("fork") if start_method is None and count == len(job) and _can_fork_now() \
+        else None
+    pool = _Pool(ctx, job, count, prefetch, worker_nice, first_ctx=first)
+    pool.deal(0)
+    return Batches(pool, iter(pool))
+
+
 def iter_batches(
     paths: Sequence[str],
     transform: Callable[[Image.Image], np.ndarray],
@@ -259,14 +340,9 @@ def iter_batches(
 
     Closing the generator early (``break``) stops and reaps the workers.
     """
-    job = checked_job(paths, transform, ARRAYS, batch_size=batch_size, workers=workers, prefetch=prefetch,
-                       start=start, open_kwargs=open_kwargs)
-    if workers == 0 or len(job) == 0:
-        for b in range(len(job)):
-            yield job[b]
-        return
-    pool = _Pool(_context(start_method), job, min(workers, len(job)), prefetch, worker_nice)
+    batches = start_batches(paths, transform, batch_size=batch_size, workers=workers, open_kwargs=open_kwargs,
+                            start=start, prefetch=prefetch, worker_nice=worker_nice, start_method=start_method)
     try:
-        yield from pool
+        yield from batches
     finally:
-        pool.close()
+        batches.close()

@@ -107,8 +107,7 @@ class LeanEngine:
         except (ValueError, ConfigError) as exc:
             raise InputError(f"{processor_path}: {exc}") from None
         self.device_type = _device_type(device, self.backend)
-        fmt = "onnx" if path.suffix == ".onnx" else "openvino"
-        self.runner: Any = open_runner(path, fmt, dtype="float32", device_type=self.device_type, batch=batch_size)
+        self._model_file, self._batch_size, self._runner = path, batch_size, None
         self.labels = [self.config.id2label.get(i, f"LABEL_{i}") if self.config.id2label else f"LABEL_{i}"
                        for i in range(self.config.num_labels or 0)]
         self.output_numpy_dtype = np.float16 if dtype == "float16" else np.float32
@@ -116,6 +115,15 @@ class LeanEngine:
         self.max_pixels = max_pixels
         self.source = source or {"source": "export", "path": str(self.directory)}
         self.device = self.device_type
+
+    @property
+    def runner(self) -> Any:
+        """The runtime session, opened on first use (see :meth:`batches` for why not at once)."""
+        if self._runner is None:
+            fmt = "onnx" if self._model_file.suffix == ".onnx" else "openvino"
+            self._runner = open_runner(self._model_file, fmt, dtype="float32", device_type=self.device_type,
+                                       batch=self._batch_size)
+        return self._runner
 
     @property
     def transform(self) -> PixelPipeline:
@@ -173,16 +181,23 @@ class LeanEngine:
         return int(self.config.hidden_dim)
 
     def batches(self, paths: Sequence[str], *, batch_size: int, workers: int, start: int = 0) -> Iterator[Any]:
-        """Decoded, preprocessed numpy batches of ``paths`` in input order (:func:`effnet_cli.data.pool.iter_batches`).
+        """Decoded, preprocessed numpy batches of ``paths`` in input order (:func:`effnet_cli.data.pool.start_batches`).
 
-        Even a run of one batch decodes in a worker process, although starting one (a fork server
-        importing numpy, Pillow and effnet) costs about 0.35 s: a decoder that crashes must cost its
-        input one error record, not take the run with it.
+        Even a run of one batch decodes in a worker process: a decoder that crashes must cost its
+        input one error record, not take the run with it. The workers start, and the first batches
+        decode, while the runtime opens the model: for one photo that hides the decode and the
+        workers' start behind the runtime's own start-up.
         """
-        from effnet_cli.data.pool import iter_batches
+        from effnet_cli.data.pool import start_batches
 
-        return iter_batches(paths, self.transform, batch_size=batch_size, workers=workers,
-                            open_kwargs=self.open_kwargs, start=start)
+        batches = start_batches(paths, self.transform, batch_size=batch_size, workers=workers,
+                                open_kwargs=self.open_kwargs, start=start)
+        try:
+            self.runner  # noqa: B018 - opened now, while the workers decode
+        except BaseException:
+            batches.close()
+            raise
+        return batches
 
 
 def lean_for_model(directory: str | Path, *, batch_size: int, backend: str = "auto", measured_only: bool = False,

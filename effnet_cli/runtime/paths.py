@@ -56,7 +56,9 @@ def require_classifier(engine: Any) -> None:
     over their pooled features would look like predictions and mean nothing.
     """
     # The config decides, so a runtime backend need not build the PyTorch model to know.
-    headless = not engine.config.num_labels or (engine.runner is None and not hasattr(engine.model, "classifier"))
+    model = getattr(engine, "model", None)  # the PyTorch model, which the lean engine has not
+    headless = not engine.config.num_labels or (model is not None and engine.runner is None
+                                                and not hasattr(model, "classifier"))
     if headless:
         raise InputError("This model has no classification head (num_labels is 0), so it cannot classify; "
                          "use `effnet embed` for its features.")
