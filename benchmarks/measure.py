@@ -74,6 +74,7 @@ class ChildRun:
     stderr: str
     peak_rss_mb: float  # main process high-water mark (exact)
     peak_tree_pss_mb: float  # whole process tree, summed PSS (sampled)
+    peak_tree_rss_mb: float = 0.0  # whole process tree, summed RSS (sampled; shared pages counted per process)
     foreign_share: float = 0.0  # share of all CPU time used by other programs while it ran
     extra: dict = field(default_factory=dict)
 
@@ -104,21 +105,28 @@ def _children_map() -> dict[int, list[int]]:
     return kids
 
 
-def tree_pss_kb(root: int) -> int:
-    """Summed PSS (KiB) of ``root`` and all its descendants; 0 for processes already gone."""
+def tree_memory_kb(root: int) -> tuple[int, int]:
+    """(summed RSS, summed PSS) in KiB of ``root`` and all its descendants; processes already gone count 0.
+
+    Summed RSS counts pages the processes share (libraries, a forked parent's memory) once per
+    process; PSS divides each shared page among its sharers, so its sum is the memory the tree holds.
+    """
     kids = _children_map()
-    total, stack = 0, [root]
+    rss = pss = 0
+    stack = [root]
     while stack:
         pid = stack.pop()
         stack.extend(kids.get(pid, []))
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
                     break
         except OSError:
             continue
-    return total
+    return rss, pss
 
 
 def run_child(cmd: list[str], *, env: dict[str, str] | None = None, stdin_text: str | None = None,
@@ -134,6 +142,7 @@ def run_child(cmd: list[str], *, env: dict[str, str] | None = None, stdin_text: 
     times: list[float] = []
     err: list[str] = []
     peak_pss = [0]
+    peak_rss = [0]
     done = threading.Event()
 
     def read_out() -> None:
@@ -146,7 +155,8 @@ def run_child(cmd: list[str], *, env: dict[str, str] | None = None, stdin_text: 
 
     def sample() -> None:
         while not done.is_set():
-            peak_pss[0] = max(peak_pss[0], tree_pss_kb(proc.pid))
+            rss, pss = tree_memory_kb(proc.pid)
+            peak_pss[0], peak_rss[0] = max(peak_pss[0], pss), max(peak_rss[0], rss)
             done.wait(SAMPLE_S)
 
     threads = [threading.Thread(target=t, daemon=True) for t in (read_out, read_err, sample)]
@@ -176,4 +186,5 @@ def run_child(cmd: list[str], *, env: dict[str, str] | None = None, stdin_text: 
     proc.returncode = os.waitstatus_to_exitcode(status)
     return ChildRun(cmd=cmd, returncode=proc.returncode, wall_s=wall, lines=lines, times=times,
                     stderr="".join(err), peak_rss_mb=usage.ru_maxrss / 1024, peak_tree_pss_mb=peak_pss[0] / 1024,
+                    peak_tree_rss_mb=peak_rss[0] / 1024,
                     foreign_share=max(0.0, foreign) / (wall * cores()))

@@ -164,6 +164,42 @@ def test_load_pretrained_runtime_model_gives_the_torch_outputs(b0_dir, photos):
     assert load_pretrained(str(b0_dir), backend="auto")[0].directory == runtime.directory
 
 
+def test_load_pretrained_auto_runs_each_batch_size_in_the_faster_runtime(b0_dir, monkeypatch):
+    """auto times both runtimes at a batch size's first call, keeps the faster, and remembers it in the index."""
+    pytest.importorskip("openvino")
+    from effnet_cli import load_pretrained
+    from effnet_cli.runtime import backends
+
+    reference, _ = load_pretrained(str(b0_dir), backend="onnxruntime")  # exported and indexed
+    timed = []
+
+    def fake_rates(calls, batch):  # the real calls run once each; the ranking is the test's
+        timed.append(batch)
+        for call, _ in calls.values():
+            call()
+        return {"onnxruntime": 2.0, "openvino": 1.0} if batch == 1 else {"onnxruntime": 1.0, "openvino": 2.0}
+
+    monkeypatch.setattr(backends, "time_backends", fake_rates)
+    model, _ = load_pretrained(str(b0_dir), backend="auto")
+    x = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    out = model(x)
+    assert model.backend == "openvino" and timed == [3]
+    assert np.abs(out.logits - reference(x).logits).max() <= 1e-4
+    assert np.abs(out.pooler_output - reference(x).pooler_output).max() <= 1e-4
+    model(x[:1])
+    assert model.backend == "onnxruntime" and timed == [3, 1]
+    model(x)
+    assert model.backend == "openvino" and timed == [3, 1]  # measured once per batch size
+
+    def no_timing(calls, batch):
+        raise AssertionError("a remembered choice must not be measured again")
+
+    monkeypatch.setattr(backends, "time_backends", no_timing)
+    again, _ = load_pretrained(str(b0_dir), backend="auto")
+    again(x)
+    assert again.backend == "openvino"
+
+
 def test_load_pretrained_without_torch_in_the_process(exports, site):
     code = ("import sys; from PIL import Image; from effnet_cli import load_pretrained; "
             f"m, _ = load_pretrained({str(exports['lite0'])!r}); o = m(m.preprocess(Image.open(sys.argv[1]))); "

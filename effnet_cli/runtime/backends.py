@@ -42,7 +42,7 @@ from effnet_cli.runtime.cache import cache_lock, export_versions, runner_for, we
 from effnet_cli.runtime.runners import require_runtime
 
 __all__ = ["AUTO_MEASURE_MIN_IMAGES", "BACKENDS", "auto_candidates", "available_backends", "choose_backend",
-           "measured_choice"]
+           "measured_choice", "time_backends"]
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 
@@ -145,7 +145,7 @@ def _forward_call(backend: str, model: Any, processor: Any, dtype: str, x: Any,
     return call, time.perf_counter() - start
 
 
-def _time_backends(calls: dict[str, tuple[Callable[[], None], float]], batch: int) -> dict[str, float]:
+def time_backends(calls: dict[str, tuple[Callable[[], None], float]], batch: int) -> dict[str, float]:
     """Images/s of each call: :data:`PROBE_ROUNDS` interleaved rounds, the median round per backend.
 
     Interleaving spreads drift in the machine's speed (other programs, clocks) over every backend
@@ -220,7 +220,7 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
             announce(None)
         h, w = fixed_input_size(processor)
         x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
-        rates = _time_backends({name: _forward_call(name, model, processor, dtype, x, weights)
+        rates = time_backends({name: _forward_call(name, model, processor, dtype, x, weights)
                                 for name in candidates}, batch)
         choice = max(rates, key=rates.__getitem__)
         write_text(record, json.dumps({"backend": choice, "images_per_s": rates, **parts}, indent=2))

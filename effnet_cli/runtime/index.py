@@ -11,7 +11,10 @@ start would cost as much as the start-up it saves; a file replaced in place chan
 mtime). Each entry is one small JSON file under ``CACHE/exports/index/``, written atomically:
 
 * ``MODEL.FORMAT.json``: the export of format "onnx" or "openvino" (float32), and its input size;
-* ``MODEL.choice-bN.json``: the backend ``auto`` measured fastest at batch size N.
+* ``MODEL.choice-bN.json``: the backend ``auto`` measured fastest at batch size N;
+* ``MODEL.runtime-choice-bN.json``: the faster of the two runtimes at batch size N, measured by the
+  Python API's ``backend="auto"`` (:class:`effnet_cli.runtime.pretrained.RuntimeModel`), which runs
+  only exports and so leaves PyTorch out of the comparison.
 
 An entry whose export directory has gone is ignored.
 """
@@ -92,14 +95,23 @@ def find_export(directory: str | Path, fmt: str, *, cache: Path | None = None) -
     return export if (export / FILE_OF[fmt]).is_file() else None
 
 
-def record_choice(directory: str | Path, batch: int, backend: str, *, cache: Path | None = None) -> None:
-    """Remember the backend ``auto`` chose for the model in ``directory`` at batch size ``batch``."""
-    _write(_entry(directory, f"choice-b{batch}", cache), {"backend": backend, "batch": batch,
-                                                          "model": str(directory)})
+def _choice_name(batch: int, runtimes_only: bool) -> str:
+    return f"{'runtime-' if runtimes_only else ''}choice-b{batch}"
 
 
-def find_choice(directory: str | Path, batch: int, *, cache: Path | None = None) -> str | None:
+def record_choice(directory: str | Path, batch: int, backend: str, *, runtimes_only: bool = False,
+                  cache: Path | None = None) -> None:
+    """Remember the backend ``auto`` chose for the model in ``directory`` at batch size ``batch``.
+
+    ``runtimes_only``: a choice between ONNX Runtime and OpenVINO alone (PyTorch was not a candidate).
+    """
+    _write(_entry(directory, _choice_name(batch, runtimes_only), cache),
+           {"backend": backend, "batch": batch, "model": str(directory)})
+
+
+def find_choice(directory: str | Path, batch: int, *, runtimes_only: bool = False,
+                cache: Path | None = None) -> str | None:
     """The backend ``auto`` measured fastest for this model at ``batch``, or None when none was measured."""
-    data = _read(_entry(directory, f"choice-b{batch}", cache))
+    data = _read(_entry(directory, _choice_name(batch, runtimes_only), cache))
     backend = None if data is None else data.get("backend")
     return backend if isinstance(backend, str) else None
