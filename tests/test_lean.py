@@ -164,6 +164,20 @@ def test_load_pretrained_runtime_model_gives_the_torch_outputs(b0_dir, photos):
     assert load_pretrained(str(b0_dir), backend="auto")[0].directory == runtime.directory
 
 
+def test_onnxruntime_runs_a_large_batch_in_slices_with_the_same_outputs(exports):
+    """Batches above CPU_CHUNK run in slices (less arena memory): the outputs are those of the whole batch."""
+    from effnet_cli.runtime import runners
+
+    runner = runners.open_runner(exports["b0"] / "model.onnx", "onnx")
+    x = np.random.default_rng(1).standard_normal((runners.CPU_CHUNK + 3, 3, 224, 224)).astype(np.float32)
+    sliced = runner.run(x, ["logits", "features"])
+    runner.chunk = None
+    whole = runner.run(x, ["logits", "features"])
+    for name in ("logits", "features"):
+        assert sliced[name].shape == whole[name].shape == (len(x), whole[name].shape[1])
+        assert np.abs(sliced[name] - whole[name]).max() <= 1e-5
+
+
 def test_load_pretrained_auto_runs_each_batch_size_in_the_faster_runtime(b0_dir, monkeypatch):
     """auto times both runtimes at a batch size's first call, keeps the faster, and remembers it in the index."""
     pytest.importorskip("openvino")

@@ -41,6 +41,10 @@ def require_runtime(name: str) -> None:
         raise InputError(f"{name} is not installed; pip install {name}, or use --backend torch.")
 
 
+# The largest batch ONNX Runtime runs at once on the CPU. b0 at batch 16 held 365 MB in the process that
+# ran it, at 8 243 MB; slices of 8 ran as fast as whole batches of 16 (benchmarks/lean.py, docs/benchmarks.md).
+CPU_CHUNK = 8
+
 _ARENA_REGISTERED: list[bool] = []
 
 
@@ -90,12 +94,21 @@ class OnnxRuntimeRunner:
                                  "or use --backend torch.")
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.chunk = CPU_CHUNK if device_type == "cpu" else None
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, pixel_values: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """The named outputs for N×3×H×W float32 pixel values."""
-        got = self.session.run(list(outputs), {self.input_name: np.ascontiguousarray(pixel_values, np.float32)})
-        return dict(zip(outputs, got))
+        """The named outputs for N×3×H×W float32 pixel values.
+
+        On the CPU a batch larger than :data:`CPU_CHUNK` runs in slices of that size: the arena holds
+        one slice's activations instead of the whole batch's.
+        """
+        x = np.ascontiguousarray(pixel_values, np.float32)
+        if self.chunk is None or len(x) <= self.chunk:
+            return dict(zip(outputs, self.session.run(list(outputs), {self.input_name: x})))
+        parts = [self.session.run(list(outputs), {self.input_name: x[i:i + self.chunk]})
+                 for i in range(0, len(x), self.chunk)]
+        return {name: np.concatenate([part[j] for part in parts]) for j, name in enumerate(outputs)}
 
 
 # OpenVINO's runtime attribute that keeps a layer at its own (float32) precision; the CPU plugin
