@@ -10,7 +10,8 @@
 but its :class:`Batch` holds a numpy ``N×3×H×W`` float32 array, its transform returns
 numpy arrays (e.g. :class:`effnet_cli.core.numpy_pixels.PixelPipeline`), and neither
 this module nor its workers import torch: they are plain ``multiprocessing`` processes
-(forkserver where the platform has it, so that a parent's threads are never forked).
+(forkserver where the platform has it, so that a parent's threads are never forked; a run of
+one batch per worker forks its workers while that is still safe, see :func:`start_batches`).
 
 Each worker owns one duplex pipe: the main process sends it batch numbers (at most
 ``prefetch`` outstanding) and receives whole assembled batches, pickled. The main
