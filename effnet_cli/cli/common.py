@@ -100,22 +100,23 @@ class EngineOptions:
 
 
 def load_engine(options: EngineOptions, *, device: str | None = None, backend: str | None = None,
-                inputs: int | None = None) -> Engine | LeanEngine:
+                inputs: int | None = None, lean: bool = True) -> Engine | LeanEngine:
     """Load the weights named by --variant / --model and prepare them for inference.
 
     ``device`` and ``backend`` override the options' own (the parent of device workers loads its
     copy on the CPU). With ``--backend auto``, a run of ``inputs`` images (None: unknown) exports and
     measures the backends only when it is long enough to gain from it
     (:data:`effnet_cli.runtime.backends.AUTO_MEASURE_MIN_IMAGES`); shorter runs use a remembered
-    choice, or PyTorch.
+    choice, or PyTorch. ``lean=False`` always gives the PyTorch :class:`Engine` (which may still run
+    the model in a runtime), for callers that need its torch preprocessing (Ray's decode tasks).
     """
     from effnet_cli.data import DEFAULT_MAX_PIXELS
     from effnet_cli.runtime.backends import AUTO_MEASURE_MIN_IMAGES
 
     measure = inputs is None or inputs >= AUTO_MEASURE_MIN_IMAGES
-    lean = _lean_engine(options, device=device, backend=backend, measure=measure)
-    if lean is not None:
-        return lean
+    found = _lean_engine(options, device=device, backend=backend, measure=measure) if lean else None
+    if found is not None:
+        return found
     from effnet_cli.runtime.engine import Engine
 
     if options.quiet:

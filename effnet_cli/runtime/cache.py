@@ -116,12 +116,13 @@ def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", 
 
 
 def runner_for(model: Any, processor: Any, backend: str, *, dtype: str, device_type: str, batch: int = 16,
-               weights: str | None = None, files: str | Path | None = None) -> Any:
+               weights: str | None = None, files: str | Path | None = None, threads: int | None = None) -> Any:
     """Export ``model`` for ``backend`` (or reuse the cached export) and open it in that runtime.
 
     ``weights`` is :func:`weights_hash` of ``model`` when the caller has it already (None: computed here).
     ``files``: the model's directory (config.json, weights), whose export is then recorded in the
     torch-free index (:mod:`effnet_cli.runtime.index`), so later runs find it without loading torch.
+    ``threads``: the runner's CPU threads (see :func:`effnet_cli.runtime.runners.open_runner`).
     """
     fmt = FORMAT_OF[backend]
     # The cached OpenVINO IR is float32; bfloat16 is the precision it is compiled with.
@@ -130,7 +131,8 @@ def runner_for(model: Any, processor: Any, backend: str, *, dtype: str, device_t
         from effnet_cli.runtime.index import record_export
 
         record_export(files, fmt, directory)
-    return open_runner(model_file(directory, fmt), fmt, dtype=dtype, device_type=device_type, batch=batch)
+    return open_runner(model_file(directory, fmt), fmt, dtype=dtype, device_type=device_type, batch=batch,
+                       threads=threads)
 
 
 def _files_input_size(files: str | Path) -> tuple[int, int] | None:

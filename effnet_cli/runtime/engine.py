@@ -51,7 +51,8 @@ class Engine:
     fastest of those that can run it at ``batch_size``, measured once per model, batch size and
     machine (the CLI's default). With ``measure=False``, "auto" takes a remembered measurement
     or PyTorch, and never exports or measures; ``announce`` hears when a measurement starts (None)
-    and its result (images/s per backend).
+    and its result (images/s per backend). ``threads`` caps a runtime's CPU threads (None: every
+    usable core), for processes that share the machine with other model processes.
     :attr:`backend` says which one runs.
     """
 
@@ -60,7 +61,8 @@ class Engine:
                  draft: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, backend: str = "torch",
                  batch_size: int = 16, measure: bool = True,
                  announce: Callable[[dict[str, float] | None], None] | None = None,
-                 files: str | Path | None = None, first_export: Callable[[], None] | None = None) -> None:
+                 files: str | Path | None = None, first_export: Callable[[], None] | None = None,
+                 threads: int | None = None) -> None:
         self.device = resolve_device(device)
         requested = _dtype(dtype) or torch.float32
         # CPUs have no fast float16 convolutions: compute in float32 there (outputs may still be stored as float16).
@@ -94,7 +96,8 @@ class Engine:
         if self.backend != "torch":
             try:
                 self.runner = runner_for(model, processor, self.backend, dtype=dtype_name, batch=batch_size,
-                                         device_type=self.device.type, weights=weights, files=files)
+                                         device_type=self.device.type, weights=weights, files=files,
+                                         threads=threads)
             except InputError:
                 if backend != "auto":
                     raise

@@ -170,8 +170,10 @@ class OpenVinoRunner:
     (one stream over all cores).
     """
 
-    def __init__(self, path: Path, *, dtype: str = "float32") -> None:
+    def __init__(self, path: Path, *, dtype: str = "float32", threads: int | None = None) -> None:
         import openvino as ov
+
+        self.threads = threads  # None: OpenVINO's own choice (every usable core)
 
         self.core = ov.Core()
         if dtype == "bfloat16":
@@ -191,6 +193,8 @@ class OpenVinoRunner:
 
         config = {"PERFORMANCE_HINT": "THROUGHPUT" if batch > 1 else "LATENCY",
                   "INFERENCE_PRECISION_HINT": "bf16" if self.dtype == "bfloat16" else "f32"}
+        if self.threads is not None:
+            config["INFERENCE_NUM_THREADS"] = str(self.threads)
         self.compiled = self.core.compile_model(self.model, "CPU", config)
         self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.queue = ov.AsyncInferQueue(self.compiled, self.requests)
@@ -226,10 +230,14 @@ class OpenVinoRunner:
 
 
 def open_runner(path: str | Path, fmt: str, *, dtype: str = "float32", device_type: str = "cpu",
-                batch: int = 16) -> Any:
-    """A runner for the export at ``path`` (model.onnx or model.xml) in its runtime, set up for batches of ``batch``."""
+                batch: int = 16, threads: int | None = None) -> Any:
+    """A runner for the export at ``path`` (model.onnx or model.xml) in its runtime, set up for batches of ``batch``.
+
+    ``threads``: the CPU threads it may use (None: every usable core); a process that shares the
+    machine with other model processes (a Ray actor) passes its share.
+    """
     if fmt == "onnx":
         require_runtime("onnxruntime")
-        return OnnxRuntimeRunner(Path(path), device_type=device_type, batch=batch)
+        return OnnxRuntimeRunner(Path(path), device_type=device_type, batch=batch, threads=threads)
     require_runtime("openvino")
-    return OpenVinoRunner(Path(path), dtype=dtype)
+    return OpenVinoRunner(Path(path), dtype=dtype, threads=threads)

@@ -30,6 +30,7 @@ class EngineSpec:
     max_pixels: int | None = None
     backend: str = "torch"  # torch, onnxruntime or openvino; never auto
     batch_size: int = 16  # the runtimes' exports and compiled graphs are sized for it
+    threads: int | None = None  # a runtime's CPU threads in each worker (None: its usable cores)
 
     def build(self, device: str) -> Any:
         """An :class:`effnet_cli.runtime.engine.Engine` on ``device``."""
@@ -37,7 +38,8 @@ class EngineSpec:
 
         return Engine.from_pretrained(self.name, revision=self.revision, device=device, dtype=self.dtype,
                                       compile=self.compile, draft=self.draft, max_pixels=self.max_pixels,
-                                      backend=self.backend, batch_size=self.batch_size, measure=False)
+                                      backend=self.backend, batch_size=self.batch_size, measure=False,
+                                      threads=self.threads)
 
 
 @dataclass(frozen=True)
