@@ -124,8 +124,11 @@ class Command(typer.core.TyperCommand):
                 # "--device <str>", "--lr <float>" tell a user the Python type; say what the value is.
                 try:
                     shown = param.display_type(ctx)
-                except (AttributeError, TypeError):  # an older Typer: it prints click's own metavar
-                    continue
+                except (AttributeError, TypeError):  # Typer before 0.29 shows click's own metavar
+                    try:
+                        shown = param.make_metavar(ctx)
+                    except (AttributeError, TypeError):
+                        continue
                 generic = {"<int>": "N", "<int range>": "N", "<float>": "NUMBER", "<float range>": "NUMBER",
                            "<path>": "PATH", "<str>": "TEXT"}
                 if shown in generic:
@@ -248,8 +251,8 @@ def usage_message(exc: Exception) -> str:
             return f"{name} must be a number; got {given}."
         if kind == "bool_parsing":
             return f"{name} must be true or false; got {given}."
-    # Older Typer releases validate with click, whose sentences differ: "0 is not in the range x>=1.",
-    # "'abc' is not a valid integer.", "'xml' is not one of 'table', …".
+    # Typer before 0.29 validates with click, whose sentences differ: "0 is not in the range x>=1.",
+    # "'abc' is not a valid integer." ("… int range." for a bounded one), "'xml' is not one of 'table', …".
     ranged = re.fullmatch(r"'?(.+?)'? is not in the range (.+?)\.?", text)
     if ranged and name:
         low = re.search(r"x>=?(-?[\d.]+)", ranged.group(2)) or re.match(r"(-?[\d.]+)<=?x", ranged.group(2))
@@ -262,9 +265,10 @@ def usage_message(exc: Exception) -> str:
             return f"{name} must be at least {low.group(1)}; got {ranged.group(1)}."
         if high is not None:
             return f"{name} must be at most {high.group(1)}; got {ranged.group(1)}."
-    parsed = re.fullmatch(r"(.+?) is not a valid (integer|float)(?: range)?\.?", text)
+    parsed = re.fullmatch(r"(.+?) is not a valid (integer|int|float)(?: range)?\.?", text)
     if parsed and name:
-        return f"{name} must be {'a whole number' if parsed.group(2) == 'integer' else 'a number'}; got {parsed.group(1)}."
+        whole = parsed.group(2) in ("integer", "int")
+        return f"{name} must be {'a whole number' if whole else 'a number'}; got {parsed.group(1)}."
     choices = re.fullmatch(r"(.+) is not one of (.+?)\.?", text)
     if choices and name:
         listed = ", ".join(re.findall(r"'([^']*)'", choices.group(2))) or choices.group(2)
