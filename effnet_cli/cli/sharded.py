@@ -294,7 +294,7 @@ def _plural(count: int, noun: str) -> str:
 def _report_restart(restart: Any) -> None:
     """One line on stderr for a device worker that died and is started again (shown even with --quiet:
     it is about the machine, not about one input)."""
-    error_line(f"worker {restart.worker} ({restart.device}) {restart.reason}; restarting it in {restart.delay:g} s "
+    error_line(f"worker {restart.worker} ({restart.device}) {restart.reason}; restarting it after {restart.delay:g} s "
                f"(restart {restart.restart} of {restart.limit}) to redo {_plural(restart.redo_inputs, 'input')} "
                f"in {_plural(restart.redo_shards, 'unfinished shard')}; "
                f"{_plural(restart.kept_shards, 'finished shard')} of its partition kept")

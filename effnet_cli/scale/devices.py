@@ -399,6 +399,21 @@ class _Supervisor:
             raise
 
 
+def _quiet_resource_tracker() -> None:
+    """Keep multiprocessing's resource tracker from warning, at exit, about a killed worker's semaphores.
+
+    The tracker removes what a SIGKILLed worker (or its decode processes) could not, which is its job;
+    its "There appear to be N leaked semaphore objects" warning would only alarm the user of a run that
+    replaced the worker and succeeded. It runs as its own interpreter, started (by the first worker's
+    spawn) with this process's -W options, so the filter goes there.
+    """
+    import sys
+
+    ignore = "ignore:resource_tracker:UserWarning"
+    if ignore not in sys.warnoptions:
+        sys.warnoptions.append(ignore)
+
+
 def run_on_devices(job: ShardJob, devices: list[str], spec: EngineSpec, run: RunOptions, *,
                    on_progress: Callable[[int], None] | None = None,
                    on_failure: Callable[[Any], None] | None = None,
@@ -422,6 +437,7 @@ def run_on_devices(job: ShardJob, devices: list[str], spec: EngineSpec, run: Run
                                     run=run),
                    done_inputs=plan.done_inputs, first_kept=plan.done_shards)
              for i, (device, sub, plan) in enumerate(zip(devices, jobs, plans))]
+    _quiet_resource_tracker()
     _Supervisor(multiprocessing.get_context("spawn"), slots, on_progress, on_failure, on_restart).run()
     failed = [slot.failed for slot in slots if slot.failed is not None]
     if failed:

@@ -371,7 +371,8 @@ def _pipeline(ray: Any, routed: _Routed, engine: Any, spec: EngineSpec, kind: st
         ds = extra.union(ds) if ds is not None else extra
     # Bounded retries (Ray Data's defaults retry forever): see the module's notes.
     ds = ds.map_batches(decode_stage, batch_size=_DECODE_BATCH, batch_format="numpy", num_cpus=1,
-                        max_retries=RETRIES, fn_kwargs={"transform": engine.transform, "open_kwargs": engine.open_kwargs,
+                        max_retries=RETRIES,
+                        fn_kwargs={"transform": engine.transform, "open_kwargs": engine.open_kwargs,
                                    "shape": expected_shape(engine)})
     # batch_size must be an explicit int, as Ray requires with GPUs.
     ds = ds.map_batches(ModelActor, batch_size=int(run.batch_size), batch_format="numpy",
