@@ -177,9 +177,11 @@ def test_an_input_that_kills_its_ray_worker_every_time_is_one_error_record(ray_s
                         meta_format="jsonl")
 
     embed_into_shards(engine, job("local"), options)
+    recomputed: list[int] = []
     summary = run_ray(job("ray"), spec, _WithTransform(engine, _CrashOnSize((37, 23), engine.transform)), options,
-                      actors=1)
+                      actors=1, on_recompute=recomputed.append)
     assert (summary.inputs, summary.failures) == (len(inputs), 1)
+    assert 1 <= sum(recomputed) <= len(inputs)  # the dropped batch, computed by the driver
     local_array, local_records = read_embeddings(tmp_path / "local")
     ray_array, ray_records = read_embeddings(tmp_path / "ray")
     assert [r["path"] for r in ray_records] == inputs

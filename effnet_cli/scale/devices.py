@@ -6,7 +6,7 @@
 of its own, started with the ``spawn`` method (forking a process that has
 touched CUDA is unsafe). Workers load their own copy of the model on their
 device, run the same code as a single-device run, and report progress and
-per-input failures through a queue, so the parent shows one progress bar.
+per-input failures to the parent, which shows one progress bar.
 
 A worker that dies (the OOM killer, a driver fault, SIGKILL, a non-zero
 exit) is started again after a pause (1 s, then 2 s, 4 s), and the new one

@@ -29,7 +29,8 @@
   inputs missing from the ordered results and computes them itself, each
   input decoded in a process of its own, so an input that crashes its
   decoder every time gets its own error record (``decoder process
-  crashed``) and its neighbours their results. Nothing is retried forever.
+  crashed``) and its neighbours their results (``on_recompute`` hears of
+  each such batch). Nothing is retried forever.
 
 Ray is an optional dependency (``pip install 'effnet-cli[ray]'``); it is
 imported only when ``--engine ray`` is used. Nothing here prints.
@@ -385,7 +386,8 @@ def _pipeline(ray: Any, routed: _Routed, engine: Any, spec: EngineSpec, kind: st
 def run_ray(job: ShardJob, spec: EngineSpec, engine: Any, run: RunOptions, *, address: str | None = None,
             actors: int | None = None, on_progress: Callable[[int], None] | None = None,
             on_failure: Callable[[Any], None] | None = None,
-            on_plan: Callable[[Plan], None] | None = None) -> Summary:
+            on_plan: Callable[[Plan], None] | None = None,
+            on_recompute: Callable[[int], None] | None = None) -> Summary:
     """Run a sharded ``job`` on Ray: same shard files, same numbers, same error records as a local run.
 
     ``engine`` is the driver's copy (its preprocessing and decoder options are
@@ -408,7 +410,8 @@ def run_ray(job: ShardJob, spec: EngineSpec, engine: Any, run: RunOptions, *, ad
                 n_actors, owned = _actors(ray, address, actors)
                 stack.enter_context(_ordered_quiet_context())
                 results = _pipeline(ray, routed, engine, spec, job.kind, run, n_actors)
-            batches = _ordered_batches(job.kind, todo, routed, results, recompute(todo, engine, job.kind, run))
+            redo = recompute(todo, engine, job.kind, run, on_recompute)
+            batches = _ordered_batches(job.kind, todo, routed, results, redo)
             if job.kind == "embed":
                 return write_embed_shards(plan, batches, dim=engine.feature_dim(run.stage),
                                           dtype=engine.output_numpy_dtype, on_progress=on_progress,

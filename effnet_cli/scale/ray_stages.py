@@ -130,13 +130,19 @@ def expected_shape(engine: Any) -> tuple[int, ...]:
     return tuple(engine.transform(Image.new("RGB", (320, 320), (128, 128, 128))).shape)
 
 
-def recompute(todo: list[str], engine: Any, kind: str,
-              run: RunOptions) -> Callable[[list[int]], dict[int, tuple[str | None, Any]]]:
+Recomputed = dict[int, tuple[str | None, Any]]  # position -> (error reason or None, features or predictions)
+
+
+def recompute(todo: list[str], engine: Any, kind: str, run: RunOptions,
+              on_recompute: Callable[[int], None] | None = None) -> Callable[[list[int]], Recomputed]:
     """The driver's own computation of inputs whose Ray batch was dropped: each decoded in a process of its
-    own (an input that crashes the decoder gets its error record, not its neighbours), then the model."""
+    own (an input that crashes the decoder gets its error record, not its neighbours), then the model.
+    ``on_recompute`` hears how many inputs each time, so a run where Ray keeps failing does not go quiet."""
     shape = expected_shape(engine)
 
-    def compute(positions: list[int]) -> dict[int, tuple[str | None, Any]]:
+    def compute(positions: list[int]) -> Recomputed:
+        if on_recompute is not None:
+            on_recompute(len(positions))
         names = [todo[pos] for pos in positions]
         pixels, errors = decode_files(names, transform=engine.transform, open_kwargs=engine.open_kwargs,
                                       shape=shape, workers=1)
