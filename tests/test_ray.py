@@ -22,15 +22,26 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*:DeprecationWarnin
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    """A local Ray with 4 logical CPUs on this 2-core machine: two model actors plus room for decode tasks."""
+def ray_session(tmp_path_factory: pytest.TempPathFactory):
+    """A local Ray with 4 logical CPUs on this 2-core machine: two model actors plus room for decode tasks.
+
+    Its workers see the fault hook's directory (empty, so inert, until a test puts a trigger in it).
+    """
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
+    from effnet_cli.scale.ray_stages import TEST_FAULTS_ENV
+
     started = time.monotonic()
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # as the CLI does: no C++ notices in the output
+    saved = os.environ.get(TEST_FAULTS_ENV)
+    os.environ[TEST_FAULTS_ENV] = str(tmp_path_factory.mktemp("ray-faults"))  # Ray's workers inherit it
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+    if saved is None:
+        del os.environ[TEST_FAULTS_ENV]
+    else:
+        os.environ[TEST_FAULTS_ENV] = saved
     sys.stderr.write(f"\n[test_ray] Ray session open for {time.monotonic() - started:.1f}s\n")
 
 
@@ -98,3 +109,83 @@ def test_missing_ray_is_one_line_and_exit_2(monkeypatch, b0_small_dir: Path, pho
                "--engine", "ray"])
     assert res.exit_code == 2
     assert res.stderr.strip().count("\n") == 0 and "install effnet-cli[ray]" in res.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_model_actor_is_restarted_and_the_run_completes(ray_session, b0_small_dir: Path,
+                                                                 photos: list[Path], tmp_path: Path) -> None:
+    from effnet_cli.scale.ray_stages import TEST_FAULTS_ENV
+
+    common = [*map(str, photos), "--model", str(b0_small_dir), "--shard-size", "3", "-j", "0", "-b", "2"]
+    local = run(["embed", *common, "--output-dir", str(tmp_path / "local")])
+    trigger = Path(os.environ[TEST_FAULTS_ENV]) / "kill-actor-once"
+    trigger.touch()  # the first actor to reach a batch SIGKILLs itself
+    remote = run(["embed", *common, "--output-dir", str(tmp_path / "ray"), "--engine", "ray", "--ray-actors", "2"])
+    assert not trigger.exists()  # an actor did die
+    assert local.exit_code == remote.exit_code == 0, remote.stderr
+    assert remote.stderr.count("\n") == 1 and "embedded" in remote.stderr  # the summary line, nothing from Ray
+    local_array, local_records = read_embeddings(tmp_path / "local")
+    ray_array, ray_records = read_embeddings(tmp_path / "ray")
+    assert ray_records == local_records
+    np.testing.assert_allclose(ray_array, local_array, rtol=1e-5, atol=1e-5)
+
+
+class _CrashOnSize:
+    """A transform that kills its process for images of one size, as a decoder segfault would."""
+
+    def __init__(self, size: tuple[int, int], transform) -> None:
+        self.size, self.transform = size, transform
+
+    def __call__(self, image):
+        if image.size == self.size:
+            os.kill(os.getpid(), __import__("signal").SIGKILL)
+        return self.transform(image)
+
+
+class _WithTransform:
+    """An engine whose decode stage uses another transform; the rest is the engine's."""
+
+    def __init__(self, engine, transform) -> None:
+        self._engine, self.transform = engine, transform
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+
+@pytest.mark.slow
+def test_an_input_that_kills_its_ray_worker_every_time_is_one_error_record(ray_session, b0_small_dir: Path,
+                                                                          photos: list[Path], tmp_path: Path) -> None:
+    """Ray retries the decode task a bounded number of times, drops its batch, and the driver redoes that
+    batch input by input: the deadly input gets an error record, its neighbours their embeddings."""
+    from PIL import Image
+
+    from effnet_cli.data import CRASH_REASON
+    from effnet_cli.scale.ray import run_ray
+    from effnet_cli.scale.shards import ShardJob, embed_into_shards
+    from effnet_cli.scale.spec import EngineSpec, RunOptions
+
+    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers need not import tests
+    deadly = tmp_path / "deadly.png"
+    Image.new("RGB", (37, 23), (10, 200, 30)).save(deadly)
+    inputs = [str(photos[0]), str(deadly), *map(str, photos[1:])]
+    spec = EngineSpec(name=str(b0_small_dir))
+    engine = spec.build("cpu")
+    options = RunOptions(batch_size=2)
+
+    def job(name: str) -> ShardJob:
+        return ShardJob(kind="embed", directory=tmp_path / name, paths=inputs, total=len(inputs), shard_size=3,
+                        meta_format="jsonl")
+
+    embed_into_shards(engine, job("local"), options)
+    recomputed: list[int] = []
+    summary = run_ray(job("ray"), spec, _WithTransform(engine, _CrashOnSize((37, 23), engine.transform)), options,
+                      actors=1, on_recompute=recomputed.append)
+    assert (summary.inputs, summary.failures) == (len(inputs), 1)
+    assert 1 <= sum(recomputed) <= len(inputs)  # the dropped batch, computed by the driver
+    local_array, local_records = read_embeddings(tmp_path / "local")
+    ray_array, ray_records = read_embeddings(tmp_path / "ray")
+    assert [r["path"] for r in ray_records] == inputs
+    assert ray_records[1]["error"] == CRASH_REASON and ray_records[1]["row"] is None
+    for want, got in zip(local_records, ray_records):
+        if got["path"] != str(deadly):
+            np.testing.assert_allclose(ray_array[got["row"]], local_array[want["row"]], rtol=1e-5, atol=1e-5)

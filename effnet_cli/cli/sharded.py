@@ -274,17 +274,36 @@ def _run_locked(job: ShardJob, engine: Any, spec: EngineSpec, run_options: RunOp
             from effnet_cli.scale.ray import run_ray
 
             return run_ray(job, spec, engine, run_options, address=scale.ray_address, actors=scale.ray_actors,
-                           on_plan=skip_kept, **report)
+                           on_plan=skip_kept, on_recompute=_report_recompute, **report)
         if device_list is not None and len(device_list) > 1:
             from effnet_cli.scale.devices import run_on_devices
 
-            return run_on_devices(job, device_list, spec, run_options, **report)
+            return run_on_devices(job, device_list, spec, run_options, on_restart=_report_restart, **report)
         from effnet_cli.scale import shards
 
         if device_list is not None and device_list != ["cpu"]:  # one device: no worker process needed
             engine = spec.build(device_list[0])
         into = shards.embed_into_shards if job.kind == "embed" else shards.classify_into_shards
         return into(engine, job, run_options, on_plan=skip_kept, **report)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _report_restart(restart: Any) -> None:
+    """One line on stderr for a device worker that died and is started again (shown even with --quiet:
+    it is about the machine, not about one input)."""
+    error_line(f"worker {restart.worker} ({restart.device}) {restart.reason}; restarting it after {restart.delay:g} s "
+               f"(restart {restart.restart} of {restart.limit}) to redo {_plural(restart.redo_inputs, 'input')} "
+               f"in {_plural(restart.redo_shards, 'unfinished shard')}; "
+               f"{_plural(restart.kept_shards, 'finished shard')} of its partition kept")
+
+
+def _report_recompute(count: int) -> None:
+    """One line on stderr when Ray gave up on a batch and this process computes its inputs."""
+    error_line(f"Ray failed {_plural(count, 'input')} on every retry (a worker died or raised each time); "
+               "computing them here, each decoded in a process of its own")
 
 
 def _report(job: ShardJob, summary: Any, quiet: bool, seconds: float) -> None:

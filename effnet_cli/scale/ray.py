@@ -21,6 +21,16 @@
   the pre-checked error rows by index, and writes the same shard files as a
   local run with :mod:`effnet_cli.scale.shards`, shard by shard as results
   arrive, so its memory stays bounded however many inputs there are.
+* Faults are Ray's to retry, within bounds: a decode task whose worker
+  process dies is run again (:data:`RETRIES` times), a model actor that dies
+  (SIGKILL, the OOM killer) is restarted and its batch given to it again (up
+  to :data:`RETRIES` times per batch). A batch that still fails is dropped
+  (``max_errored_blocks``) instead of failing the job; the driver sees its
+  inputs missing from the ordered results and computes them itself, each
+  input decoded in a process of its own, so an input that crashes its
+  decoder every time gets its own error record (``decoder process
+  crashed``) and its neighbours their results (``on_recompute`` hears of
+  each such batch). Nothing is retried forever.
 
 Ray is an optional dependency (``pip install 'effnet-cli[ray]'``); it is
 imported only when ``--engine ray`` is used. Nothing here prints.
@@ -33,7 +43,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +53,7 @@ import numpy as np
 
 from effnet_cli.errors import ConfigError, DecodeError, EffnetError
 from effnet_cli.host import usable_cores
+from effnet_cli.scale.ray_stages import ModelActor, decode_stage, expected_shape, recompute
 from effnet_cli.scale.spec import EngineSpec, RunOptions
 from effnet_cli.scale.shards import Plan, ShardJob, Summary, plan_shards, write_classify_shards, write_embed_shards
 
@@ -54,6 +64,12 @@ INSTALL_HINT = "--engine ray needs Ray Data: install effnet-cli[ray] (pip instal
 # Rows per decode task call; decoding is cheap next to the model, so this
 # only needs to amortise Ray's per-call overhead.
 _DECODE_BATCH = 16
+
+# Tries after the first of a decode task whose process died, and of a model batch whose actor died. Ray
+# Data's own defaults retry both forever, so an input that kills its worker every time would hang the run.
+RETRIES = 3
+
+_INLINE_PREFIX = "effnet-inline:"  # Ray's path column for inputs handed over as bytes
 
 
 def require_ray() -> Any:
@@ -173,93 +189,17 @@ def _ray_can_name(path: str) -> bool:
     return True
 
 
-def _shm_dir() -> str | None:
-    """A memory-backed directory for the decode temporaries, or None for the system default."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+def _ordered_batches(kind: str, todo: list[str], routed: _Routed, results: Iterator[dict[str, np.ndarray]],
+                     recompute: Callable[[list[int]], dict[int, tuple[str | None, Any]]]) -> Iterator[Any]:
+    """Merge Ray's results with the pre-checked errors and yield them in input order, as local batches do.
 
-
-def _decode_stage(batch: dict[str, np.ndarray], *, transform: Any, open_kwargs: dict[str, Any],
-                  shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Ray task: bytes -> preprocessed pixels (zeros where it failed) and an error reason ("" if none)."""
-    import torch
-
-    from effnet_cli.data import iter_batches
-
-    torch.set_num_threads(1)  # decode tasks share the node's cores with each other and the actors
-    paths, blobs = batch["path"], batch["bytes"]
-    n = len(paths)
-    pixels = np.zeros((n, *shape), dtype=np.float32)
-    errors = np.full(n, "", dtype=object)
-    with tempfile.TemporaryDirectory(prefix="effnet-decode-", dir=_shm_dir()) as tmp:
-        names = []
-        for i, blob in enumerate(blobs):
-            name = os.path.join(tmp, str(i))
-            with open(name, "wb") as fh:
-                fh.write(blob)
-            names.append(name)
-        # The local pipeline's own decode + preprocess + stack, in this process.
-        for decoded in iter_batches(names, transform, batch_size=max(n, 1), workers=0, open_kwargs=open_kwargs):
-            for pos, reason in decoded.errors:
-                errors[pos] = reason
-            if decoded.indices:
-                got = tuple(decoded.pixel_values.shape[1:])
-                if got != shape:
-                    for pos in decoded.indices:
-                        errors[pos] = f"preprocessed to shape {got}, but this run is {shape}"
-                else:
-                    pixels[decoded.indices] = decoded.pixel_values.numpy()
-    return {"path": paths, "pixels": pixels, "error": errors}
-
-
-class _ModelActor:
-    """Ray actor: holds one engine for the whole run and turns pixel batches into features or predictions."""
-
-    def __init__(self, spec: EngineSpec, kind: str, run: RunOptions, threads: int) -> None:
-        import ray
-        import torch
-
-        torch.set_num_threads(threads)
-        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        self.engine = spec.build(device)
-        self.kind, self.run = kind, run
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        errors = batch["error"]
-        ok = np.array([not e for e in errors], dtype=bool)
-        out: dict[str, np.ndarray] = {"path": batch["path"], "error": errors}
-        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
-        if self.kind == "embed":
-            dim = self.engine.feature_dim(self.run.stage)
-            features = np.zeros((len(errors), dim), dtype=np.float32)
-            if ok.any():
-                features[ok] = self.engine.features(pixels, pool=self.run.pool, stage=self.run.stage,
-                                                    normalize=self.run.normalize).numpy()
-            out["features"] = features
-        else:
-            records = np.full(len(errors), "", dtype=object)
-            if ok.any():
-                top = self.engine.topk(pixels, self.run.top_k, threshold=self.run.threshold,
-                                       labels=self.run.labels)
-                records[ok] = [json.dumps([p.to_dict() for p in preds]) for preds in top]
-            out["predictions"] = records
-        return out
-
-
-def _expected_shape(engine: Any) -> tuple[int, ...]:
-    """The pixel shape the processor produces (fixed for every published preprocessing)."""
-    from PIL import Image
-
-    return tuple(engine.transform(Image.new("RGB", (320, 320), (128, 128, 128))).shape)
-
-
-def _ordered_batches(kind: str, todo: list[str], early: dict[int, str], results: Iterator[dict[str, np.ndarray]],
-                     index_of: dict[str, int]) -> Iterator[Any]:
-    """Merge Ray's results with the pre-checked errors and yield them in input order, as local batches do."""
+    Inputs that Ray passed over (their batch failed on every retry and was dropped) are computed by
+    ``recompute`` as soon as a later input of the same stream shows they are missing.
+    """
     from effnet_cli.records.results import EmbedBatch, Prediction, Result
 
-    pending: dict[int, tuple[str | None, Any]] = {pos: (reason, None) for pos, reason in early.items()}
+    pending: dict[int, tuple[str | None, Any]] = {pos: (reason, None) for pos, reason in routed.early.items()}
+    arrivals = _Arrivals(routed)
     next_pos = 0
 
     def flush() -> Iterator[Any]:
@@ -285,13 +225,51 @@ def _ordered_batches(kind: str, todo: list[str], early: dict[int, str], results:
     for batch in results:
         values = batch["features"] if kind == "embed" else batch["predictions"]
         for path, error, value in zip(batch["path"], batch["error"], values):
-            pos = index_of.get(str(path))
+            pos = routed.index_of.get(str(path))
             if pos is None:  # Ray renamed a path after all: better a clear stop than a misfiled row
                 raise EffnetError(f"Ray returned a result for {str(path)!r}, which is not among the inputs.")
+            lost = arrivals.arrived(str(path), pos)
+            if lost is None:
+                continue  # it came after all, once recomputed: the first result stands
+            pending.update(recompute(lost) if lost else {})
             pending[pos] = (str(error) or None, value)
+        yield from flush()
+    lost = arrivals.rest()
+    if lost:
+        pending.update(recompute(lost))
         yield from flush()
     if next_pos != len(todo):
         raise EffnetError(f"Ray returned results for {next_pos} of {len(todo)} inputs; rerun with --resume.")
+
+
+class _Arrivals:
+    """Which inputs Ray has returned, per stream: under ``preserve_order`` the rows of bytes come first,
+    then the files read by path, each stream in input order, so an input passed over in its stream is
+    one whose batch Ray dropped."""
+
+    def __init__(self, routed: _Routed) -> None:
+        self.streams = {True: [routed.index_of[row["path"]] for row in routed.inline],
+                        False: [routed.index_of[path] for path in routed.readable]}
+        self.cursor = {True: 0, False: 0}
+
+    def arrived(self, key: str, pos: int) -> list[int] | None:
+        """The positions passed over before ``pos``, or None when ``pos`` was itself passed over already."""
+        inline = key.startswith(_INLINE_PREFIX)
+        stream, i = self.streams[inline], self.cursor[inline]
+        if i >= len(stream) or pos < stream[i]:
+            return None
+        lost = []
+        while stream[i] != pos:
+            lost.append(stream[i])
+            i += 1
+        self.cursor[inline] = i + 1
+        return lost
+
+    def rest(self) -> list[int]:
+        """Every position not returned yet: Ray's results have ended."""
+        lost = [pos for inline, stream in self.streams.items() for pos in stream[self.cursor[inline]:]]
+        self.cursor = {inline: len(stream) for inline, stream in self.streams.items()}
+        return sorted(lost)
 
 
 @dataclass
@@ -322,7 +300,7 @@ def _route(todo: list[str], open_kwargs: dict[str, Any]) -> _Routed:
         except OSError:
             routed.early[pos] = _precheck(path, open_kwargs) or "cannot read file"
             continue
-        key = f"effnet-inline:{pos}"  # any unique text: it only routes the result back to its input
+        key = f"{_INLINE_PREFIX}{pos}"  # any unique text: it only routes the result back to its input
         routed.index_of[key] = pos
         routed.inline.append({"bytes": blob, "path": key})
     return routed
@@ -330,12 +308,29 @@ def _route(todo: list[str], open_kwargs: dict[str, Any]) -> _Routed:
 
 @contextmanager
 def _ordered_quiet_context() -> Iterator[None]:
-    """Ray Data's context for the block: no progress bars or stats lines, results in input order; restored after."""
+    """Ray Data's context for the block: no progress bars or stats lines, results in input order, failed
+    batches dropped without a log line (their inputs are computed again); restored after."""
     from ray.data import DataContext
 
-    ctx = DataContext.get_current()
+    # Ray Data logs a dropped batch as an error with its traceback; the driver recomputes it instead.
+    data_log = logging.getLogger("ray.data")
+    saved_level = data_log.level
+    data_log.setLevel(logging.CRITICAL)
+    try:
+        with _data_context(DataContext.get_current()):
+            yield
+    finally:
+        data_log.setLevel(saved_level)
+
+
+@contextmanager
+def _data_context(ctx: Any) -> Iterator[None]:
+    """Ray Data's settings for the block (see :func:`_ordered_quiet_context`), restored after."""
     saved: dict[str, Any] = {}
-    wanted = {"enable_progress_bars": False, "print_on_execution_start": False, "enable_auto_log_stats": False}
+    # max_errored_blocks: a batch that failed on every retry is dropped rather than failing the job; the
+    # driver computes its inputs itself (see _ordered_batches).
+    wanted = {"enable_progress_bars": False, "print_on_execution_start": False, "enable_auto_log_stats": False,
+              "max_errored_blocks": -1}
     try:
         for name, value in wanted.items():
             if hasattr(ctx, name):
@@ -375,12 +370,15 @@ def _pipeline(ray: Any, routed: _Routed, engine: Any, spec: EngineSpec, kind: st
         # Few and first: the reorder buffer holds later results only until these arrive.
         extra = ray.data.from_items(routed.inline)
         ds = extra.union(ds) if ds is not None else extra
-    ds = ds.map_batches(_decode_stage, batch_size=_DECODE_BATCH, batch_format="numpy", num_cpus=1,
+    # Bounded retries (Ray Data's defaults retry forever): see the module's notes.
+    ds = ds.map_batches(decode_stage, batch_size=_DECODE_BATCH, batch_format="numpy", num_cpus=1,
+                        max_retries=RETRIES,
                         fn_kwargs={"transform": engine.transform, "open_kwargs": engine.open_kwargs,
-                                   "shape": _expected_shape(engine)})
+                                   "shape": expected_shape(engine)})
     # batch_size must be an explicit int, as Ray requires with GPUs.
-    ds = ds.map_batches(_ModelActor, batch_size=int(run.batch_size), batch_format="numpy",
+    ds = ds.map_batches(ModelActor, batch_size=int(run.batch_size), batch_format="numpy",
                         compute=ActorPoolStrategy(size=n_actors), num_gpus=gpus, num_cpus=1,
+                        max_restarts=-1, max_task_retries=RETRIES,
                         fn_constructor_kwargs={"spec": spec, "kind": kind, "run": run, "threads": 1})
     return ds.iter_batches(batch_size=None, batch_format="numpy")
 
@@ -388,7 +386,8 @@ def _pipeline(ray: Any, routed: _Routed, engine: Any, spec: EngineSpec, kind: st
 def run_ray(job: ShardJob, spec: EngineSpec, engine: Any, run: RunOptions, *, address: str | None = None,
             actors: int | None = None, on_progress: Callable[[int], None] | None = None,
             on_failure: Callable[[Any], None] | None = None,
-            on_plan: Callable[[Plan], None] | None = None) -> Summary:
+            on_plan: Callable[[Plan], None] | None = None,
+            on_recompute: Callable[[int], None] | None = None) -> Summary:
     """Run a sharded ``job`` on Ray: same shard files, same numbers, same error records as a local run.
 
     ``engine`` is the driver's copy (its preprocessing and decoder options are
@@ -411,7 +410,8 @@ def run_ray(job: ShardJob, spec: EngineSpec, engine: Any, run: RunOptions, *, ad
                 n_actors, owned = _actors(ray, address, actors)
                 stack.enter_context(_ordered_quiet_context())
                 results = _pipeline(ray, routed, engine, spec, job.kind, run, n_actors)
-            batches = _ordered_batches(job.kind, todo, routed.early, results, routed.index_of)
+            redo = recompute(todo, engine, job.kind, run, on_recompute)
+            batches = _ordered_batches(job.kind, todo, routed, results, redo)
             if job.kind == "embed":
                 return write_embed_shards(plan, batches, dim=engine.feature_dim(run.stage),
                                           dtype=engine.output_numpy_dtype, on_progress=on_progress,
