@@ -6,6 +6,8 @@ the CLI finds it already connected and leaves it running.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import sys
 import time
@@ -49,6 +51,28 @@ def _inputs(photos: list[Path], tmp_path: Path) -> list[str]:
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(photos[0].read_bytes()[:3000])  # a JPEG cut short: decodes to an error, not a failed job
     return [str(photos[0]), str(corrupt), *map(str, photos[1:]), str(tmp_path / "missing.jpg")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [name for name in ("onnxruntime", "openvino")
+                                     if importlib.util.find_spec(name) is not None])
+def test_ray_actors_run_the_runtime_backend_asked_for(ray_session, backend: str, b0_small_dir: Path,
+                                                       photos: list[Path], tmp_path: Path) -> None:
+    """Each actor opens its own session of the runtime: the local PyTorch numbers to 1e-4, the backend recorded."""
+    common = [*map(str, photos[:4]), "--model", str(b0_small_dir), "--shard-size", "2", "-j", "0"]
+    local = run(["embed", *common, "--backend", "torch", "--output-dir", str(tmp_path / "local")])
+    remote = run(["embed", *common, "--backend", backend, "--output-dir", str(tmp_path / "ray"), "--engine", "ray",
+                  "--ray-actors", "2", "-b", "2"])
+    assert local.exit_code == remote.exit_code == 0, remote.stderr
+    want, want_records = read_embeddings(tmp_path / "local")
+    got, got_records = read_embeddings(tmp_path / "ray")
+    assert got_records == want_records
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    settings = {json.loads(p.read_text())["settings"]["backend"] for p in (tmp_path / "ray").glob("_done_*.json")}
+    assert settings == {backend}
+    again = run(["embed", *common, "--backend", "torch", "--output-dir", str(tmp_path / "ray"), "--engine", "ray",
+                 "--resume"])
+    assert again.exit_code == 2 and f'backend="{backend}" there, "torch" now' in again.stderr, again.stderr
 
 
 @pytest.mark.slow

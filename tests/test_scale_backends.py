@@ -83,13 +83,3 @@ def test_devices_classify_records_the_backend(backend: str, b0_small_dir: Path, 
                "--backend", backend, "--output-dir", str(out)])
     assert res.exit_code == 0, res.stderr
     assert _backends_recorded(out) == {backend}
-
-
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_ray_with_a_runtime_backend_is_a_usage_error(backend: str, b0_small_dir: Path, photos: list[Path],
-                                                      tmp_path: Path) -> None:
-    res = run(["embed", str(photos[0]), "--model", str(b0_small_dir), "--engine", "ray", "--backend", backend,
-               "--output-dir", str(tmp_path / "out")])
-    assert res.exit_code == 2, res.stderr
-    assert f"--engine ray runs the model in PyTorch; --backend {backend}" in res.stderr
-    assert not (tmp_path / "out").exists()  # refused before the lock, the inputs or the model

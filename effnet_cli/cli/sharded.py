@@ -86,9 +86,6 @@ def check_options(scale: ScaleOptions, *, device: str, backend: str, kind: str |
                          "(use --ray-actors).")
     if scale.devices is not None and device != "auto":
         raise InputError("Give --device or --devices, not both.")
-    if ray and backend in RUNTIMES:
-        raise InputError(f"--engine ray runs the model in PyTorch; --backend {backend} works with "
-                         "--devices or --shard.")
     if scale.devices is not None:
         from effnet_cli.scale.devices import parse_devices
 
@@ -134,8 +131,13 @@ def load(options: EngineOptions, scale: ScaleOptions, inputs: int) -> tuple[Any,
 
         devices = parse_devices(scale.devices)
     if scale.engine_kind is EngineKind.ray:
-        engine = load_engine(options, device="cpu", backend="torch", inputs=inputs)
-        backend = "torch"  # check_options refused an export runtime; "auto" on Ray is PyTorch
+        # The decode tasks use the PyTorch engine's preprocessing. A runtime named with --backend runs in
+        # every actor (exported here once, so the actors find it cached); "auto" is PyTorch on Ray, whose
+        # actors may land on GPUs this process cannot see.
+        explicit = options.backend in RUNTIMES
+        engine = load_engine(options, device="cpu", backend=options.backend if explicit else "torch",
+                             inputs=inputs, lean=False)
+        backend = engine.backend
     elif devices is not None and set(devices) != {"cpu"}:
         engine = load_engine(options, device="cpu", backend="torch", inputs=inputs)
         backend = _backend_off_cpu(options, engine, devices)

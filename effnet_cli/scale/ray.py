@@ -364,7 +364,8 @@ def _pipeline(ray: Any, routed: _Routed, engine: Any, spec: EngineSpec, kind: st
     """Ray Data's read -> decode -> model pipeline over the routed inputs; its result batches, in order."""
     from ray.data import ActorPoolStrategy
 
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    # A runtime backend runs on the CPU: its actors ask for no GPU.
+    gpus = 1 if spec.backend == "torch" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
     ds = ray.data.read_binary_files(routed.readable, include_paths=True) if routed.readable else None
     if routed.inline:
         # Few and first: the reorder buffer holds later results only until these arrive.

@@ -110,11 +110,16 @@ class ModelActor:
     """Ray actor: holds one engine for the whole run and turns pixel batches into features or predictions."""
 
     def __init__(self, spec: EngineSpec, kind: str, run: RunOptions, threads: int) -> None:
+        import dataclasses
+
         import ray
         import torch
 
         torch.set_num_threads(threads)
-        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        if spec.backend == "torch":
+            device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        else:  # ONNX Runtime or OpenVINO on the CPU, each actor with its own session and its share of threads
+            device, spec = "cpu", dataclasses.replace(spec, threads=threads)
         self.engine = spec.build(device)
         self.kind, self.run = kind, run
 
