@@ -128,8 +128,7 @@ def classify(
                                             labels=str(labels.resolve()) if labels is not None else None)
             job = sharded.make_job("classify", paths, partition, output_dir, shard_size, settings, resume)
             return sharded.run(job, engine, spec, run, scale, workers=workers, quiet=quiet, show=show, started=started)
-    # Stdout and -o stream: the inputs are read (stdin as it arrives) while the first ones are classified.
-    paths = stream_inputs(inputs, null, partition)
+    paths = stream_inputs(inputs, null, partition)  # stdout and -o: read as the run goes
     if output is not None:
         return _classify_to_file(options, paths, output, fmt, overwrite, run, workers, quiet, show, started)
     engine = load_engine(options, inputs=paths.total)
