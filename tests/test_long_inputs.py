@@ -203,3 +203,47 @@ def test_a_million_stdin_lines_are_not_read_whole(tiny_dir: Path, tmp_path: Path
     # Read whole, the million lines cost ~50 MB more (the bytes, the text, a list of a million names): +20%.
     assert peaks[1_000_000] / peaks[10_000] - 1 <= FLAT, \
         f"{peaks[10_000] / 2**20:.0f} MB for 10,000 lines, {peaks[1_000_000] / 2**20:.0f} MB for 1,000,000"
+
+
+def test_chunks_come_at_the_limit_when_the_source_pauses_and_at_its_end() -> None:
+    """A chunk is handed over full, or early when the source pauses; an error comes after the items before it."""
+    from effnet_cli.data.chunks import Chunks
+
+    assert [len(c) for c in Chunks(iter(range(10)), 4)] == [4, 4, 2]
+
+    def trickle():
+        yield from range(3)
+        time.sleep(1.0)  # a pipeline that pauses: what came so far must not wait for a full chunk
+        yield from range(3, 5)
+        raise OSError("stdin went away")
+
+    chunks = Chunks(trickle(), 100, pause_s=0.1)
+    assert next(chunks) == [0, 1, 2] and not chunks.ended
+    assert next(chunks) == [3, 4] and chunks.ended and chunks.taken == 5
+    with pytest.raises(OSError, match="stdin went away"):
+        next(chunks)
+
+
+def test_duplicates_are_dropped_across_the_compact_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the keys of the inputs taken move into the sorted array, a path named again is still dropped."""
+    from effnet_cli.data import inputs
+
+    monkeypatch.setattr(inputs, "_SPILL", 4)
+    names = [f"img{i}.png" for i in range(10)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    listed = [str(tmp_path / n) for n in names]
+    again = [str(tmp_path / ".." / tmp_path.name / n) for n in reversed(names)]  # the same files by other paths
+    assert inputs.discover_inputs([*listed, *again, str(tmp_path)]) == listed
+
+
+@pytest.mark.parametrize("null", [False, True])
+def test_stdin_names_cut_by_read_blocks_come_whole(null: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stdin read in small blocks: names (non-UTF-8 bytes included) that straddle two blocks come out whole."""
+    from effnet_cli.data import inputs
+
+    monkeypatch.setattr(inputs, "_BLOCK", 3)
+    names = [b"first.png", b"caf\xe9 photo.jpg", b"x", b"dir/last.png"]
+    sep = b"\0" if null else b"\r\n"
+    data = sep.join(names) + (b"" if null else b"\n\n")
+    assert list(inputs._stdin_names(None, io.BytesIO(data), null)) == [os.fsdecode(n) for n in names]
