@@ -136,6 +136,10 @@ def _stdin_names(
     yield from names if null_separated else _line_names(names)
 
 
+# Bytes asked of stdin at a time (a read returns what is there, up to this).
+_BLOCK = 1 << 16
+
+
 def _blocks(stream: IO[bytes] | IO[str]) -> Iterator[bytes | str]:
     """What ``stream`` holds, in blocks as they arrive: ``read1`` returns as soon as anything is there,
     where ``read(n)`` would wait for ``n`` bytes (a pipeline's first paths would wait for the rest)."""
@@ -145,9 +149,6 @@ def _blocks(stream: IO[bytes] | IO[str]) -> Iterator[bytes | str]:
         if not block:
             return
         yield block
-
-
-_BLOCK = 1 << 16
 
 
 def _split_blocks(blocks: Iterable[bytes | str], separator: str) -> Iterator[str]:
