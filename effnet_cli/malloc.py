@@ -29,7 +29,6 @@ reads facts about the machine, this module changes the process, so the two stay 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 __all__ = ["keep_freed_memory", "return_freed_memory"]
@@ -45,7 +44,10 @@ _WORKER_TRIM_BYTES = 8 << 20
 
 def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The symbols already loaded into this process (the C library among them), not
+        # ctypes.util.find_library("c"): that runs `ldconfig -p` in a forked child, which costs every
+        # decode worker's start tens of milliseconds and briefly a copy of the worker's memory.
+        libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

@@ -13,12 +13,14 @@ import typer
 from effnet_cli.cli import options as opt
 from effnet_cli.cli.common import (
     EngineOptions,
+    InputStream,
     exact_decoding,
     gather_inputs,
     load_engine,
     probe_hub_early,
     require_inputs,
     resolve_workers,
+    stream_inputs,
 )
 from effnet_cli.cli.render import (
     EXIT_INTERRUPTED,
@@ -126,10 +128,10 @@ def classify(
                                             labels=str(labels.resolve()) if labels is not None else None)
             job = sharded.make_job("classify", paths, partition, output_dir, shard_size, settings, resume)
             return sharded.run(job, engine, spec, run, scale, workers=workers, quiet=quiet, show=show, started=started)
-    paths = partition.select(gather_inputs(inputs, null))
+    paths = stream_inputs(inputs, null, partition)  # stdout and -o: read as the run goes
     if output is not None:
         return _classify_to_file(options, paths, output, fmt, overwrite, run, workers, quiet, show, started)
-    engine = load_engine(options, inputs=len(paths))
+    engine = load_engine(options, inputs=paths.total)
     _check_model(engine, None, top_k, quiet)
     fmt = fmt or (Format.table if sys.stdout.isatty() else Format.jsonl).value
     return _classify_to_stdout(engine, paths, fmt, run.with_workers(resolve_workers(workers)), quiet, show, started)
@@ -187,7 +189,7 @@ def _check_model(engine: Any, names: list[str] | None, top_k: int, quiet: bool) 
         info_line(f"--top-k {top_k} is more than the model's {classes} classes; giving {classes} per image")
 
 
-def _classify_to_file(options: EngineOptions, paths: list[str], output: Path, fmt: str, overwrite: bool,
+def _classify_to_file(options: EngineOptions, paths: InputStream, output: Path, fmt: str, overwrite: bool,
                       run: RunOptions, workers: int | None, quiet: bool, show: bool, started: float) -> int:
     """The records of ``_classify_to_stdout`` in ``output``, published whole (temporary, fsync, rename) at the end."""
     from effnet_cli.cli.sharded import output_lock
@@ -195,13 +197,13 @@ def _classify_to_file(options: EngineOptions, paths: list[str], output: Path, fm
     # The lock first: a second run writing the same file is refused before the model loads.
     with output_lock("classify", per_file=output):
         _check_file_output(output, overwrite)  # checked again under the lock: another run may have finished
-        engine = load_engine(options, inputs=len(paths))
+        engine = load_engine(options, inputs=paths.total)
         _check_model(engine, None, run.top_k, quiet)
         return _write_records(engine, paths, output, fmt, run.with_workers(resolve_workers(workers)), quiet, show,
                               started)
 
 
-def _write_records(engine: Any, paths: list[str], output: Path, fmt: str, run: RunOptions, quiet: bool,
+def _write_records(engine: Any, paths: InputStream, output: Path, fmt: str, run: RunOptions, quiet: bool,
                    show: bool, started: float) -> int:
     from effnet_cli.output import atomic_file
 
@@ -211,9 +213,12 @@ def _write_records(engine: Any, paths: list[str], output: Path, fmt: str, run: R
     return status
 
 
-def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions, quiet: bool, show: bool,
+def _classify_to_stdout(engine: Any, paths: InputStream, fmt: str, run: RunOptions, quiet: bool, show: bool,
                         started: float, stream: Any = None, where: str | None = None) -> int:
-    """Classify ``paths`` to stdout (or ``stream``) as tables or records, one batch at a time; the exit status."""
+    """Classify ``paths`` to stdout (or ``stream``) as tables or records, one batch at a time; the exit status.
+
+    The inputs come in chunks (each with its own decode workers), so memory does not grow with their number.
+    """
     from effnet_cli.records.stream import RecordWriter
     from effnet_cli.runtime.paths import classify_paths
 
@@ -221,20 +226,22 @@ def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions
         utf8_stdout()
     console = stdout_console() if fmt == "table" else None
     writer = None if fmt == "table" else RecordWriter(sys.stdout if stream is None else stream, fmt)
-    failed = shown = 0
+    failed = shown = done = 0
     try:
-        with progress_bar(len(paths), show, "classify") as advance:
-            for results in classify_paths(engine, paths, **run.classify_kwargs()):
-                for result in results:
-                    if not result.ok:
-                        failed += 1
-                        report_failure(result, quiet)
-                    elif console is not None:
-                        render_table(console, result)
-                    shown += console is not None
-                if writer is not None:
-                    writer.write(results)
-                advance(len(results))
+        with progress_bar(paths.total, show, "classify") as advance:
+            for chunk in paths:
+                for results in classify_paths(engine, chunk, **run.classify_kwargs()):
+                    for result in results:
+                        if not result.ok:
+                            failed += 1
+                            report_failure(result, quiet)
+                        elif console is not None:
+                            render_table(console, result)
+                        shown += console is not None
+                    if writer is not None:
+                        writer.write(results)
+                    done += len(results)
+                    advance(len(results), total=paths.total)
     except KeyboardInterrupt:
         if stream is not None:
             raise  # -o: the file is published whole or not at all
@@ -247,5 +254,5 @@ def _classify_to_stdout(engine: Any, paths: list[str], fmt: str, run: RunOptions
         return EXIT_INTERRUPTED
     if writer is not None:
         writer.close()
-    summary_line("classified", len(paths), failed, where or f"{fmt} on stdout", time.monotonic() - started, quiet)
+    summary_line("classified", done, failed, where or f"{fmt} on stdout", time.monotonic() - started, quiet)
     return EXIT_SOME_FAILED if failed else EXIT_OK

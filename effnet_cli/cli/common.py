@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,9 +48,73 @@ def gather_inputs(inputs: list[str], null: bool) -> list[str]:
     """The ordered, de-duplicated image list the arguments (and stdin, for ``-``) name."""
     from effnet_cli.data import discover_inputs
 
+    reads_stdin = _check_stdin(inputs)
+    return discover_inputs(inputs, null_separated=null, stdin=sys.stdin.buffer if reads_stdin else None)
+
+
+# Inputs a streaming run (classify to stdout or -o) takes at a time: its memory is bounded by this,
+# not by the length of the list; large enough that a fresh set of decode workers per chunk costs little.
+STREAM_CHUNK = 16384
+# Seconds a pipeline on stdin may pause before the paths already read are run without waiting for more.
+STREAM_PAUSE_S = 0.2
+
+
+class InputStream:
+    """The inputs of a streaming run, in chunks (:class:`effnet_cli.data.chunks.Chunks`), the first one
+    read already: it says whether the list has ended and so how long it is."""
+
+    def __init__(self, chunks: Any) -> None:
+        self.chunks = chunks
+        self.first: list[str] = next(chunks, [])  # "no input images" is raised here, as gather_inputs does
+
+    def __iter__(self) -> Iterator[list[str]]:
+        first, self.first = self.first, []
+        if first:
+            yield first
+        yield from self.chunks
+
+    @property
+    def total(self) -> int | None:
+        """The number of inputs, once the list has been read to its end; None before."""
+        return self.chunks.taken if self.chunks.ended else None
+
+
+def stream_inputs(inputs: list[str], null: bool, partition: Any = None) -> InputStream:
+    """The images of :func:`gather_inputs` (only ``partition``'s, when given), read as the run goes.
+
+    Stdin is read ahead in a thread and a chunk goes to the model when stdin pauses, so a pipeline's
+    first results come before it ends; nothing holds the whole list.
+    """
+    import itertools
+
+    from effnet_cli.data.inputs import iter_inputs
+    from effnet_cli.data.chunks import Chunks
+
+    reads_stdin = _check_stdin(inputs)
+    source: Iterator[str] = iter_inputs(inputs, null_separated=null, stdin=_raw_stdin() if reads_stdin else None)
+    if partition is not None and partition.count > 1:
+        source = itertools.islice(source, partition.index, None, partition.count)
+    return InputStream(Chunks(source, STREAM_CHUNK, pause_s=STREAM_PAUSE_S if reads_stdin else None))
+
+
+def _raw_stdin() -> Any:
+    """Stdin for the reading thread, unbuffered: straight reads of file descriptor 0.
+
+    Not ``sys.stdin.buffer``: a thread blocked in its read holds its lock, and a decode worker
+    forked meanwhile (multiprocessing closes stdin in a child) or the interpreter's exit would
+    wait for that lock for ever.
+    """
+    try:
+        return open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+    except (AttributeError, OSError, ValueError):  # no descriptor (an in-process test's stdin)
+        return sys.stdin.buffer
+
+
+def _check_stdin(inputs: list[str]) -> bool:
+    """Whether the inputs read stdin; refused when stdin is a terminal (nothing would ever come)."""
     if "-" in inputs and sys.stdin.isatty():
         raise InputError("'-' reads paths from stdin, but stdin is a terminal; pipe paths in (e.g. find . -name '*.jpg' | effnet ...).")
-    return discover_inputs(inputs, null_separated=null, stdin=sys.stdin.buffer if "-" in inputs else None)
+    return "-" in inputs
 
 
 def exact_decoding(exact_decode: bool | None, default: bool, full_decode: bool = False) -> bool:

@@ -202,16 +202,20 @@ def _embed_per_file(engine: Any, paths: list[str], directory: Path, run: RunOpti
     import numpy as np
 
     from effnet_cli.runtime.paths import embed_paths
-    from effnet_cli.output import make_dir, write_bytes
+    from effnet_cli.output import atomic_file, make_dir, write_bytes
     from effnet_cli.records.pathtext import path_fields
     from effnet_cli.records.manifest import manifest_record, per_file_targets
 
     targets = per_file_targets(directory, paths)  # two inputs for one file: refused before anything is written
     make_dir(directory)
-    records, failed = [], 0
-    with progress_bar(len(paths), show, "embed") as advance:
+    failed = 0
+    # The manifest's lines go out batch by batch (held in memory they would grow with the run);
+    # it is published whole at the end, or not at all.
+    with progress_bar(len(paths), show, "embed") as advance, \
+            atomic_file(directory / "manifest.jsonl", text=True) as manifest:
         for batch in embed_paths(engine, paths, **run.embed_kwargs()):
             base = min((r.row for r in batch.results if r.row is not None), default=0)
+            records = []
             for result in batch.results:
                 if not result.ok:
                     failed += 1
@@ -227,9 +231,8 @@ def _embed_per_file(engine: Any, paths: list[str], directory: Path, run: RunOpti
                 records.append(manifest_record(result, file=relative["path"],
                                                **({"file_bytes": relative["path_bytes"]}
                                                   if "path_bytes" in relative else {})))
+            manifest.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             advance(len(batch.results))
-        write_bytes(directory / "manifest.jsonl",
-                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
     summary_line("embedded", len(paths), failed, f"written to {display_path(directory)}/ (manifest.jsonl)",
                  time.monotonic() - started, quiet)
     return EXIT_SOME_FAILED if failed else EXIT_OK

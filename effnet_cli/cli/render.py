@@ -331,10 +331,14 @@ def render_table(console: Console, result: Result) -> None:
 
 
 @contextmanager
-def progress_bar(total: int, enabled: bool, description: str) -> Iterator[Any]:
-    """A Rich progress bar on stderr; yields ``advance(n)``. A no-op when disabled."""
+def progress_bar(total: int | None, enabled: bool, description: str) -> Iterator[Any]:
+    """A Rich progress bar on stderr; yields ``advance(n, total=None)``. A no-op when disabled.
+
+    ``total`` None: the count is not known yet (the inputs are still being read); ``advance``'s
+    ``total`` gives it once it is.
+    """
     if not enabled:
-        yield lambda n: None
+        yield lambda n, total=None: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -342,7 +346,7 @@ def progress_bar(total: int, enabled: bool, description: str) -> Iterator[Any]:
                TimeRemainingColumn())
     with Progress(*columns, console=stderr, transient=True) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+        yield lambda n, total=None: progress.update(task, advance=n, **({} if total is None else {"total": total}))
 
 
 def progress_enabled(flag: bool | None, quiet: bool) -> bool:

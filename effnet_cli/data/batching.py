@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 import inspect
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
@@ -151,6 +151,33 @@ class BatchJob:
     def __getitem__(self, b: int) -> Batch:
         span = self.span(b)
         return assemble(span, self.load(span), self.stacking)
+
+    def without_paths(self) -> BatchJob:
+        """This job for a worker process that gets each batch's paths with the batch (:meth:`decode`).
+
+        A worker that held the whole list would cost memory in proportion to the input count,
+        once per worker, and every worker start would pickle the whole list again.
+        """
+        return replace(self, paths=[])
+
+    def decode(self, span: range, paths: Sequence[str]) -> Batch:
+        """The batch of the positions ``span``, whose paths are ``paths`` (in order)."""
+        window = _Window(span.start, paths)
+        return assemble(span, load_positions(window, span, self.open_kwargs, self.transform, self.stacking),
+                        self.stacking)
+
+
+class _Window(Sequence[str]):
+    """The paths of one batch, indexed by their positions in the whole input list."""
+
+    def __init__(self, first: int, paths: Sequence[str]) -> None:
+        self.first, self.paths = first, paths
+
+    def __len__(self) -> int:
+        return self.first + len(self.paths)
+
+    def __getitem__(self, pos: Any) -> Any:
+        return self.paths[pos - self.first]
 
 
 def checked_job(paths: Sequence[str], transform: Callable[[Image.Image], Any], stacking: Stacking, *, batch_size: int,

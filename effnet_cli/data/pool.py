@@ -81,7 +81,8 @@ def _worker_init(nice: int) -> None:
 
 
 def _worker_main(job: BatchJob, conn: Connection, nice: int) -> None:
-    """Say ("ready", -1, None), then answer each batch number with ("ok", b, Batch) or ("error", b, exception)."""
+    """Say ("ready", -1, None), then answer each (batch number, span, paths) with ("ok", b, Batch) or
+    ("error", b, exception). ``job`` comes without its paths (:meth:`BatchJob.without_paths`)."""
     _worker_init(nice)
     try:
         conn.send_bytes(pickle.dumps(("ready", -1, None)))
@@ -89,13 +90,14 @@ def _worker_main(job: BatchJob, conn: Connection, nice: int) -> None:
         return
     while True:
         try:
-            b = conn.recv()
+            task = conn.recv()
         except (EOFError, OSError):
             return
-        if b is None:
+        if task is None:
             return
+        b, span, paths = task
         try:
-            reply: tuple[str, int, Any] = ("ok", b, job[b])
+            reply: tuple[str, int, Any] = ("ok", b, job.decode(span, paths))
         except BaseException as exc:  # hand a bug to the consumer instead of dying silently
             reply = ("error", b, exc)
         try:
@@ -114,7 +116,7 @@ class _Worker:
 
     def __init__(self, ctx: Any, job: BatchJob, nice: int) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(job, child, nice), daemon=True,
+        self.proc = ctx.Process(target=_worker_main, args=(job.without_paths(), child, nice), daemon=True,
                                 name="effnet-decode-worker")
         self.proc.start()
         child.close()
@@ -174,7 +176,8 @@ class _Pool:
                     b, self.next_task = self.next_task, self.next_task + 1
                 else:
                     return
-                worker.conn.send(b)
+                span = self.job.span(b)
+                worker.conn.send((b, span, self.job.paths[span.start:span.stop]))
                 worker.pending.append(b)
 
     def _collect(self) -> None:
