@@ -231,3 +231,152 @@ def test_limits_a_user_gives():
     for bad in (-1, float("nan"), float("-inf")):
         with pytest.raises(InputError, match="--decode-timeout must be 0"):
             check_timeout(bad)
+
+
+# --------------------------------------------------------------------------- #
+# through the command line: a read that blocks in the kernel, via an LD_PRELOAD shim
+# --------------------------------------------------------------------------- #
+
+# read(2) on a file whose path contains $EFFNET_TEST_HANG blocks, as on a stale network mount or a
+# FUSE file system that stopped answering. By default it waits in pause(), which a signal interrupts
+# (EINTR, as NFS "intr" and FUSE reads are); with EFFNET_TEST_HANG_DEAF=1 it first blocks every
+# signal, like a process in uninterruptible sleep: only SIGKILL ends it.
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static ssize_t (*real_read)(int, void *, size_t);
+
+static int hangs(int fd) {
+    const char *marker = getenv("EFFNET_TEST_HANG");
+    char link[64], target[4096];
+    if (marker == NULL || *marker == 0) return 0;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0) return 0;
+    target[n] = 0;
+    return strstr(target, marker) != NULL;
+}
+
+ssize_t read(int fd, void *buf, size_t count) {
+    if (real_read == NULL) real_read = (ssize_t (*)(int, void *, size_t))dlsym(RTLD_NEXT, "read");
+    if (hangs(fd)) {
+        const char *deaf = getenv("EFFNET_TEST_HANG_DEAF");
+        if (deaf != NULL && strcmp(deaf, "1") == 0) {
+            sigset_t all;
+            sigfillset(&all);
+            sigprocmask(SIG_BLOCK, &all, NULL);
+            for (;;) sleep(1000);
+        }
+        pause();
+        errno = EINTR;
+        return -1;
+    }
+    return real_read(fd, buf, count);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def hang_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None or not sys.platform.startswith("linux"):
+        pytest.skip("needs a C compiler and Linux for the LD_PRELOAD shim")
+    directory = tmp_path_factory.mktemp("shim")
+    (directory / "hang.c").write_text(SHIM)
+    subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(directory / "hang.so"), str(directory / "hang.c"),
+                    "-ldl"], check=True, capture_output=True)
+    return directory / "hang.so"
+
+
+@pytest.fixture(scope="module")
+def onnx_small(b0_small_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded 64×64 b0 exported for ONNX Runtime: `--model` of it runs the torch-free lean path."""
+    pytest.importorskip("onnxruntime")
+    target = tmp_path_factory.mktemp("export") / "onnx"
+    done = subprocess.run([sys.executable, "-m", "effnet_cli", "export", str(b0_small_dir), "-o", str(target)],
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()
+    return target
+
+
+def _leftovers(token: str) -> list[int]:
+    """Processes still alive (zombies included) that carry ``token`` in their environment."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if token.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _folder(root: Path, photos: list[Path]) -> tuple[Path, list[str]]:
+    """Photos, a very large PNG, a photo whose reads block, and a FIFO named like a photo."""
+    folder = root / "folder"
+    folder.mkdir()
+    good = []
+    for i, photo in enumerate(photos[:3]):
+        shutil.copy(photo, folder / f"p{i}.jpg")
+        good.append(str(folder / f"p{i}.jpg"))
+    big_png(folder / "q-huge.png")
+    shutil.copy(photos[0], folder / "r-stale.jpg")
+    os.mkfifo(folder / "s-pipe.jpg")
+    return folder, good
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("deaf", [False, True], ids=["read", "uninterruptible"])
+def test_cli_a_hanging_read_and_a_huge_png_cost_their_own_records(tmp_path, photos, b0_small_dir, onnx_small,
+                                                                   hang_shim, model, deaf):
+    from effnet_cli.data.decode import open_image
+
+    folder, good = _folder(tmp_path, photos)
+    took = time.monotonic()
+    open_image(folder / "q-huge.png")
+    took = time.monotonic() - took
+    limit = round(took / 3, 2)
+    assert limit >= 0.2, f"the large PNG decoded in {took:.2f} s: too fast for this test"
+    token = f"effnet-timeout-test-{os.getpid()}-{model}-{deaf}"
+    env = {**os.environ, "LD_PRELOAD": str(hang_shim), "EFFNET_TEST_HANG": "r-stale.jpg", "LEFTOVER_TOKEN": token,
+           "EFFNET_TEST_HANG_DEAF": "1" if deaf else "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    args = ["--model", str(b0_small_dir), "--backend", "torch"] if model == "torch" else ["--model", str(onnx_small)]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "effnet_cli", "classify", str(folder), *args, "-f", "jsonl",
+                           "--workers", "2", "--decode-timeout", str(limit)],
+                          capture_output=True, env=env, timeout=600)
+    took = time.monotonic() - started
+    records = {r["path"]: r for r in map(json.loads, done.stdout.decode().splitlines())}
+    reason = timeout_reason(limit)
+    assert done.returncode == 1, done.stderr.decode()
+    assert records[str(folder / "q-huge.png")]["error"] == reason
+    assert records[str(folder / "r-stale.jpg")]["error"] == reason
+    assert records[str(folder / "s-pipe.jpg")]["error"] == "not a regular file (named pipe)"
+    assert all("error" not in records[path] and records[path]["predictions"] for path in good)
+    assert len(records) == 6
+    # Generous: start-up and the model dominate; the backstop adds its 2× limit + 5 s per hung worker.
+    assert took < 120 + (limits.backstop_after(limit) * 3 if deaf else 0)
+    # Every process of the run has exited and been reaped, the killed worker included.
+    deadline = time.monotonic() + 15
+    while _leftovers(token) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _leftovers(token) == []
+
+
+def test_cli_a_negative_limit_is_a_usage_error(photos):
+    done = subprocess.run([sys.executable, "-m", "effnet_cli", "classify", str(photos[0]), "--decode-timeout", "-1"],
+                          capture_output=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+    assert done.returncode == 2 and done.stdout == b""
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "--decode-timeout must be 0 (no limit) or a positive number of seconds" in lines[0], lines

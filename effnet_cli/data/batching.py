@@ -172,6 +172,19 @@ class BatchJob:
         return load_positions(self.paths, positions, self.open_kwargs, self.transform, self.stacking,
                               timeout=self.timeout, failed=self.failed)
 
+    def warm_up(self) -> None:
+        """Under a time limit, run the transform once on a tiny image, outside the limit.
+
+        Its first use may import libraries (torchvision: seconds on a busy machine), which is no
+        input's fault; a fresh worker would otherwise charge it to its first input.
+        """
+        if self.timeout is None:
+            return
+        try:
+            self.transform(Image.new("RGB", (8, 8)))
+        except Exception:  # the inputs will meet the same error, each with its own record
+            pass
+
     def mark_hung(self, pos: int) -> None:
         """Record that ``pos`` hung a worker past the limit: it gets the time-limit reason, and no second try."""
         self.failed[pos] = timeout_reason(self.timeout or 0)
@@ -217,6 +230,7 @@ def _isolated_main(init: Callable[[], None], job: BatchJob, positions: list[int]
                    watch: Watch | None, slot: int) -> None:
     """Body of a single-use process: set it up as a worker, load ``positions``, send the outcomes back."""
     init()
+    job.warm_up()
     if watch is not None:
         watch.attach(slot)
     # Plain pickle copies tensor data into the message; torch's shared-memory reducer would hand over

@@ -70,6 +70,11 @@ def _worker_init(worker_id: int, nice: int = 0, watch: Watch | None = None) -> N
         except OSError:  # not allowed here: decoding still works, only less politely
             pass
     if watch is not None:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        if info is not None:
+            info.dataset.warm_up()
         watch.attach(worker_id)
 
 
@@ -261,6 +266,8 @@ def iter_batches(
     dataset = checked_job(paths, transform, TENSORS, batch_size=batch_size, workers=workers, prefetch=prefetch,
                            start=start, open_kwargs=open_kwargs, decode_timeout=decode_timeout)
     if workers == 0:
+        if len(dataset):
+            dataset.warm_up()
         for b in range(len(dataset)):
             yield dataset[b]
         return

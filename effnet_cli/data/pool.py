@@ -89,6 +89,7 @@ def _worker_main(job: BatchJob, conn: Connection, nice: int, watch: Watch | None
     With a ``watch``, the worker marks each input on its ``slot`` of the board.
     """
     _worker_init(nice)
+    job.warm_up()
     if watch is not None:
         watch.attach(slot)
     try:
@@ -343,6 +344,8 @@ def start_batches(
     job = checked_job(paths, transform, ARRAYS, batch_size=batch_size, workers=workers, prefetch=prefetch,
                        start=start, open_kwargs=open_kwargs, decode_timeout=decode_timeout)
     if workers == 0 or len(job) == 0:
+        if len(job):
+            job.warm_up()
         return Batches(None, (job[b] for b in range(len(job))))
     ctx = _context(start_method)
     count = min(workers, len(job))
