@@ -380,3 +380,23 @@ def test_cli_a_negative_limit_is_a_usage_error(photos):
     assert done.returncode == 2 and done.stdout == b""
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "--decode-timeout must be 0 (no limit) or a positive number of seconds" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_cli_device_workers_keep_the_limit(tmp_path, photos, b0_small_dir, hang_shim):
+    """--devices workers get --decode-timeout through the engine spec: the hung read is in the shards' records."""
+    from effnet_cli.scale.shards import read_embeddings
+
+    folder, good = _folder(tmp_path, photos)
+    os.unlink(folder / "q-huge.png")
+    env = {**os.environ, "LD_PRELOAD": str(hang_shim), "EFFNET_TEST_HANG": "r-stale.jpg",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "effnet_cli", "embed", str(folder), "--model", str(b0_small_dir),
+                           "--backend", "torch", "--output-dir", str(tmp_path / "out"), "--devices", "cpu:1",
+                           "-j", "1", "--decode-timeout", "1"], capture_output=True, env=env, timeout=600)
+    assert done.returncode == 1, done.stderr.decode()
+    _array, records = read_embeddings(tmp_path / "out")
+    errors = {r["path"]: r.get("error") for r in records}
+    assert errors[str(folder / "r-stale.jpg")] == "decoding took longer than the --decode-timeout of 1 s"
+    assert errors[str(folder / "s-pipe.jpg")] == "not a regular file (named pipe)"
+    assert all(errors[path] is None for path in good)
