@@ -16,7 +16,9 @@ Each worker owns one duplex pipe: the main process sends it batch numbers (at mo
 ``prefetch`` outstanding) and receives whole assembled batches, pickled. The main
 process waits on the pipes and the workers' sentinels together, so a dead worker is
 noticed at once; its current batch is then redone in a fresh process (each input alone
-if that dies too, as the torch loader does), its other batches go to a new worker.
+if that dies too, as the torch loader does), its other batches go to a new worker. Under a
+time limit (``decode_timeout``, :mod:`effnet_cli.data.limits`) the wait also wakes every
+quarter second to kill a worker that one input has held past the backstop, handled the same way.
 """
 
 from __future__ import annotations
@@ -89,13 +91,13 @@ def _worker_main(job: BatchJob, conn: Connection, nice: int, watch: Watch | None
     With a ``watch``, the worker marks each input on its ``slot`` of the board.
     """
     _worker_init(nice)
-    job.warm_up()
     if watch is not None:
         watch.attach(slot)
     try:
         conn.send_bytes(pickle.dumps(("ready", -1, None)))
     except OSError:  # the loader was closed before this worker started
         return
+    job.warm_up()  # after "ready": a transform that kills its process costs records, not the run
     while True:
         try:
             b = conn.recv()
