@@ -355,7 +355,33 @@ def test_other_files_named_like_images(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_named_pipe_is_refused_instead_of_hanging(tmp_path):
     os.mkfifo(tmp_path / "pipe.jpg")
-    assert reason(tmp_path / "pipe.jpg") == "not a regular file"
+    assert reason(tmp_path / "pipe.jpg") == "not a regular file (named pipe)"
+
+
+def test_socket_and_device_are_refused_without_being_opened(tmp_path):
+    import socket
+
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(tmp_path / "sock.jpg"))
+        assert reason(tmp_path / "sock.jpg") == "not a regular file (socket)"
+    finally:
+        server.close()
+    # /dev/zero would read forever if it were opened.
+    assert reason("/dev/zero") == "not a regular file (character device)"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_fifo_in_a_walked_directory_is_listed_for_its_record(tmp_path):
+    """A FIFO named like a photo inside a folder is reported, not silently left out of the run."""
+    solid(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "b.jpg")
+    solid(tmp_path / "c.png")
+    os.mkfifo(tmp_path / "notes")  # not named like an image: skipped, as a notes.txt would be
+    got = discover_inputs([str(tmp_path)])
+    assert got == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), str(tmp_path / "c.png")]
+    _, rows, errors = collect(iter_batches(got, to_tensor32, batch_size=2, workers=0))
+    assert errors == {1: "not a regular file (named pipe)"} and sorted(rows) == [0, 2]
 
 
 def test_empty_text_and_html_files(tmp_path):

@@ -74,7 +74,7 @@ def classify(
     ray_address: opt.RayAddress = None,
     ray_actors: opt.RayActors = None,
     null: opt.Null = False,
-    max_pixels: opt.MaxPixels = None,
+    max_pixels: opt.MaxPixels = None, decode_timeout: opt.DecodeTimeout = None,
     variant: opt.VariantOpt = None,
     model: opt.ModelOpt = None,
     revision: opt.Revision = None,

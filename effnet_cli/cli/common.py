@@ -141,6 +141,7 @@ class EngineOptions:
     compile: bool  # --compile
     exact_decode: bool  # JPEGs decoded at full size (False: the fast reduced decode)
     max_pixels: int | None  # --max-pixels (None: the default limit)
+    decode_timeout: float | None  # --decode-timeout, seconds per input (None: the default; 0: no limit)
     backend: str  # --backend: auto, torch, onnxruntime or openvino
     batch_size: int  # --batch-size; "auto" measures the backends at it
     quiet: bool  # --quiet: no download bars, no notes
@@ -150,6 +151,14 @@ class EngineOptions:
             raise InputError("Give either --variant or --model, not both.")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise InputError(f"--max-pixels must be positive, got {self.max_pixels}.")
+        self.time_limit  # noqa: B018 - a negative --decode-timeout is refused before anything loads
+
+    @property
+    def time_limit(self) -> float | None:
+        """--decode-timeout as the loaders take it: the default when not given, None for no limit (0)."""
+        from effnet_cli.data.limits import DEFAULT_DECODE_TIMEOUT, check_timeout
+
+        return check_timeout(DEFAULT_DECODE_TIMEOUT if self.decode_timeout is None else self.decode_timeout)
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], **given: Any) -> EngineOptions:
@@ -195,6 +204,7 @@ def load_engine(options: EngineOptions, *, device: str | None = None, backend: s
         options.name, revision=options.revision, device=options.device if device is None else device,
         dtype=options.dtype.value, compile=options.compile, draft=not options.exact_decode,
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
+        decode_timeout=options.time_limit,
         backend=options.backend if backend is None else backend, batch_size=options.batch_size,
         measure=measure, announce=None if options.quiet else _announce_measurement,
         first_export=(lambda: None) if options.quiet else _announce_first_export)
@@ -222,7 +232,8 @@ def _lean_engine(options: EngineOptions, *, device: str | None, backend: str | N
     device = options.device if device is None else device
     kwargs: dict[str, Any] = {"batch_size": options.batch_size, "dtype": options.dtype.value,
                               "draft": not options.exact_decode, "device": device,
-                              "max_pixels": DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels}
+                              "max_pixels": DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
+                              "decode_timeout": options.time_limit}
     if options.model is not None and export_format(options.model) is not None:
         if options.compile:
             raise InputError(f"{options.model} is an exported model; --compile needs the PyTorch weights.")

@@ -54,6 +54,10 @@ Null = Annotated[bool, typer.Option("--null", "-0", help="With -, paths on stdin
 MaxPixels = Annotated[Optional[int], typer.Option(
     "--max-pixels", help="Refuse images with more pixels than this (decompression bombs). [default: 89478485]",
     rich_help_panel=INPUT_PANEL, show_default=False)]
+DecodeTimeout = Annotated[Optional[float], typer.Option(
+    "--decode-timeout", metavar="SECONDS", rich_help_panel=INPUT_PANEL, show_default=False,
+    help="Give up on an input whose read and decode take longer than this (a hung network file, a runaway "
+         "decode): it gets an error record and the run goes on. 0: no limit. [default: 300]")]
 VariantOpt = Annotated[Optional[Variant], typer.Option(
     "--variant", help=f"Published variant. b0-b7 come from the Hugging Face hub; lite0 ships with effnet "
                       f"(for lite1-lite4, convert timm's weights and use --model). [default: {DEFAULT_VARIANT}]", rich_help_panel=MODEL_PANEL, show_default=False,

@@ -147,7 +147,8 @@ def load(options: EngineOptions, scale: ScaleOptions, inputs: int) -> tuple[Any,
         backend = engine.backend
     source = engine.source or {}
     spec = EngineSpec(name=model_name(options), revision=source.get("revision"), dtype=options.dtype.value,
-                      compile=options.compile, draft=engine.draft, max_pixels=engine.max_pixels, backend=backend,
+                      compile=options.compile, draft=engine.draft, max_pixels=engine.max_pixels,
+                      decode_timeout=engine.decode_timeout, backend=backend,
                       batch_size=options.batch_size)
     return engine, spec
 

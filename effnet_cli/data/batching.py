@@ -17,6 +17,8 @@ from typing import Any
 from PIL import Image
 
 from effnet_cli.data.decode import _short, open_image
+from effnet_cli.data.limits import (TimeLimitExceeded, Watch, backstop_after, call_with_time_limit, check_timeout,
+                                    input_began, input_ended, timeout_reason)
 from effnet_cli.errors import DecodeError, InputError
 
 __all__ = ["CRASH_REASON", "Batch", "BatchJob", "Outcome", "Stacking", "assemble", "checked_job", "load_positions", "recover", "run_isolated"]
@@ -67,35 +69,52 @@ class Stacking:
 
 
 def load_positions(paths: Sequence[str], positions: Iterable[int], open_kwargs: dict[str, Any],
-                   transform: Callable[[Image.Image], Any], stacking: Stacking) -> list[Outcome]:
-    """Decode and transform each position; every failure becomes a reason, and costs that input only."""
+                   transform: Callable[[Image.Image], Any], stacking: Stacking, *, timeout: float | None = None,
+                   failed: dict[int, str] | None = None) -> list[Outcome]:
+    """Decode and transform each position; every failure becomes a reason, and costs that input only.
+
+    Each input's read, decode and transform together get ``timeout`` seconds (None: no limit; see
+    :mod:`effnet_cli.data.limits`). A position in ``failed`` is not touched again: it already hung
+    a process, and gets that reason.
+    """
     outcomes: list[Outcome] = []
     for pos in positions:
+        known = failed.get(pos) if failed else None
+        if known is not None:
+            outcomes.append((pos, None, known))
+            continue
+        input_began(pos)
         try:
-            image = open_image(paths[pos], **open_kwargs)
-        except DecodeError as exc:
-            outcomes.append((pos, None, str(exc)))
-            continue
-        except MemoryError:
-            outcomes.append((pos, None, "out of memory while decoding"))
-            continue
-        except Exception as exc:  # a bug in decoding must still cost one file only
-            outcomes.append((pos, None, f"cannot decode image ({type(exc).__name__}: {_short(exc)})"))
-            continue
-        try:
-            pixels = transform(image)
-            shape = stacking.shape_of(pixels)
-            if shape is None or len(shape) != 3:
-                got = shape if shape is not None else type(pixels).__name__
-                raise TypeError(f"expected a C×H×W {stacking.what}, got {got}")
-        except MemoryError:
-            outcomes.append((pos, None, "out of memory while preprocessing"))
-            continue
-        except Exception as exc:
-            outcomes.append((pos, None, f"preprocessing failed ({type(exc).__name__}: {_short(exc)})"))
-            continue
-        outcomes.append((pos, pixels, None))
+            outcomes.append(call_with_time_limit(timeout, _load_one, pos, paths[pos], open_kwargs, transform, stacking))
+        except TimeLimitExceeded:
+            outcomes.append((pos, None, timeout_reason(timeout or 0)))
+        finally:
+            input_ended()
     return outcomes
+
+
+def _load_one(pos: int, path: str, open_kwargs: dict[str, Any], transform: Callable[[Image.Image], Any],
+              stacking: Stacking) -> Outcome:
+    """One input's outcome: its C×H×W pixels, or the reason it has none."""
+    try:
+        image = open_image(path, **open_kwargs)
+    except DecodeError as exc:
+        return (pos, None, str(exc))
+    except MemoryError:
+        return (pos, None, "out of memory while decoding")
+    except Exception as exc:  # a bug in decoding must still cost one file only
+        return (pos, None, f"cannot decode image ({type(exc).__name__}: {_short(exc)})")
+    try:
+        pixels = transform(image)
+        shape = stacking.shape_of(pixels)
+        if shape is None or len(shape) != 3:
+            got = shape if shape is not None else type(pixels).__name__
+            raise TypeError(f"expected a C×H×W {stacking.what}, got {got}")
+    except MemoryError:
+        return (pos, None, "out of memory while preprocessing")
+    except Exception as exc:
+        return (pos, None, f"preprocessing failed ({type(exc).__name__}: {_short(exc)})")
+    return (pos, pixels, None)
 
 
 def assemble(span: range, outcomes: Iterable[Outcome], stacking: Stacking) -> Batch:
@@ -135,6 +154,10 @@ class BatchJob:
     start: int
     open_kwargs: dict[str, Any]
     stacking: Stacking
+    timeout: float | None = None  # seconds each input may take (None: no limit)
+    # Positions that hung a worker past the limit, with their reason: never decoded again. Filled in
+    # by the parent; a worker started afterwards gets them.
+    failed: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         remaining = max(0, len(self.paths) - self.start)
@@ -146,7 +169,25 @@ class BatchJob:
 
     def load(self, positions: Iterable[int]) -> list[Outcome]:
         """Decode and transform each position; every failure becomes a reason."""
-        return load_positions(self.paths, positions, self.open_kwargs, self.transform, self.stacking)
+        return load_positions(self.paths, positions, self.open_kwargs, self.transform, self.stacking,
+                              timeout=self.timeout, failed=self.failed)
+
+    def warm_up(self) -> None:
+        """Under a time limit, run the transform once on a tiny image, outside the limit.
+
+        Its first use may import libraries (torchvision: seconds on a busy machine), which is no
+        input's fault; a fresh worker would otherwise charge it to its first input.
+        """
+        if self.timeout is None:
+            return
+        try:
+            self.transform(Image.new("RGB", (8, 8)))
+        except Exception:  # the inputs will meet the same error, each with its own record
+            pass
+
+    def mark_hung(self, pos: int) -> None:
+        """Record that ``pos`` hung a worker past the limit: it gets the time-limit reason, and no second try."""
+        self.failed[pos] = timeout_reason(self.timeout or 0)
 
     def __getitem__(self, b: int) -> Batch:
         span = self.span(b)
@@ -163,8 +204,8 @@ class BatchJob:
     def decode(self, span: range, paths: Sequence[str]) -> Batch:
         """The batch of the positions ``span``, whose paths are ``paths`` (in order)."""
         window = _Window(span.start, paths)
-        return assemble(span, load_positions(window, span, self.open_kwargs, self.transform, self.stacking),
-                        self.stacking)
+        return assemble(span, load_positions(window, span, self.open_kwargs, self.transform, self.stacking,
+                                             timeout=self.timeout, failed=self.failed), self.stacking)
 
 
 class _Window(Sequence[str]):
@@ -181,8 +222,12 @@ class _Window(Sequence[str]):
 
 
 def checked_job(paths: Sequence[str], transform: Callable[[Image.Image], Any], stacking: Stacking, *, batch_size: int,
-                workers: int, prefetch: int, start: int, open_kwargs: dict[str, Any] | None) -> BatchJob:
-    """The job of a loader call, its arguments checked once, before any worker starts."""
+                workers: int, prefetch: int, start: int, open_kwargs: dict[str, Any] | None,
+                decode_timeout: float | None = None) -> BatchJob:
+    """The job of a loader call, its arguments checked once, before any worker starts.
+
+    ``decode_timeout`` of None or 0 means no time limit.
+    """
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if workers < 0:
@@ -193,7 +238,7 @@ def checked_job(paths: Sequence[str], transform: Callable[[Image.Image], Any], s
         raise InputError(f"start must be between 0 and {len(paths)}, got {start}")
     kwargs = dict(open_kwargs or {})
     inspect.signature(open_image).bind("", **kwargs)  # a misspelt option fails here, not once per image
-    return BatchJob(list(paths), transform, batch_size, start, kwargs, stacking)
+    return BatchJob(list(paths), transform, batch_size, start, kwargs, stacking, check_timeout(decode_timeout))
 
 
 def recover(span: range, run_isolated: Callable[[list[int]], "list[Outcome] | None"], stacking: Stacking) -> Batch:
@@ -208,29 +253,58 @@ def recover(span: range, run_isolated: Callable[[list[int]], "list[Outcome] | No
     return assemble(span, outcomes, stacking)
 
 
-def _isolated_main(init: Callable[[], None], job: BatchJob, positions: list[int], conn: Any) -> None:
+def _isolated_main(init: Callable[[], None], job: BatchJob, positions: list[int], conn: Any,
+                   watch: Watch | None, slot: int) -> None:
     """Body of a single-use process: set it up as a worker, load ``positions``, send the outcomes back."""
     init()
+    job.warm_up()
+    if watch is not None:
+        watch.attach(slot)
     # Plain pickle copies tensor data into the message; torch's shared-memory reducer would hand over
     # file descriptors that vanish with this short-lived process.
     conn.send_bytes(pickle.dumps(job.load(positions), protocol=pickle.HIGHEST_PROTOCOL))
     conn.close()
 
 
-def run_isolated(ctx: Any, init: Callable[[], None], job: BatchJob, positions: list[int]) -> list[Outcome] | None:
+# Seconds between looks at the board while an isolated process works under a time limit.
+_WATCH_POLL_S = 0.25
+
+
+def run_isolated(ctx: Any, init: Callable[[], None], job: BatchJob, positions: list[int],
+                 watch: Watch | None = None, slot: int = 0) -> list[Outcome] | None:
     """Load ``positions`` in a fresh process of the multiprocessing context ``ctx``; None if it died.
 
-    ``init`` (picklable) sets the process up as the loader sets up its workers.
+    ``init`` (picklable) sets the process up as the loader sets up its workers. With a time limit
+    and a ``watch`` (whose ``slot`` is this process's), an input that holds the process past the
+    backstop kills it; that input gets the time-limit reason and the rest are loaded again in a new
+    process. The process is always reaped before this returns.
     """
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_isolated_main, args=(init, job, positions, sender), daemon=True)
-    proc.start()
-    sender.close()  # so recv sees EOF when the child dies without answering
-    try:
-        payload = receiver.recv_bytes()
-    except (EOFError, OSError):
-        payload = None
-    finally:
-        receiver.close()
-        proc.join()
-    return None if payload is None else pickle.loads(payload)
+    while True:
+        receiver, sender = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_isolated_main, args=(init, job, positions, sender, watch, slot), daemon=True)
+        proc.start()
+        sender.close()  # so recv sees EOF when the child dies without answering
+        hung = None
+        try:
+            if watch is not None and job.timeout is not None:
+                hung = _await_answer(proc, receiver, watch, slot, backstop_after(job.timeout))
+            payload = None if hung is not None else receiver.recv_bytes()
+        except (EOFError, OSError):
+            payload = None
+        finally:
+            receiver.close()
+            proc.join()
+        if hung is None:
+            return None if payload is None else pickle.loads(payload)
+        job.mark_hung(hung)
+
+
+def _await_answer(proc: Any, receiver: Any, watch: Watch, slot: int, after: float) -> int | None:
+    """Wait until ``proc`` answers or dies (None), or kill it when one input holds it past ``after`` seconds
+    (that input's position)."""
+    while not receiver.poll(_WATCH_POLL_S):
+        for _slot, pos, _pid in watch.overdue(after, [slot]):
+            proc.kill()
+            watch.clear(slot)
+            return pos
+    return None

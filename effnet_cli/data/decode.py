@@ -23,7 +23,7 @@ from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageEr
 
 from effnet_cli.errors import DecodeError, one_line
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_BACKGROUND", "open_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_BACKGROUND", "open_image", "special_file_reason"]
 
 # Pillow's own default (1024 * 1024 * 1024 // 4 // 3), written out so that code
 # elsewhere changing Image.MAX_IMAGE_PIXELS does not silently change our limit.
@@ -207,6 +207,22 @@ def _exif_orientation(img: Image.Image) -> int:
         return 1
 
 
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"))
+
+
+def special_file_reason(mode: int) -> str | None:
+    """The error reason for a path whose ``st_mode`` is neither a regular file nor a directory, else None.
+
+    Such a path is never opened: opening a FIFO with no writer blocks forever, a device can read
+    without end. This one rule holds for paths named directly and for those met in a directory walk.
+    """
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "special file")
+    return f"not a regular file ({kind})"
+
+
 def _io_failure(exc: OSError) -> DecodeError:
     """The short reason for a file that cannot be stat'ed or opened."""
     if isinstance(exc, FileNotFoundError):
@@ -253,9 +269,9 @@ def open_image(
         if not os.access(name, os.R_OK | os.X_OK):
             raise DecodeError("permission denied")
         raise DecodeError("is a directory")
-    if not stat.S_ISREG(st.st_mode):
-        # Opening a FIFO with no writer would block forever.
-        raise DecodeError("not a regular file")
+    special = special_file_reason(st.st_mode)
+    if special is not None:
+        raise DecodeError(special)
     if st.st_size == 0:
         raise DecodeError("empty file")
 

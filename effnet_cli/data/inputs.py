@@ -61,7 +61,9 @@ def _walk_images(root: str, visited: set[tuple[int, int]]) -> Iterator[str]:
     Hidden entries (names starting with ".") are skipped: they are thumbnails,
     AppleDouble ``._x.jpg`` files and VCS folders, not photos. A directory that
     cannot be listed is yielded itself, so it gets an error record instead of
-    vanishing.
+    vanishing; so is every other entry named like an image, whatever it is (a
+    FIFO, socket or device gets "not a regular file" from the decoder, which
+    never opens it, as for a path named directly).
     """
     # An explicit stack of iterators instead of recursion: deep trees must not
     # hit Python's recursion limit.
@@ -97,18 +99,15 @@ def _walk_images(root: str, visited: set[tuple[int, int]]) -> Iterator[str]:
         child = os.path.join(parents[-1], entry.name)
         try:
             is_dir = entry.is_dir()  # follows symlinks
-            is_file = entry.is_file()
-            is_link = entry.is_symlink()
         except OSError:
-            is_dir = is_file = False
-            is_link = True
+            is_dir = False
         if is_dir:
             unreadable = enter(child)
             if unreadable is not None:
                 yield unreadable
-        elif _is_image_name(entry.name) and (is_file or is_link):
-            # A dangling symlink named like an image is kept: the user will
-            # want to hear that it points nowhere ("no such file").
+        elif _is_image_name(entry.name):
+            # Not only regular files: a dangling symlink ("no such file") or a
+            # FIFO named like an image must be reported, not silently skipped.
             yield child
 
 

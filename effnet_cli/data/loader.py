@@ -18,6 +18,7 @@ import functools
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Stacking, checked_job, recover, run_isolated
+from effnet_cli.data.limits import Watch, backstop_after
 from effnet_cli.host import usable_cores
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported lazily at run time
@@ -49,8 +51,8 @@ def _stack_tensors(rows: list[Any]) -> torch.Tensor:
 TENSORS = Stacking("tensor", _tensor_shape, _stack_tensors)
 
 
-def _worker_init(_worker_id: int, nice: int = 0) -> None:
-    """Keep each decode worker to one intra-op thread, at ``nice`` lower priority.
+def _worker_init(worker_id: int, nice: int = 0, watch: Watch | None = None) -> None:
+    """Keep each decode worker to one intra-op thread, at ``nice`` lower priority; mark its inputs on ``watch``.
 
     Workers and the model share the same few cores; torch's default of one
     thread per core in every process would oversubscribe them badly. Why the
@@ -67,20 +69,30 @@ def _worker_init(_worker_id: int, nice: int = 0) -> None:
             os.nice(nice)
         except OSError:  # not allowed here: decoding still works, only less politely
             pass
+    if watch is not None:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        if info is not None:
+            info.dataset.warm_up()
+        watch.attach(worker_id)
 
 
 def _identity(batch: Batch) -> Batch:
     return batch
 
 
-def _recover_batch(dataset: BatchJob, b: int) -> Batch:
+def _recover_batch(dataset: BatchJob, b: int, watch: Watch | None = None) -> Batch:
     """Redo batch ``b`` after a worker died, finding which input(s) kill the decoder.
 
     First the whole batch in one fresh process (the crash may have been in a
     neighbouring batch); if that dies too, each input alone, so exactly the
-    culprits are marked as crashed and the rest keep their results.
+    culprits are marked as crashed and the rest keep their results. The fresh
+    processes use the watch's last slot, which no DataLoader worker has.
     """
-    return recover(dataset.span(b), lambda positions: run_isolated(multiprocessing.get_context(), functools.partial(_worker_init, 0), dataset, positions), TENSORS)
+    slot = watch.slots - 1 if watch is not None else 0
+    return recover(dataset.span(b), lambda positions: run_isolated(
+        multiprocessing.get_context(), functools.partial(_worker_init, 0), dataset, positions, watch, slot), TENSORS)
 
 
 _DONE = object()
@@ -120,6 +132,24 @@ class _LoaderThread(threading.Thread):
         # number of decoded-but-unconsumed batches however many inputs there are.
         self.out: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
         self.stop = threading.Event()
+        # Under a time limit each worker says which input it is on (slot = worker id; one more for recovery).
+        self.watch = Watch(multiprocessing.get_context(), workers + 1) if dataset.timeout is not None else None
+
+    def _stop_overdue(self) -> None:
+        """SIGKILL each worker that one input has held past the backstop, after marking that input.
+
+        torch then reports the worker dead, and :meth:`run` redoes the batch in a fresh process, where
+        the marked input gets the time-limit reason; the DataLoader reaps the killed process.
+        """
+        if self.watch is None:
+            return
+        for slot, pos, pid in self.watch.overdue(backstop_after(self.dataset.timeout or 0), range(self.workers)):
+            self.dataset.mark_hung(pos)  # before any process that could try it again is started
+            self.watch.clear(slot)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended meanwhile; its batch is redone all the same
+                pass
 
     def _put(self, item: Any) -> bool:
         while not self.stop.is_set():
@@ -140,7 +170,7 @@ class _LoaderThread(threading.Thread):
             num_workers=self.workers,
             collate_fn=_identity,
             prefetch_factor=self.prefetch,
-            worker_init_fn=functools.partial(_worker_init, nice=self.nice),
+            worker_init_fn=functools.partial(_worker_init, nice=self.nice, watch=self.watch),
             # Not a limit on how long a batch may take (a timeout just means
             # "ask again"), but how often torch checks that its workers are
             # alive: without it, a dead worker is noticed only every 5 s.
@@ -159,16 +189,18 @@ class _LoaderThread(threading.Thread):
                             batch = next(it)
                         except RuntimeError as exc:
                             if _is_loader_timeout(exc):
+                                self._stop_overdue()
                                 continue  # only slow: the batch is still on its way
                             # A worker died (or the loader broke). Batches
                             # before b were all delivered; redo b in
                             # isolation and restart the loader after it.
-                            batch = _recover_batch(self.dataset, b)
+                            batch = _recover_batch(self.dataset, b, self.watch)
                             b += 1
                             if not self._put(batch):
                                 return
                             break
                         b += 1
+                        self._stop_overdue()
                         if not self._put(batch):
                             return
                 finally:
@@ -197,6 +229,7 @@ def iter_batches(
     start: int = 0,
     prefetch: int = 2,
     worker_nice: int = 0,
+    decode_timeout: float | None = None,
 ) -> Iterator[Batch]:
     """Decode, preprocess and stack ``paths[start:]`` in batches, in input order.
 
@@ -221,11 +254,20 @@ def iter_batches(
     niced worker also waits behind every other busy program on the machine,
     and then nothing reaches the model at all: the CLI leaves it at 0.
 
+    ``decode_timeout`` (seconds; None or 0: no limit) bounds each input's read, decode and
+    preprocessing: an input that takes longer gets an error record naming the limit
+    (:func:`effnet_cli.data.limits.timeout_reason`) and the run goes on. A timer in the decoding
+    process ends it; a worker stuck in a C call that ignores the timer is killed after
+    :func:`effnet_cli.data.limits.backstop_after` seconds and replaced. With ``workers == 0`` only
+    the timer applies, and only in the main thread.
+
     Closing the generator early (``break``) stops the workers.
     """
     dataset = checked_job(paths, transform, TENSORS, batch_size=batch_size, workers=workers, prefetch=prefetch,
-                           start=start, open_kwargs=open_kwargs)
+                           start=start, open_kwargs=open_kwargs, decode_timeout=decode_timeout)
     if workers == 0:
+        if len(dataset):
+            dataset.warm_up()
         for b in range(len(dataset)):
             yield dataset[b]
         return

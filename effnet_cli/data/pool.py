@@ -17,7 +17,9 @@ Each worker owns one duplex pipe: the main process sends it batch numbers (at mo
 ``prefetch`` outstanding) and receives whole assembled batches, pickled. The main
 process waits on the pipes and the workers' sentinels together, so a dead worker is
 noticed at once; its current batch is then redone in a fresh process (each input alone
-if that dies too, as the torch loader does), its other batches go to a new worker.
+if that dies too, as the torch loader does), its other batches go to a new worker. Under a
+time limit (``decode_timeout``, :mod:`effnet_cli.data.limits`) the wait also wakes every
+quarter second to kill a worker that one input has held past the backstop, handled the same way.
 """
 
 from __future__ import annotations
@@ -38,12 +40,16 @@ import numpy as np
 from PIL import Image
 
 from effnet_cli.data.batching import CRASH_REASON, Batch, BatchJob, Stacking, checked_job, recover, run_isolated
+from effnet_cli.data.limits import Watch, backstop_after
 from effnet_cli.data.loader import default_workers
 
 __all__ = ["CRASH_REASON", "Batch", "Batches", "default_workers", "iter_batches", "start_batches"]
 
 # Seconds a closing worker gets to exit on its own before it is terminated, then killed.
 _EXIT_GRACE_S = 2.0
+
+# Seconds between looks at the watch's board while waiting for workers under a time limit.
+_WATCH_POLL_S = 0.25
 
 
 def _array_shape(value: Any) -> tuple[int, ...] | None:
@@ -80,14 +86,20 @@ def _worker_init(nice: int) -> None:
             pass
 
 
-def _worker_main(job: BatchJob, conn: Connection, nice: int) -> None:
+def _worker_main(job: BatchJob, conn: Connection, nice: int, watch: Watch | None = None, slot: int = 0) -> None:
     """Say ("ready", -1, None), then answer each (batch number, span, paths) with ("ok", b, Batch) or
-    ("error", b, exception). ``job`` comes without its paths (:meth:`BatchJob.without_paths`)."""
+    ("error", b, exception). ``job`` comes without its paths (:meth:`BatchJob.without_paths`).
+
+    With a ``watch``, the worker marks each input on its ``slot`` of the board.
+    """
     _worker_init(nice)
+    if watch is not None:
+        watch.attach(slot)
     try:
         conn.send_bytes(pickle.dumps(("ready", -1, None)))
     except OSError:  # the loader was closed before this worker started
         return
+    job.warm_up()  # after "ready": a transform that kills its process costs records, not the run
     while True:
         try:
             task = conn.recv()
@@ -106,17 +118,24 @@ def _worker_main(job: BatchJob, conn: Connection, nice: int) -> None:
             return
 
 
-def _recover_batch(ctx: Any, job: BatchJob, b: int) -> Batch:
-    """Redo batch ``b`` after its worker died: whole in a fresh process, else each input alone."""
-    return recover(job.span(b), lambda positions: run_isolated(ctx, functools.partial(_worker_init, 0), job, positions), ARRAYS)
+def _recover_batch(ctx: Any, job: BatchJob, b: int, watch: Watch | None = None) -> Batch:
+    """Redo batch ``b`` after its worker died: whole in a fresh process, else each input alone.
+
+    The fresh processes use the watch's last slot, which no long-lived worker has.
+    """
+    slot = watch.slots - 1 if watch is not None else 0
+    return recover(job.span(b), lambda positions: run_isolated(ctx, functools.partial(_worker_init, 0), job, positions,
+                                                               watch, slot), ARRAYS)
 
 
 class _Worker:
     """One worker process, its pipe and the batch numbers it has been sent but not answered, in order."""
 
-    def __init__(self, ctx: Any, job: BatchJob, nice: int) -> None:
+    def __init__(self, ctx: Any, job: BatchJob, nice: int, watch: Watch | None = None, slot: int = 0) -> None:
+        self.slot = slot  # its place on the watch's board, handed on to its replacement
         self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(job.without_paths(), child, nice), daemon=True,
+        self.proc = ctx.Process(target=_worker_main, args=(job.without_paths(), child, nice, watch, slot),
+                                daemon=True,
                                 name="effnet-decode-worker")
         self.proc.start()
         child.close()
@@ -153,7 +172,9 @@ class _Pool:
         # batch, always come from ``ctx`` (see start_batches on why the first ones may be forked).
         self.ctx, self.job, self.prefetch, self.nice = ctx, job, prefetch, nice
         self.total = len(job)
-        self.workers = [_Worker(first_ctx or ctx, job, nice) for _ in range(workers)]
+        # Under a time limit the workers say which input they are on (a slot each, one more for recovery).
+        self.watch = Watch(ctx, workers + 1) if job.timeout is not None else None
+        self.workers = [_Worker(first_ctx or ctx, job, nice, self.watch, slot) for slot in range(workers)]
         self.next_task = 0
         self.redo: deque[int] = deque()  # batches of a dead worker it had not started
         self.ready: dict[int, Batch] = {}
@@ -186,10 +207,25 @@ class _Pool:
         for worker in self.workers:
             by_handle[worker.conn] = worker
             by_handle[worker.proc.sentinel] = worker
-        for handle in wait(list(by_handle)):
+        for handle in wait(list(by_handle), timeout=None if self.watch is None else _WATCH_POLL_S):
             worker = by_handle[handle]
             if worker in self.workers and not self._receive(worker):
                 self._replace(worker)
+        if self.watch is not None:
+            self._stop_overdue(self.watch)
+
+    def _stop_overdue(self, watch: Watch) -> None:
+        """Kill each worker that one input has held past the backstop, mark that input, and redo its batch.
+
+        Its in-process timer should have ended the input long before: reaching this means a C call
+        that never returns to Python (an uninterruptible read, a decoder in a loop).
+        """
+        by_slot = {worker.slot: worker for worker in self.workers}
+        for slot, pos, _pid in watch.overdue(backstop_after(self.job.timeout or 0), list(by_slot)):
+            worker = by_slot[slot]
+            self.job.mark_hung(pos)  # before the recovery and the replacement, so neither tries it again
+            worker.proc.kill()
+            self._replace(worker)
 
     def _receive(self, worker: _Worker) -> bool:
         """Take every answer waiting on ``worker``'s pipe; False when the worker is dead."""
@@ -218,11 +254,13 @@ class _Pool:
             )
         lost = list(dead.pending)
         dead.pending.clear()
+        if self.watch is not None:
+            self.watch.clear(dead.slot)
         if lost:
-            self.ready[lost[0]] = _recover_batch(self.ctx, self.job, lost[0])
+            self.ready[lost[0]] = _recover_batch(self.ctx, self.job, lost[0], self.watch)
             self.redo.extend(lost[1:])
         if self.redo or self.next_task < self.total:
-            self.workers[self.workers.index(dead)] = _Worker(self.ctx, self.job, self.nice)
+            self.workers[self.workers.index(dead)] = _Worker(self.ctx, self.job, self.nice, self.watch, dead.slot)
         else:  # nothing left for a new worker to do
             self.workers.remove(dead)
         dead.stop()
@@ -300,6 +338,7 @@ def start_batches(
     prefetch: int = 2,
     worker_nice: int = 0,
     start_method: str | None = None,
+    decode_timeout: float | None = None,
 ) -> Batches:
     """:func:`iter_batches`, but its workers start and begin decoding before this returns.
 
@@ -310,8 +349,10 @@ def start_batches(
     it; longer runs use the fork server, whose smaller workers keep the summed memory low.
     """
     job = checked_job(paths, transform, ARRAYS, batch_size=batch_size, workers=workers, prefetch=prefetch,
-                       start=start, open_kwargs=open_kwargs)
+                       start=start, open_kwargs=open_kwargs, decode_timeout=decode_timeout)
     if workers == 0 or len(job) == 0:
+        if len(job):
+            job.warm_up()
         return Batches(None, (job[b] for b in range(len(job))))
     ctx = _context(start_method)
     count = min(workers, len(job))
@@ -333,6 +374,7 @@ def iter_batches(
     prefetch: int = 2,
     worker_nice: int = 0,
     start_method: str | None = None,
+    decode_timeout: float | None = None,
 ) -> Iterator[Batch]:
     """Decode, preprocess and stack ``paths[start:]`` in batches, in input order, without torch.
 
@@ -340,12 +382,14 @@ def iter_batches(
     returns a C×H×W numpy array and must be picklable, and each :class:`Batch`'s
     ``pixel_values`` is an N×3×H×W float32 numpy array (0×3×0×0 when every item failed).
     ``workers == 0`` decodes in the calling process. ``start_method`` picks the
-    multiprocessing start method (default forkserver, else spawn).
+    multiprocessing start method (default forkserver, else spawn). ``decode_timeout`` limits each
+    input's decode as in the torch loader.
 
     Closing the generator early (``break``) stops and reaps the workers.
     """
     batches = start_batches(paths, transform, batch_size=batch_size, workers=workers, open_kwargs=open_kwargs,
-                            start=start, prefetch=prefetch, worker_nice=worker_nice, start_method=start_method)
+                            start=start, prefetch=prefetch, worker_nice=worker_nice, start_method=start_method,
+                            decode_timeout=decode_timeout)
     try:
         yield from batches
     finally:

@@ -19,6 +19,7 @@ import torch
 
 from effnet_cli.data import DEFAULT_MAX_PIXELS, iter_batches
 from effnet_cli.data.decode import DRAFT_MARGIN, draft_options  # DRAFT_MARGIN: the documented name
+from effnet_cli.data.limits import DEFAULT_DECODE_TIMEOUT
 from effnet_cli.errors import InputError
 from effnet_cli.core.dtypes import parse_dtype as _dtype
 from effnet_cli.core.loading import load_directory
@@ -56,9 +57,12 @@ class Engine:
     :attr:`backend` says which one runs.
     """
 
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT  # seconds per input's decode (None: no limit)
+
     def __init__(self, model: torch.nn.Module, processor: Any, *, device: str | torch.device | None = "auto",
                  dtype: str | torch.dtype | None = None, compile: bool = False, fast: bool = True,
-                 draft: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, backend: str = "torch",
+                 draft: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT, backend: str = "torch",
                  batch_size: int = 16, measure: bool = True,
                  announce: Callable[[dict[str, float] | None], None] | None = None,
                  files: str | Path | None = None, first_export: Callable[[], None] | None = None,
@@ -112,6 +116,7 @@ class Engine:
         self.labels = [self.config.id2label.get(i, f"LABEL_{i}") for i in range(self.config.num_labels)]
         self.draft = draft
         self.max_pixels = max_pixels
+        self.decode_timeout = decode_timeout
         self.source = getattr(model, "source", None)
 
     @property
@@ -217,5 +222,5 @@ class Engine:
         """Decoded, preprocessed batches of ``paths`` in input order (see :func:`effnet_cli.data.iter_batches`)."""
         # On the CPU the decode workers compete with the model's threads: they run niced, in the gaps.
         return iter_batches(paths, self.transform, batch_size=batch_size, workers=workers,
-                            open_kwargs=self.open_kwargs, start=start,
+                            open_kwargs=self.open_kwargs, start=start, decode_timeout=self.decode_timeout,
                             worker_nice=WORKER_NICE if self.device.type == "cpu" else 0)

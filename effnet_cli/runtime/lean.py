@@ -26,6 +26,7 @@ from effnet_cli.core.config import EfficientNetConfig
 from effnet_cli.core.numpy_pixels import PixelPipeline
 from effnet_cli.core.processor import EfficientNetImageProcessor
 from effnet_cli.data.decode import DEFAULT_MAX_PIXELS, draft_options
+from effnet_cli.data.limits import DEFAULT_DECODE_TIMEOUT
 from effnet_cli.errors import ConfigError, InputError
 from effnet_cli.host import installed
 from effnet_cli.records.results import Prediction
@@ -88,7 +89,8 @@ class LeanEngine:
 
     def __init__(self, directory: str | Path, *, backend: str = "auto", batch_size: int = 16,
                  dtype: str = "float32", draft: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 device: str | None = "auto", source: dict[str, str] | None = None) -> None:
+                 device: str | None = "auto", source: dict[str, str] | None = None,
+                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT) -> None:
         self.directory = Path(directory).expanduser()
         if export_format(self.directory) is None:
             raise InputError(f"{self.directory} is not an exported model (model.onnx or model.xml with config.json).")
@@ -113,6 +115,7 @@ class LeanEngine:
         self.output_numpy_dtype = np.float16 if dtype == "float16" else np.float32
         self.draft = draft
         self.max_pixels = max_pixels
+        self.decode_timeout = decode_timeout  # seconds per input's decode (None: no limit)
         self.source = source or {"source": "export", "path": str(self.directory)}
         self.device = self.device_type
 
@@ -191,7 +194,7 @@ class LeanEngine:
         from effnet_cli.data.pool import start_batches
 
         batches = start_batches(paths, self.transform, batch_size=batch_size, workers=workers,
-                                open_kwargs=self.open_kwargs, start=start)
+                                open_kwargs=self.open_kwargs, start=start, decode_timeout=self.decode_timeout)
         try:
             self.runner  # noqa: B018 - opened now, while the workers decode
         except BaseException:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from effnet_cli.data.limits import DEFAULT_DECODE_TIMEOUT
+
 __all__ = ["EngineSpec", "RunOptions"]
 
 
@@ -28,6 +30,7 @@ class EngineSpec:
     compile: bool = False
     draft: bool = True
     max_pixels: int | None = None
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT  # seconds per input's decode (None: no limit)
     backend: str = "torch"  # torch, onnxruntime or openvino; never auto
     batch_size: int = 16  # the runtimes' exports and compiled graphs are sized for it
     threads: int | None = None  # a runtime's CPU threads in each worker (None: its usable cores)
@@ -38,6 +41,7 @@ class EngineSpec:
 
         return Engine.from_pretrained(self.name, revision=self.revision, device=device, dtype=self.dtype,
                                       compile=self.compile, draft=self.draft, max_pixels=self.max_pixels,
+                                      decode_timeout=self.decode_timeout,
                                       backend=self.backend, batch_size=self.batch_size, measure=False,
                                       threads=self.threads)
 
