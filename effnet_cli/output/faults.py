@@ -81,13 +81,16 @@ def writing(target: str | os.PathLike[str]) -> Iterator[None]:
         raise write_error(exc, target) from exc
 
 
-def check_writable(path: str | os.PathLike[str]) -> None:
+def check_writable(path: str | os.PathLike[str], *, is_dir: bool = False,
+                   shown: str | os.PathLike[str] | None = None) -> None:
     """Refuse (exit status 2) an output whose nearest existing directory cannot be written.
 
-    ``access(2)`` answers for this user, and with ``EROFS`` for a read-only file system even for root.
+    ``path`` is a file to be written in its directory, or with ``is_dir`` a directory to be written
+    into; the error names ``shown`` (default ``path``). ``access(2)`` answers for this user, and with
+    ``EROFS`` for a read-only file system even for root.
     """
     target = Path(path)
-    directory = target.parent
+    directory = target if is_dir else target.parent
     while not directory.exists() and directory != directory.parent:
         directory = directory.parent
     if os.access(directory, os.W_OK | os.X_OK):
@@ -97,7 +100,7 @@ def check_writable(path: str | os.PathLike[str]) -> None:
     except OSError:
         read_only = False
     code = errno.EROFS if read_only else errno.EACCES
-    raise write_error(OSError(code, os.strerror(code)), target, before_work=True)
+    raise write_error(OSError(code, os.strerror(code)), target if shown is None else shown, before_work=True)
 
 
 class OutputFile(io.RawIOBase):

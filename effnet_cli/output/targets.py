@@ -75,7 +75,7 @@ def check_dir(path: Path, option: str, *, overwrite: bool | None = None, resume:
     nor ``--resume`` was given; with ``--overwrite``, also one that holds a name ``own`` does not accept."""
     if os.path.lexists(path) and not path.is_dir():
         raise InputError(f"{display_path(path)} exists and is not a directory; choose another {option}.")
-    check_writable(path / "-")  # the directory itself when it exists, else where it would be made
+    check_writable(path, is_dir=True)  # the directory itself when it exists, else where it would be made
     if not path.is_dir():
         return
     entries = sorted(os.listdir(path))

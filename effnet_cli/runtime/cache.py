@@ -31,7 +31,7 @@ from effnet_cli.runtime.runners import FORMAT_OF, model_file, open_runner
 # effnet_cli.runtime.export is imported inside the functions that need it: it imports torch (2.5 s),
 # which choosing a backend, or finding an export that is cached already, does not need.
 
-__all__ = ["FORMAT_OF", "cache_lock", "cached_export", "export_key", "export_versions", "runner_for",
+__all__ = ["FORMAT_OF", "cache_lock", "cached_export", "export_key", "export_versions", "is_cached", "runner_for",
            "weights_hash", "writable_dir"]
 
 
@@ -73,6 +73,14 @@ def export_key(model: Any, processor: Any, fmt: str, dtype: str, weights: str | 
     parts = {"weights": weights or weights_hash(model), "size": list(fixed_input_size(processor)), "format": fmt,
              "dtype": dtype, "versions": export_versions(fmt), "model_class": type(model).__name__}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+_UNCACHED: set[Path] = set()  # this process's private exports, made when the cache could not be written
+
+
+def is_cached(directory: Path) -> bool:
+    """Whether an export directory :func:`cached_export` returned is in the cache (else private to this run)."""
+    return Path(directory) not in _UNCACHED
 
 
 def writable_dir(directory: Path) -> Path:
@@ -118,6 +126,7 @@ def _export_uncached(model: Any, processor: Any, fmt: str, dtype: str, cache: Pa
 
     directory = Path(tempfile.mkdtemp(prefix="effnet-export-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    _UNCACHED.add(directory)
     source = (model_file(cached_export(model, processor, "onnx", "float32", cache=cache, weights=weights), "onnx")
               if fmt == "openvino" else None)
     with writing(directory):
@@ -160,7 +169,7 @@ def runner_for(model: Any, processor: Any, backend: str, *, dtype: str, device_t
     fmt = FORMAT_OF[backend]
     # The cached OpenVINO IR is float32; bfloat16 is the precision it is compiled with.
     directory = cached_export(model, processor, fmt, "float32", weights=weights)
-    if files is not None and processor.input_size == _files_input_size(files):
+    if files is not None and is_cached(directory) and processor.input_size == _files_input_size(files):
         from effnet_cli.runtime.index import record_export
 
         record_export(files, fmt, directory)

@@ -40,7 +40,7 @@ class OutputDir:
             raise InputError(f"{self.path} exists and is not a directory.")
         from effnet_cli.output import OutputLock, check_writable, make_dir, temporaries_of
 
-        check_writable(self.path / LOCK)  # read-only, or not ours to write: one line, exit status 2
+        check_writable(self.path, is_dir=True)  # read-only, or not ours to write: one line, exit status 2
         make_dir(self.path)
 
         self._lock = OutputLock(self.path / LOCK, self.path).acquire()  # until release(), or the process ends

@@ -51,7 +51,7 @@ def hold_lock(path: Path, output: Path) -> Iterator[None]:
     if path in _HELD:
         yield
         return
-    check_writable(path)  # a read-only or forbidden place: one line, exit status 2, before any work
+    check_writable(path, shown=output)  # a read-only or forbidden place: one line, exit status 2, before any work
     made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     make_dir(path.parent)
     try:
