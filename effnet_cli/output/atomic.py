@@ -88,7 +88,7 @@ def _create_temp(target: Path) -> tuple[Path, IO[bytes]]:
     for _ in range(100):
         path = temp_path(target)
         try:
-            return path, create_exclusive(path, shown=target)
+            return path, create_exclusive(path, shown=shown_target(target))
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(target))
@@ -136,6 +136,7 @@ def atomic_file(target: str | os.PathLike[str], *, text: bool = False) -> Iterat
     """``with atomic_file(path) as fh:`` — write ``fh``; on success ``path`` appears whole, on error not at all."""
     target = Path(target)
     tmp, fh = _create_temp(target)
+    shown = shown_target(target)  # a partial marker's failure names the output it belongs to
     try:
         if text:
             tf = io.TextIOWrapper(fh, encoding="utf-8", newline="")
@@ -147,7 +148,7 @@ def atomic_file(target: str | os.PathLike[str], *, text: bool = False) -> Iterat
                     tf.detach()
         else:
             yield fh
-        with writing(target):
+        with writing(shown):
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()

@@ -69,12 +69,18 @@ def write_error(exc: OSError, target: str | os.PathLike[str], *, before_work: bo
 
 
 @contextlib.contextmanager
-def writing(target: str | os.PathLike[str]) -> Iterator[None]:
-    """``with writing(target):`` — an ``OSError`` raised inside becomes :func:`write_error` for ``target``."""
+def writing(target: str | os.PathLike[str], *, restate: bool = False) -> Iterator[None]:
+    """``with writing(target):`` — an ``OSError`` raised inside becomes :func:`write_error` for ``target``.
+
+    ``restate``: a :class:`WriteError` from inside names ``target`` too (a directory staged under a
+    temporary name is known to the user by its final one).
+    """
     try:
         yield
-    except WriteError:
-        raise
+    except WriteError as exc:
+        if not restate:
+            raise
+        raise write_error(exc, target) from exc
     except OSError as exc:
         if exc.errno is None:
             raise

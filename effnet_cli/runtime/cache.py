@@ -129,7 +129,7 @@ def _export_uncached(model: Any, processor: Any, fmt: str, dtype: str, cache: Pa
     _UNCACHED.add(directory)
     source = (model_file(cached_export(model, processor, "onnx", "float32", cache=cache, weights=weights), "onnx")
               if fmt == "openvino" else None)
-    with writing(directory):
+    with writing(directory, restate=True):
         write_export(model, processor, directory, fmt=fmt, dtype=dtype, onnx_source=source)
     return directory
 
@@ -150,7 +150,7 @@ def _export_into_cache(model: Any, processor: Any, fmt: str, dtype: str, cache: 
             return final
         tmp = temp_dir(final)  # under the lock: publish_dir cannot meet another writer's directory
         try:
-            with writing(final):
+            with writing(final, restate=True):
                 write_export(model, processor, tmp, fmt=fmt, dtype=dtype, onnx_source=source)
             publish_dir(tmp, final)
         finally:

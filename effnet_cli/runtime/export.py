@@ -243,7 +243,7 @@ def export_model(model: nn.Module, processor: Any, out: str | Path, *, fmt: str 
     fixed_input_size(processor)
     tmp = temp_dir(out)  # the umask's mode; publish_dir fsyncs the files and renames the directory
     try:
-        with writing(out):  # a full disk while the exporter writes: one line naming -o, nothing left
+        with writing(out, restate=True):  # a full disk while the exporter writes: one line naming -o, nothing left
             result = write_export(model, processor, tmp, fmt=fmt, dtype=dtype, batch=batch)
         if not publish_dir(tmp, out):
             raise InputError(f"{out} was filled by another program meanwhile; choose another -o.")
