@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -399,3 +400,30 @@ def test_cache_filling_up_falls_back_with_one_warning(tiny_fs: Path, tiny_model:
         f"effnet: warning: effnet's cache at {small_fs / 'cache'} cannot be written (no space left on device); "
         "exporting for this run only. Set EFFNET_CACHE to a writable directory to keep exports."]
     assert not [p for p in (small_fs / "cache").rglob("*") if p.is_file()]  # no half export, no index entry
+
+
+# ------------------------------------------------------------ Ray with a small /dev/shm
+@pytest.mark.slow
+def test_ray_run_with_a_tiny_dev_shm_completes(b0_small_dir: Path, photos: list[Path], tmp_path: Path) -> None:
+    """Containers give /dev/shm 64 MB or less; Ray's decode tasks then write the image bytes to disk instead."""
+    pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a private /dev/shm needs root and unshare(1) (mount namespaces)")
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /dev/shm"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"this machine cannot mount a private /dev/shm ({probe.stderr.decode().strip()})")
+    images = tmp_path / "photos"
+    images.mkdir()
+    for photo in photos:  # 5 photos of 40-400 KB: more than 64 KiB in every decode batch
+        shutil.copy(photo, images / photo.name)
+    common = [str(images), "--model", str(b0_small_dir), "-q"]
+    script = (f"mount -t tmpfs -o size=64k tmpfs /dev/shm && exec {sys.executable} -m effnet_cli embed "
+              + " ".join(common) + f" --engine ray --output-dir {tmp_path / 'ray'}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    local = run(["embed", *common, "-j", "0", "--output-dir", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "ray" / "emb_00000.npy"),
+                               np.load(tmp_path / "local" / "emb_00000.npy"), rtol=1e-5, atol=1e-5)

@@ -29,6 +29,7 @@ imported only when ``--engine ray`` is used. Nothing here prints.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -178,6 +179,28 @@ def _shm_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
+@contextlib.contextmanager
+def _blob_files(blobs: Any) -> Iterator[list[str]]:
+    """The bytes as files in /dev/shm, or in the system's temporary directory when /dev/shm is full.
+
+    Containers often give /dev/shm 64 MB, shared with Ray's own object store; a batch that does not
+    fit there is decoded from disk rather than failing the task.
+    """
+    for directory in dict.fromkeys((_shm_dir(), None)):
+        with tempfile.TemporaryDirectory(prefix="effnet-decode-", dir=directory) as tmp:
+            names = [os.path.join(tmp, str(i)) for i in range(len(blobs))]
+            try:
+                for name, blob in zip(names, blobs):
+                    with open(name, "wb") as fh:
+                        fh.write(blob)
+            except OSError as exc:
+                if directory is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                continue
+            yield names
+            return
+
+
 def _decode_stage(batch: dict[str, np.ndarray], *, transform: Any, open_kwargs: dict[str, Any],
                   shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Ray task: bytes -> preprocessed pixels (zeros where it failed) and an error reason ("" if none)."""
@@ -190,13 +213,7 @@ def _decode_stage(batch: dict[str, np.ndarray], *, transform: Any, open_kwargs: 
     n = len(paths)
     pixels = np.zeros((n, *shape), dtype=np.float32)
     errors = np.full(n, "", dtype=object)
-    with tempfile.TemporaryDirectory(prefix="effnet-decode-", dir=_shm_dir()) as tmp:
-        names = []
-        for i, blob in enumerate(blobs):
-            name = os.path.join(tmp, str(i))
-            with open(name, "wb") as fh:
-                fh.write(blob)
-            names.append(name)
+    with _blob_files(blobs) as names:
         # The local pipeline's own decode + preprocess + stack, in this process.
         for decoded in iter_batches(names, transform, batch_size=max(n, 1), workers=0, open_kwargs=open_kwargs):
             for pos, reason in decoded.errors:
