@@ -223,6 +223,17 @@ def test_every_write_of_embed_output_dir_failing_in_turn(faults: Faults, tiny_mo
     assert failed >= 40  # two shards: rows, records, meta (Parquet), errors, markers
 
 
+def test_every_write_of_embed_per_file_failing_in_turn(faults: Faults, tiny_model: Path, few_images: Path,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    reference = _reference(["embed", *_common(tiny_model, few_images), "--per-file", str(tmp_path / "ref" / "files")],
+                           tmp_path / "ref")
+    assert len(reference) == 4  # three arrays and the manifest
+    args = ["embed", *_common(tiny_model, few_images), "--per-file", str(out / "files")]
+    failed = _sweep(faults, out, args, reference, ALTERNATING)  # taken back: a plain rerun works
+    assert failed >= 12
+
+
 @pytest.mark.parametrize("codes", [ALTERNATING, ALTERNATING[::-1]], ids=["ENOSPC-EIO", "EIO-ENOSPC"])
 def test_every_write_of_classify_o_failing_in_turn_keeps_the_file_it_replaces(
         faults: Faults, tiny_model: Path, few_images: Path, tmp_path: Path, codes: tuple[int, int]) -> None:
@@ -251,6 +262,36 @@ def test_every_write_of_export_failing_in_turn(faults: Faults, tiny_model: Path,
     args = ["export", str(tiny_model), "-o", str(out / "exported")]
     failed = _sweep(faults, out, args, reference, ALTERNATING, all_or_nothing=True)
     assert failed >= 10  # two JSON files written, three files fsynced, the directory renamed
+
+
+@pytest.mark.parametrize("code", [errno.EDQUOT, errno.EROFS, errno.EACCES])
+def test_each_cause_is_named_in_the_one_line(faults: Faults, tiny_model: Path, few_images: Path, tmp_path: Path,
+                                             code: int) -> None:
+    """A quota, a file system remounted read-only mid-run, a permission taken away: each named as it is."""
+    out = tmp_path / "out"
+    faults.arm(3, (code,))  # the partial array's first rows
+    outcome = run(["embed", *_common(tiny_model, few_images), "-o", str(out / "feats.npy")])
+    assert faults.fired is not None
+    _check_failed_run(outcome, code, faults.fired)
+    hint = "; free some space and run again" if code == errno.EDQUOT else ""
+    assert outcome.stderr.strip() == f"effnet: cannot write {out / 'feats.npy'}: {CAUSES[code]}{hint}."
+    assert not (out / "feats.npy").exists()
+    faults.arm(0, (code,))
+    assert run(["embed", *_common(tiny_model, few_images), "-o", str(out / "feats.npy"), "--resume"]).exit_code == 1
+    assert np.load(out / "feats.npy").shape == (3, 320)
+
+
+def test_a_library_caller_gets_an_oserror_naming_the_final_file(faults: Faults, tmp_path: Path) -> None:
+    from effnet_cli.errors import WriteError
+    from effnet_cli.output import write_text
+
+    faults.arm(1, (errno.ENOSPC,))
+    with pytest.raises(OSError) as raised:  # what code written for transformers' save_pretrained catches
+        write_text(tmp_path / "out" / "config.json", "{}")
+    assert isinstance(raised.value, WriteError) and raised.value.errno == errno.ENOSPC
+    assert str(raised.value) == (f"cannot write {tmp_path / 'out' / 'config.json'}: no space left on device; "
+                                 "free some space and run again.")
+    assert os.listdir(tmp_path / "out") == []  # the temporary is gone too
 
 
 # ------------------------------------------------------------ a real full or read-only file system

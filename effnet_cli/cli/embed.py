@@ -197,18 +197,40 @@ def _embed_per_file(engine: Any, paths: list[str], directory: Path, run: RunOpti
 
     Ends with the summary line; returns the exit status.
     """
+    from effnet_cli.errors import WriteError
+    from effnet_cli.output import make_dir, remove_written
+    from effnet_cli.records.manifest import per_file_targets
+
+    targets = per_file_targets(directory, paths)  # two inputs for one file: refused before anything is written
+    # A first run that cannot finish (a full disk) takes its files back, so it can simply be run again;
+    # over an earlier run's files (--overwrite) the earlier manifest stays and --overwrite works again.
+    first, existed = not (directory / "manifest.jsonl").exists(), directory.exists()
+    make_dir(directory)
+    records, failed, written = [], 0, []
+    try:
+        failed = _write_per_file(engine, paths, directory, targets, run, quiet, show, records, written)
+    except WriteError:
+        if first:
+            remove_written(directory, [*written, directory / "manifest.jsonl"], keep_directory=existed)
+        raise
+    summary_line("embedded", len(paths), failed, f"written to {display_path(directory)}/ (manifest.jsonl)",
+                 time.monotonic() - started, quiet)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _write_per_file(engine: Any, paths: list[str], directory: Path, targets: dict[str, Path], run: RunOptions,
+                    quiet: bool, show: bool, records: list[dict[str, Any]], written: list[Path]) -> int:
+    """The arrays (``written`` lists each one as it is begun), then the manifest; returns the failed inputs."""
     import io
 
     import numpy as np
 
-    from effnet_cli.runtime.paths import embed_paths
     from effnet_cli.output import make_dir, write_bytes
+    from effnet_cli.records.manifest import manifest_record
     from effnet_cli.records.pathtext import path_fields
-    from effnet_cli.records.manifest import manifest_record, per_file_targets
+    from effnet_cli.runtime.paths import embed_paths
 
-    targets = per_file_targets(directory, paths)  # two inputs for one file: refused before anything is written
-    make_dir(directory)
-    records, failed = [], 0
+    failed = 0
     with progress_bar(len(paths), show, "embed") as advance:
         for batch in embed_paths(engine, paths, **run.embed_kwargs()):
             base = min((r.row for r in batch.results if r.row is not None), default=0)
@@ -219,6 +241,7 @@ def _embed_per_file(engine: Any, paths: list[str], directory: Path, run: RunOpti
                     records.append(manifest_record(result, file=None))
                     continue
                 target = targets[result.path]
+                written.append(target)  # before its folders are made: a failed write takes them back too
                 make_dir(target.parent)
                 buf = io.BytesIO()
                 np.save(buf, batch.features[result.row - base])
@@ -230,6 +253,4 @@ def _embed_per_file(engine: Any, paths: list[str], directory: Path, run: RunOpti
             advance(len(batch.results))
         write_bytes(directory / "manifest.jsonl",
                     "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
-    summary_line("embedded", len(paths), failed, f"written to {display_path(directory)}/ (manifest.jsonl)",
-                 time.monotonic() - started, quiet)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return failed

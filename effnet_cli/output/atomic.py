@@ -26,7 +26,7 @@ from effnet_cli.output.faults import OutputFile, shown_target, write_error, writ
 
 __all__ = ["FILE_MODE", "DIR_MODE", "create_exclusive", "open_partial", "temp_path", "atomic_file", "write_bytes",
            "write_text", "publish_file", "fsync_dir", "fsync_file", "make_dir", "temp_dir", "publish_dir",
-           "remove_own"]
+           "remove_own", "remove_written"]
 
 FILE_MODE = 0o666  # the kernel removes the umask's bits
 DIR_MODE = 0o777
@@ -240,6 +240,25 @@ def _publish_dir(tmp: Path, final: Path, replace_own: tuple[str, ...] | None) ->
             remove_own(old, replace_own or ())
     _fsync_dir(final.parent)
     return True
+
+
+def remove_written(directory: Path, files: Iterable[Path], *, keep_directory: bool) -> None:
+    """Take back a failed run's files under ``directory``: ``files`` (this run wrote them), then the
+    folders between them and ``directory`` left empty, then ``directory`` itself unless ``keep_directory``.
+
+    So a run that could not finish leaves the directory as it found it and can simply be run again.
+    """
+    folders: set[Path] = set()
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        folders.update(p for p in Path(path).parents if directory in p.parents)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: something else lives there
+            folder.rmdir()
+    if not keep_directory:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def remove_own(directory: Path, names: tuple[str, ...] | frozenset[str] | set[str]) -> None:
