@@ -13,6 +13,7 @@ and locking it starts over (the usual unlink-safe lock-file protocol).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -79,7 +80,9 @@ class OutputLock:
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
-            except OSError as exc:  # a full disk: said before any work, the lock file left for release to go
+            except OSError as exc:  # a full disk: said before any work; the lock file is ours to remove
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
                 os.close(fd)
                 raise write_error(exc, self.output, before_work=True) from exc
             self._fd = fd
