@@ -54,6 +54,30 @@ class DecodeError(InputError):
     """One image could not be decoded; the run goes on with the others."""
 
 
+class WriteError(EffnetError, OSError):
+    """An output could not be written: a full disk, a quota, a read-only file system, no permission, an I/O error.
+
+    The message names the output (its final name, not a temporary's) and the cause, on one line;
+    ``errno`` is the failed call's. Also an ``OSError``, so library code that catches those around
+    ``save_pretrained`` catches this too. Nothing partial is left under the output's final name.
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnwritableOutputError(WriteError, InputError):
+    """An output's directory cannot be written, found before any work began (exit status 2)."""
+
+
+class EffnetWarning(UserWarning):
+    """Something the user should know that does not stop the run (the command line shows it on one line)."""
+
+
 def one_line(exc: BaseException, *, upto: str | None = None, limit: int | None = None) -> str:
     """A library's exception message on one line, to quote inside one of effnet's sentences.
 

@@ -197,20 +197,44 @@ def _embed_per_file(engine: Any, paths: list[str], directory: Path, run: RunOpti
 
     Ends with the summary line; returns the exit status.
     """
+    from effnet_cli.errors import WriteError
+    from effnet_cli.output import make_dir, remove_written
+    from effnet_cli.records.manifest import per_file_targets
+
+    targets = per_file_targets(directory, paths)  # two inputs for one file: refused before anything is written
+    # A first run that cannot finish (a full disk) takes its files back, so it can simply be run again;
+    # over an earlier run's files (--overwrite) the earlier manifest stays and --overwrite works again.
+    first, existed = not (directory / "manifest.jsonl").exists(), directory.exists()
+    make_dir(directory)
+    failed, written = 0, []
+    try:
+        failed = _write_per_file(engine, paths, directory, targets, run, quiet, show, written)
+    except WriteError:
+        if first:
+            remove_written(directory, [*written, directory / "manifest.jsonl"], keep_directory=existed)
+        raise
+    summary_line("embedded", len(paths), failed, f"written to {display_path(directory)}/ (manifest.jsonl)",
+                 time.monotonic() - started, quiet)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _write_per_file(engine: Any, paths: list[str], directory: Path, targets: dict[str, Path], run: RunOptions,
+                    quiet: bool, show: bool, written: list[Path]) -> int:
+    """The arrays (``written`` lists each one as it is begun) and the manifest; returns the failed inputs.
+
+    The manifest's lines go out batch by batch (held in memory they would grow with the run); it is
+    published whole at the end, or not at all.
+    """
     import io
 
     import numpy as np
 
-    from effnet_cli.runtime.paths import embed_paths
     from effnet_cli.output import atomic_file, make_dir, write_bytes
+    from effnet_cli.records.manifest import manifest_record
     from effnet_cli.records.pathtext import path_fields
-    from effnet_cli.records.manifest import manifest_record, per_file_targets
+    from effnet_cli.runtime.paths import embed_paths
 
-    targets = per_file_targets(directory, paths)  # two inputs for one file: refused before anything is written
-    make_dir(directory)
     failed = 0
-    # The manifest's lines go out batch by batch (held in memory they would grow with the run);
-    # it is published whole at the end, or not at all.
     with progress_bar(len(paths), show, "embed") as advance, \
             atomic_file(directory / "manifest.jsonl", text=True) as manifest:
         for batch in embed_paths(engine, paths, **run.embed_kwargs()):
@@ -223,6 +247,7 @@ def _embed_per_file(engine: Any, paths: list[str], directory: Path, run: RunOpti
                     records.append(manifest_record(result, file=None))
                     continue
                 target = targets[result.path]
+                written.append(target)  # before its folders are made: a failed write takes them back too
                 make_dir(target.parent)
                 buf = io.BytesIO()
                 np.save(buf, batch.features[result.row - base])
@@ -233,6 +258,4 @@ def _embed_per_file(engine: Any, paths: list[str], directory: Path, run: RunOpti
                                                   if "path_bytes" in relative else {})))
             manifest.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             advance(len(batch.results))
-    summary_line("embedded", len(paths), failed, f"written to {display_path(directory)}/ (manifest.jsonl)",
-                 time.monotonic() - started, quiet)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return failed

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import unicodedata
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from effnet_cli.errors import ConfigError, EffnetError, InputError
+from effnet_cli.errors import ConfigError, EffnetError, EffnetWarning, InputError
 from effnet_cli.records.pathtext import display_path
 
 if TYPE_CHECKING:
@@ -157,6 +158,22 @@ def quiet_libraries() -> None:
 def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
     """Run the Typer app; turn user errors into one line and an exit status instead of a traceback."""
     quiet_libraries()
+    previous = warnings.showwarning
+
+    def one_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        """effnet's own warnings as one ``effnet: warning: ...`` line; any other library's as before."""
+        if issubclass(category, EffnetWarning):
+            error_line(f"warning: {message}")
+        else:
+            previous(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():  # a fresh registry per run: each run shows its warnings once
+        warnings.simplefilter("default", EffnetWarning)
+        warnings.showwarning = one_line
+        return _run_app(app, args)
+
+
+def _run_app(app: typer.Typer, args: Sequence[str] | None) -> int:
     try:
         result = app(args=args, standalone_mode=False, prog_name="effnet")
         return int(result or 0)

@@ -9,6 +9,8 @@
 - :mod:`effnet_cli.output.npy`: the growing ``.npy`` of a run in progress.
 - :mod:`effnet_cli.output.owned`: which files in a directory effnet wrote, so nothing
   else is ever deleted.
+- :mod:`effnet_cli.output.faults`: a failed write (full disk, quota, read-only, permission, I/O
+  error) as one line naming the output and the cause.
 - :mod:`effnet_cli.output.targets`: the one rule for an output that already exists
   (refused, or with ``--overwrite`` replaced where effnet wrote it), checked from the
   arguments before anything loads.
@@ -18,16 +20,19 @@ from effnet_cli.output.atomic import (
     atomic_file,
     create_exclusive,
     fsync_dir,
+    fsync_file,
     make_dir,
     open_partial,
     publish_dir,
     publish_file,
     remove_own,
+    remove_written,
     temp_dir,
     temporaries_of,
     write_bytes,
     write_text,
 )
+from effnet_cli.output.faults import cause_of, check_writable, write_error, writing
 from effnet_cli.output.lock import OutputBusyError, OutputLock
 from effnet_cli.output.owned import MODEL_DIR_FILES, foreign_files
 from effnet_cli.output.settings import (
@@ -40,17 +45,23 @@ __all__ = [
     "atomic_file",
     "create_exclusive",
     "fsync_dir",
+    "fsync_file",
     "make_dir",
     "open_partial",
     "publish_dir",
     "publish_file",
     "remove_own",
+    "remove_written",
     "temp_dir",
     "temporaries_of",
     "write_bytes",
     "write_text",
     "MODEL_DIR_FILES",
     "foreign_files",
+    "cause_of",
+    "check_writable",
+    "write_error",
+    "writing",
     "OutputBusyError",
     "OutputLock",
     "SettingsMismatchError",

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from effnet_cli.output.faults import OutputFile, shown_target, write_error, writing
+
 __all__ = ["FILE_MODE", "DIR_MODE", "create_exclusive", "open_partial", "temp_path", "atomic_file", "write_bytes",
-           "write_text", "publish_file", "fsync_dir", "make_dir", "temp_dir", "publish_dir", "remove_own"]
+           "write_text", "publish_file", "fsync_dir", "fsync_file", "make_dir", "temp_dir", "publish_dir",
+           "remove_own", "remove_written"]
 
 FILE_MODE = 0o666  # the kernel removes the umask's bits
 DIR_MODE = 0o777
@@ -31,16 +35,31 @@ _TEMP_SUFFIX = ".part"
 _PREFIX_BYTES = 96  # temporary names stay far below NAME_MAX whatever the target's name
 
 
-def create_exclusive(path: str | os.PathLike[str], *, binary: bool = True) -> IO[Any]:
-    """Create ``path``, which must not exist (not even as a symlink), and open it for writing."""
-    fd = os.open(path, _EXCL_FLAGS, FILE_MODE)
-    return os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")
+def create_exclusive(path: str | os.PathLike[str], *, binary: bool = True,
+                     shown: str | os.PathLike[str] | None = None) -> IO[Any]:
+    """Create ``path``, which must not exist (not even as a symlink), and open it for writing.
+
+    A failed write through the file object names ``shown`` (by default the final name of our
+    partial file ``path``; see :func:`~effnet_cli.output.faults.shown_target`). A file already
+    there stays a :class:`FileExistsError`.
+    """
+    shown = shown_target(path) if shown is None else shown
+    try:
+        fd = os.open(path, _EXCL_FLAGS, FILE_MODE)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise write_error(exc, shown) from exc
+    fh = io.BufferedWriter(OutputFile(fd, shown))
+    return fh if binary else io.TextIOWrapper(fh, encoding="utf-8", newline="")
 
 
 def open_partial(path: str | os.PathLike[str]) -> IO[bytes]:
     """Open an existing partial file of ours for reading and writing, never through a symlink."""
-    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-    return os.fdopen(fd, "r+b")
+    shown = shown_target(path)
+    with writing(shown):
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return io.BufferedRandom(OutputFile(fd, shown, readable=True))
 
 
 def temp_prefix(target: Path) -> str:
@@ -69,7 +88,7 @@ def _create_temp(target: Path) -> tuple[Path, IO[bytes]]:
     for _ in range(100):
         path = temp_path(target)
         try:
-            return path, create_exclusive(path)
+            return path, create_exclusive(path, shown=shown_target(target))
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(target))
@@ -77,7 +96,27 @@ def _create_temp(target: Path) -> tuple[Path, IO[bytes]]:
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
     """Flush a directory's entries (a rename or a new file) to disk."""
+    with writing(directory):
+        _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str | os.PathLike[str]) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(fh: IO[Any]) -> None:
+    """Push a file object of this layer to the OS and to disk; a failure names the file's output."""
+    with writing(getattr(fh, "name", "output")):
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -86,13 +125,10 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
 
 def publish_file(tmp: Path, target: Path) -> None:
     """Flush ``tmp`` to disk and rename it to ``target``: readers see the old file or the new one, never half."""
-    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
-    fsync_dir(target.parent)
+    with writing(target):
+        _fsync_path(tmp)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
 
 
 @contextlib.contextmanager
@@ -100,20 +136,28 @@ def atomic_file(target: str | os.PathLike[str], *, text: bool = False) -> Iterat
     """``with atomic_file(path) as fh:`` — write ``fh``; on success ``path`` appears whole, on error not at all."""
     target = Path(target)
     tmp, fh = _create_temp(target)
+    shown = shown_target(target)  # a partial marker's failure names the output it belongs to
     try:
         if text:
-            with open(fh.fileno(), "w", encoding="utf-8", newline="", closefd=False) as tf:
+            tf = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+            try:
                 yield tf
+                tf.flush()
+            finally:
+                with contextlib.suppress(OSError, ValueError):  # after a failed write: the error is on its way
+                    tf.detach()
         else:
             yield fh
-        fh.flush()
-        os.fsync(fh.fileno())
-        fh.close()
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
+        with writing(shown):
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
     finally:
         if not fh.closed:
-            fh.close()
+            with contextlib.suppress(OSError):  # bytes a failed write left in the buffer fail again
+                fh.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
@@ -132,7 +176,8 @@ def write_text(target: str | os.PathLike[str], text: str) -> None:
 def make_dir(directory: str | os.PathLike[str]) -> Path:
     """``mkdir -p`` with the umask's mode (0755 under 022)."""
     directory = Path(directory)
-    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    with writing(directory):
+        directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     return directory
 
 
@@ -146,6 +191,8 @@ def temp_dir(final: Path) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise write_error(exc, final) from exc
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(final))
 
 
@@ -158,14 +205,15 @@ def publish_dir(tmp: Path, final: Path, *, replace_own: tuple[str, ...] | None =
     directory holding anything else is never touched (the caller refuses
     before getting here; a race with another writer returns False).
     """
+    with writing(final):
+        return _publish_dir(tmp, final, replace_own)
+
+
+def _publish_dir(tmp: Path, final: Path, replace_own: tuple[str, ...] | None) -> bool:
     for fsync_target in tmp.iterdir():
         if fsync_target.is_file():
-            fd = os.open(fsync_target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fsync_dir(tmp)
+            _fsync_path(fsync_target)
+    _fsync_dir(tmp)
     old = None
     if final.is_dir() and not final.is_symlink():
         names = {p.name for p in final.iterdir()}
@@ -190,8 +238,27 @@ def publish_dir(tmp: Path, final: Path, *, replace_own: tuple[str, ...] | None =
     finally:
         if old is not None:
             remove_own(old, replace_own or ())
-    fsync_dir(final.parent)
+    _fsync_dir(final.parent)
     return True
+
+
+def remove_written(directory: Path, files: Iterable[Path], *, keep_directory: bool) -> None:
+    """Take back a failed run's files under ``directory``: ``files`` (this run wrote them), then the
+    folders between them and ``directory`` left empty, then ``directory`` itself unless ``keep_directory``.
+
+    So a run that could not finish leaves the directory as it found it and can simply be run again.
+    """
+    folders: set[Path] = set()
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        folders.update(p for p in Path(path).parents if directory in p.parents)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: something else lives there
+            folder.rmdir()
+    if not keep_directory:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def remove_own(directory: Path, names: tuple[str, ...] | frozenset[str] | set[str]) -> None:

@@ -13,6 +13,7 @@ and locking it starts over (the usual unlink-safe lock-file protocol).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet_cli.errors import InputError
+from effnet_cli.output.faults import write_error
 from effnet_cli.records.pathtext import display_path
 
 __all__ = ["OutputBusyError", "OutputLock"]
@@ -55,8 +57,8 @@ class OutputLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
             except OSError as exc:
-                if exc.errno != errno.ELOOP:
-                    raise
+                if exc.errno != errno.ELOOP:  # a directory that cannot be written: said before any work
+                    raise write_error(exc, self.output, before_work=True) from exc
                 raise InputError(f"The lock file {display_path(self.path)} is a symlink, which effnet never "
                                  f"follows; remove it.") from None
             try:
@@ -75,8 +77,14 @@ class OutputLock:
                 continue
             holder = {"pid": os.getpid(), "host": socket.gethostname(),
                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
+            except OSError as exc:  # a full disk: said before any work; the lock file is ours to remove
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+                os.close(fd)
+                raise write_error(exc, self.output, before_work=True) from exc
             self._fd = fd
             return self
         raise OutputBusyError(self._busy_message())

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from effnet_cli.output.atomic import create_exclusive, open_partial
+from effnet_cli.output.atomic import create_exclusive, fsync_file, open_partial
 
 __all__ = ["NpyAppender", "npy_rows"]
 
@@ -59,14 +59,16 @@ class NpyAppender:
 
     def flush(self) -> None:
         """Push written rows to the OS and to disk."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        fsync_file(self._fh)
 
     def close(self) -> None:
         """Flush and close the file."""
         if not self._fh.closed:
-            self.flush()
-            self._fh.close()
+            try:
+                self.flush()
+            finally:
+                with contextlib.suppress(OSError):  # after a failed flush: the bytes it kept fail again
+                    self._fh.close()
 
 
 def npy_rows(path: Path, cols: int, dtype: Any) -> int:

@@ -9,6 +9,8 @@ One rule for every file or directory effnet writes (``classify -o``, ``embed -o`
   ``--resume`` where the command has them;
 - ``--overwrite`` replaces only what effnet wrote itself: a directory is replaced only when
   every entry in it is one of effnet's own (``own``), recognised by name or marker;
+- a directory that cannot be written (read-only file system, no permission) is refused
+  with "cannot write PATH: read-only file system" (exit status 2);
 - a file option that needs a suffix gets it added (``-o feats`` writes ``feats.npy``), and
   the caller says so in one line.
 
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from effnet_cli.errors import InputError
+from effnet_cli.output.faults import check_writable
 from effnet_cli.records.pathtext import display_path
 
 __all__ = ["add_suffix", "check_dir", "check_file", "remedy"]
@@ -56,6 +59,7 @@ def check_file(path: Path, option: str, *, overwrite: bool | None = None, resume
     parent = path.parent  # created when missing; a file in its place is refused
     if parent.exists() and not parent.is_dir():
         raise InputError(f"{display_path(parent)} is not a directory; choose another {option}.")
+    check_writable(path)
     if overwrite or resume:
         return
     for existing in (path, *companions):
@@ -71,6 +75,7 @@ def check_dir(path: Path, option: str, *, overwrite: bool | None = None, resume:
     nor ``--resume`` was given; with ``--overwrite``, also one that holds a name ``own`` does not accept."""
     if os.path.lexists(path) and not path.is_dir():
         raise InputError(f"{display_path(path)} exists and is not a directory; choose another {option}.")
+    check_writable(path, is_dir=True)  # the directory itself when it exists, else where it would be made
     if not path.is_dir():
         return
     entries = sorted(os.listdir(path))

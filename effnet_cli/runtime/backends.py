@@ -29,6 +29,7 @@ the candidates and their versions, the CPU model and the number of usable cores.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -223,7 +224,8 @@ def measured_choice(model: Any, processor: Any, candidates: Sequence[str], *, dt
         rates = time_backends({name: _forward_call(name, model, processor, dtype, x, weights)
                                 for name in candidates}, batch)
         choice = max(rates, key=rates.__getitem__)
-        write_text(record, json.dumps({"backend": choice, "images_per_s": rates, **parts}, indent=2))
+        with contextlib.suppress(OSError):  # a full cache only costs later runs the measurement
+            write_text(record, json.dumps({"backend": choice, "images_per_s": rates, **parts}, indent=2))
         if announce is not None:
             announce(rates)
     return choice

@@ -6,25 +6,32 @@ runtime). Concurrent runs are safe: one exports while the others wait on a lock
 (:class:`effnet_cli.output.OutputLock` in its waiting mode), and an export only ever appears
 under its final name complete (written into a temporary directory, then renamed).
 :func:`runner_for` opens the cached export in its runtime.
+
+A cache that cannot be written (read-only, no permission, a full disk or a quota while the export
+is written) does not fail the run: the export is made into a private temporary directory for this
+process only, removed when it exits, and one :class:`~effnet_cli.errors.EffnetWarning` says so.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import shutil
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
-from effnet_cli.errors import InputError
+from effnet_cli.errors import EffnetWarning, UnwritableOutputError
 from effnet_cli.host import EFFNET_VERSION, package_version
-from effnet_cli.output import OutputLock, publish_dir, temp_dir
+from effnet_cli.output import OutputLock, cause_of, publish_dir, temp_dir, writing
 from effnet_cli.runtime.runners import FORMAT_OF, model_file, open_runner
 
 # effnet_cli.runtime.export is imported inside the functions that need it: it imports torch (2.5 s),
 # which choosing a backend, or finding an export that is cached already, does not need.
 
-__all__ = ["FORMAT_OF", "cache_lock", "cached_export", "export_key", "export_versions", "runner_for",
+__all__ = ["FORMAT_OF", "cache_lock", "cached_export", "export_key", "export_versions", "is_cached", "runner_for",
            "weights_hash", "writable_dir"]
 
 
@@ -68,13 +75,22 @@ def export_key(model: Any, processor: Any, fmt: str, dtype: str, weights: str | 
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
+_UNCACHED: set[Path] = set()  # this process's private exports, made when the cache could not be written
+
+
+def is_cached(directory: Path) -> bool:
+    """Whether an export directory :func:`cached_export` returned is in the cache (else private to this run)."""
+    return Path(directory) not in _UNCACHED
+
+
 def writable_dir(directory: Path) -> Path:
     """``directory``, created if needed; an InputError saying what to do when it cannot be."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"Cannot write effnet's cache at {directory} ({exc.strerror or exc}); set EFFNET_CACHE "
-                         "to a writable directory, or use --backend torch.") from None
+    except OSError as exc:  # an InputError (exit status 2) and an OSError
+        raise UnwritableOutputError(f"Cannot write effnet's cache at {directory} ({exc.strerror or exc}); set "
+                                    "EFFNET_CACHE to a writable directory, or use --backend torch.",
+                                    exc.errno) from None
     return directory
 
 
@@ -92,11 +108,37 @@ def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", 
     come meanwhile wait on the lock and then use the finished export.
     """
     from effnet_cli.weights.resolve import cache_root
-    from effnet_cli.runtime.export import write_export
 
     # The weights are hashed once here, not again for the ONNX export an OpenVINO one is converted from.
     weights = weights or weights_hash(model)
-    root = writable_dir((cache or cache_root()) / "exports" / fmt)
+    root = cache or cache_root()
+    try:
+        return _export_into_cache(model, processor, fmt, dtype, cache, weights, root / "exports" / fmt)
+    except OSError as exc:  # read-only, no permission, full disk, quota: this run goes on without the cache
+        warnings.warn(f"effnet's cache at {root} cannot be written ({cause_of(exc)}); exporting for this run only. "
+                      f"Set EFFNET_CACHE to a writable directory to keep exports.", EffnetWarning, stacklevel=2)
+        return _export_uncached(model, processor, fmt, dtype, cache, weights)
+
+
+def _export_uncached(model: Any, processor: Any, fmt: str, dtype: str, cache: Path | None, weights: str) -> Path:
+    """An export into a private temporary directory, removed when this process exits."""
+    from effnet_cli.runtime.export import write_export
+
+    directory = Path(tempfile.mkdtemp(prefix="effnet-export-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    _UNCACHED.add(directory)
+    source = (model_file(cached_export(model, processor, "onnx", "float32", cache=cache, weights=weights), "onnx")
+              if fmt == "openvino" else None)
+    with writing(directory, restate=True):
+        write_export(model, processor, directory, fmt=fmt, dtype=dtype, onnx_source=source)
+    return directory
+
+
+def _export_into_cache(model: Any, processor: Any, fmt: str, dtype: str, cache: Path | None, weights: str,
+                       root: Path) -> Path:
+    from effnet_cli.runtime.export import write_export
+
+    root = writable_dir(root)
     final = root / export_key(model, processor, fmt, dtype, weights)
     if model_file(final, fmt).is_file():
         return final
@@ -108,7 +150,8 @@ def cached_export(model: Any, processor: Any, fmt: str, dtype: str = "float32", 
             return final
         tmp = temp_dir(final)  # under the lock: publish_dir cannot meet another writer's directory
         try:
-            write_export(model, processor, tmp, fmt=fmt, dtype=dtype, onnx_source=source)
+            with writing(final, restate=True):
+                write_export(model, processor, tmp, fmt=fmt, dtype=dtype, onnx_source=source)
             publish_dir(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -127,7 +170,7 @@ def runner_for(model: Any, processor: Any, backend: str, *, dtype: str, device_t
     fmt = FORMAT_OF[backend]
     # The cached OpenVINO IR is float32; bfloat16 is the precision it is compiled with.
     directory = cached_export(model, processor, fmt, "float32", weights=weights)
-    if files is not None and processor.input_size == _files_input_size(files):
+    if files is not None and is_cached(directory) and processor.input_size == _files_input_size(files):
         from effnet_cli.runtime.index import record_export
 
         record_export(files, fmt, directory)

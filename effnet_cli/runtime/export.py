@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from effnet_cli.errors import InputError
-from effnet_cli.output import publish_dir, temp_dir
+from effnet_cli.output import publish_dir, temp_dir, write_text, writing
 from effnet_cli.runtime.runners import FILE_OF, keep_float32, model_file, open_runner, require_runtime
 
 __all__ = [
@@ -208,12 +208,12 @@ def write_export(model: nn.Module, processor: Any, directory: Path, *, fmt: str,
             shutil.rmtree(scratch, ignore_errors=True)
     from effnet_cli.core.checkpoint import config_json
 
-    (directory / "config.json").write_text(config_json(model), "utf-8")
+    write_text(directory / "config.json", config_json(model))
     if fmt == "openvino" and dtype == "bfloat16":
         # The stem and first stage marked float32 in the IR itself, so OpenVINO used directly keeps them
         # too (keep_float32 reads the config.json just written).
         xml_path = directory / OPENVINO_NAME
-        xml_path.write_text(keep_float32(xml_path), "utf-8")
+        write_text(xml_path, keep_float32(xml_path))
     processor.to_json_file(directory / "preprocessor_config.json")
     return ExportResult(directory=directory, format=fmt, dtype=dtype, image_size=image_size, batch=batch,
                         outputs=output_names(model), files=sorted(directory.iterdir()))
@@ -243,7 +243,8 @@ def export_model(model: nn.Module, processor: Any, out: str | Path, *, fmt: str 
     fixed_input_size(processor)
     tmp = temp_dir(out)  # the umask's mode; publish_dir fsyncs the files and renames the directory
     try:
-        result = write_export(model, processor, tmp, fmt=fmt, dtype=dtype, batch=batch)
+        with writing(out, restate=True):  # a full disk while the exporter writes: one line naming -o, nothing left
+            result = write_export(model, processor, tmp, fmt=fmt, dtype=dtype, batch=batch)
         if not publish_dir(tmp, out):
             raise InputError(f"{out} was filled by another program meanwhile; choose another -o.")
     finally:

@@ -196,13 +196,16 @@ def _cached(name_or_path: str | Path, backend: str, *, revision: str | None,
 def _export_now(name_or_path: str | Path, model: Any, processor: Any, backend: str, *, revision: str | None,
                 cache_dir: str | Path | None) -> tuple[RuntimeModel, Any]:
     """Export ``model`` into effnet's cache for ``backend``, record it in the index, and open it."""
-    from effnet_cli.runtime.cache import cached_export
+    from effnet_cli.runtime.cache import cached_export, is_cached
     from effnet_cli.runtime.runners import FORMAT_OF
     from effnet_cli.runtime.index import record_export
     from effnet_cli.weights.resolve import resolve_files
 
     export = cached_export(model, processor, FORMAT_OF[backend])
     files, _ = resolve_files(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=True)
-    record_export(files, FORMAT_OF[backend], export)
-    runtime = RuntimeModel(export, backend=backend, source=getattr(model, "source", None), model_files=files)
+    cached = is_cached(export)  # a private export of this run (the cache could not be written) is not remembered
+    if cached:
+        record_export(files, FORMAT_OF[backend], export)
+    runtime = RuntimeModel(export, backend=backend, source=getattr(model, "source", None),
+                           model_files=files if cached else None)
     return runtime, runtime.engine.processor

@@ -7,11 +7,13 @@ word for word those of a local run. Nothing here prints.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -54,20 +56,36 @@ def decode_files(names: list[str], *, transform: Any, open_kwargs: dict[str, Any
     return pixels, errors
 
 
+@contextlib.contextmanager
+def blob_files(blobs: Any) -> Iterator[list[str]]:
+    """The bytes as files in /dev/shm, or in the system's temporary directory when /dev/shm is full.
+
+    Containers often give /dev/shm 64 MB, shared with Ray's own object store; a batch that does not
+    fit there is decoded from disk rather than failing the task.
+    """
+    for directory in dict.fromkeys((shm_dir(), None)):
+        with tempfile.TemporaryDirectory(prefix="effnet-decode-", dir=directory) as tmp:
+            names = [os.path.join(tmp, str(i)) for i in range(len(blobs))]
+            try:
+                for name, blob in zip(names, blobs):
+                    with open(name, "wb") as fh:
+                        fh.write(blob)
+            except OSError as exc:
+                if directory is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                continue
+            yield names
+            return
+
+
 def decode_stage(batch: dict[str, np.ndarray], *, transform: Any, open_kwargs: dict[str, Any],
-                  shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+                 shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Ray task: bytes -> preprocessed pixels (zeros where it failed) and an error reason ("" if none)."""
     import torch
 
     torch.set_num_threads(1)  # decode tasks share the node's cores with each other and the actors
     paths, blobs = batch["path"], batch["bytes"]
-    with tempfile.TemporaryDirectory(prefix="effnet-decode-", dir=shm_dir()) as tmp:
-        names = []
-        for i, blob in enumerate(blobs):
-            name = os.path.join(tmp, str(i))
-            with open(name, "wb") as fh:
-                fh.write(blob)
-            names.append(name)
+    with blob_files(blobs) as names:
         pixels, errors = decode_files(names, transform=transform, open_kwargs=open_kwargs, shape=shape)
     return {"path": paths, "pixels": pixels, "error": errors}
 

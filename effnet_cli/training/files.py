@@ -38,8 +38,10 @@ class OutputDir:
         """Create the directory, or accept an existing one whose every entry we wrote; else refuse."""
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{self.path} exists and is not a directory.")
-        self.path.mkdir(parents=True, exist_ok=True)
-        from effnet_cli.output import OutputLock, temporaries_of
+        from effnet_cli.output import OutputLock, check_writable, make_dir, temporaries_of
+
+        check_writable(self.path, is_dir=True)  # read-only, or not ours to write: one line, exit status 2
+        make_dir(self.path)
 
         self._lock = OutputLock(self.path / LOCK, self.path).acquire()  # until release(), or the process ends
         ledger = self.path / LEDGER

@@ -45,11 +45,13 @@ def hold_lock(path: Path, output: Path) -> Iterator[None]:
     or failed before writing anything), so a refused run leaves no trace.
     """
     from effnet_cli.output.atomic import make_dir
+    from effnet_cli.output.faults import check_writable
 
     path = Path(os.path.abspath(path))
     if path in _HELD:
         yield
         return
+    check_writable(path, shown=output)  # a read-only or forbidden place: one line, exit status 2, before any work
     made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     make_dir(path.parent)
     try:

@@ -21,6 +21,7 @@ import numpy as np
 from effnet_cli.output.atomic import (
     atomic_file,
     create_exclusive,
+    fsync_file,
     open_partial,
     publish_file,
     write_bytes,
@@ -132,8 +133,7 @@ class ShardWriter:
             self.count += 1
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
         self.records.write("".join(lines).encode("utf-8"))
-        self.records.flush()
-        os.fsync(self.records.fileno())
+        fsync_file(self.records)
 
     def _read_records(self) -> list[dict[str, Any]]:
         with open(self.partials["records"], "rb") as fh:
@@ -190,10 +190,13 @@ class ShardWriter:
             pq.write_table(table, fh)
 
     def abandon(self) -> None:
-        """Stop without publishing (interrupted): the partials stay, so ``--resume`` continues from them."""
-        self.records.close()
+        """Stop without publishing (interrupted, or a write failed): the partials stay, so ``--resume``
+        continues from them. Closing after a failed write fails again; the first error is the one reported."""
+        with contextlib.suppress(OSError):
+            self.records.close()
         if self.array is not None:
-            self.array.close()
+            with contextlib.suppress(OSError):
+                self.array.close()
 
 
 def _split_at(results: Sequence[Any], features: np.ndarray | None, room: int) -> tuple[Any, Any, Any, Any]:
