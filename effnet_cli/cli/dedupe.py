@@ -22,7 +22,7 @@ from effnet_cli.cli.render import (
     stdout_console,
     utf8_stdout,
 )
-from effnet_cli.cli.similar import DEDUPE_COLUMNS, DedupeFormat, IndexDir, Keep, _embedder
+from effnet_cli.cli.similar import DEDUPE_COLUMNS, DedupeFormat, FeaturesOpt, IndexDir, Keep, _embedder
 from effnet_cli.errors import InputError
 
 
@@ -32,8 +32,10 @@ def dedupe(
         show_default=False)] = None,
     index_dir: IndexDir = None,
     threshold: Annotated[Optional[float], typer.Option(
-        "--threshold", "-t", help="Cosine similarity from which two images are the same picture. [default: 0.90, "
-                                  "chosen on the near-duplicate benchmark]", show_default=False)] = None,
+        "--threshold", "-t", help="Cosine similarity from which two images are the same picture. [default: the "
+                                  "near-duplicate benchmark's choice: 0.86 for layout features, 0.85 for head]",
+        show_default=False)] = None,
+    features: FeaturesOpt = None,
     keep: Annotated[Keep, typer.Option("--keep", help="Which member of a group to keep.")] = Keep.largest,
     format: Annotated[Optional[DedupeFormat], typer.Option(
         "--format", "-f", help="table when stdout is a terminal, else jsonl; paths: only the removable files.",
@@ -65,25 +67,31 @@ def dedupe(
     (--keep largest, oldest or first). effnet never deletes or moves a file.
     Exit status: 0 done (groups or none), 1 some images could not be read, 2 usage error.
     """
-    from effnet_cli.similar.groups import DEFAULT_THRESHOLD, check_dedupe_options, find_groups
+    from effnet_cli.similar.features import DEFAULT_FEATURES, check_features
+    from effnet_cli.similar.groups import check_dedupe_options, default_threshold, find_groups
     from effnet_cli.similar.query import embed_entries
     from effnet_cli.similar.store import read_index
 
     started = time.monotonic()
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    check_dedupe_options(threshold, keep.value)
     if bool(inputs) == (index_dir is not None):
         raise InputError("Give images to compare or --index INDEX, one of the two.")
+    if index_dir is not None and features is not None:
+        raise InputError("--features is chosen when the index is built; `effnet dedupe --index` uses the index's.")
+    kind = DEFAULT_FEATURES if features is None else features
+    check_features(kind)
+    stored = read_index(index_dir) if index_dir is not None else None
+    kind = stored.settings["features"] if stored is not None else kind
+    threshold = default_threshold(kind) if threshold is None else threshold
+    check_dedupe_options(threshold, keep.value)
     failures: list[Any] = []
-    if index_dir is not None:
-        stored = read_index(index_dir)
+    if stored is not None:
         vectors, entries = stored.vectors, stored.entries
     else:
         require_inputs(inputs or [])
         probe_hub_early(variant, model)
         paths = gather_inputs(inputs or [], null)
         args = {**locals(), "exact_decode": True}
-        entries, vectors, failures = embed_entries(_embedder(args, None), paths)
+        entries, vectors, failures = embed_entries(_embedder(args, None, kind), paths)
         for failure in failures:
             report_failure(failure, quiet)
     groups = find_groups(vectors, entries, threshold=threshold, keep=keep.value)

@@ -65,13 +65,25 @@ IndexDir = Annotated[Optional[Path], typer.Option(
     "--index", metavar="INDEX", show_default=False, help="An index directory written by `effnet index`.")]
 FormatOpt = Annotated[Optional[Format], typer.Option(
     "--format", "-f", help="table when stdout is a terminal, else jsonl.", show_default=False)]
+FeaturesOpt = Annotated[Optional[str], typer.Option(
+    "--features", metavar="layout|head", show_default=False,
+    help="What is compared. layout: stage 6's feature map on a 4×4 grid plus a 16×16 thumbnail (PyTorch; "
+         "chosen on the near-duplicate benchmark). head: the pooled features `effnet embed --normalize` "
+         "writes (any backend). [default: layout]")]
 SEARCH_COLUMNS = ("query", "rank", "path", "score", "error", "path_bytes")
 DEDUPE_COLUMNS = ("group", "path", "size", "mtime", "keep", "score", "path_bytes")
 
 
-def _engine_options(args: dict[str, Any]) -> EngineOptions:
+def _engine_options(args: dict[str, Any], features: str) -> EngineOptions:
+    """The model options; ``layout`` features run on PyTorch, so ``--backend auto`` means torch for them."""
+    backend = args["backend"].value
+    if features == "layout":
+        if backend not in ("auto", "torch"):
+            raise InputError(f"--features layout runs the PyTorch model; --backend {backend} computes only "
+                             f"--features head.")
+        backend = "torch"
     return EngineOptions.from_args(args, exact_decode=exact_decoding(args.get("exact_decode"), True),
-                                   backend=args["backend"].value, compile=False, revision=args.get("revision"))
+                                   backend=backend, compile=False, revision=args.get("revision"))
 
 
 def _index_spec(options: EngineOptions, inputs: int) -> tuple[Any, Any]:
@@ -89,6 +101,7 @@ def index(
         "--hash", help="Also compare files by SHA-256: a file whose time changed but whose bytes did not is kept.")] = False,
     checkpoint: Annotated[int, typer.Option(
         "--checkpoint", min=1, help="Commit the index every N new images (a killed run keeps them).")] = 1000,
+    features: FeaturesOpt = None,
     overwrite: opt.Overwrite = False,
     null: opt.Null = False,
     max_pixels: opt.MaxPixels = None,
@@ -128,16 +141,19 @@ def index(
     if not is_index(output):  # a new directory or an empty one; --overwrite only replaces an index of ours
         check_dir(output, "-o", overwrite=overwrite, own=lambda name: False)
     probe_hub_early(variant, model)
-    options = _engine_options(locals())
-    show = progress_enabled(progress, quiet)
+    from effnet_cli.similar.features import DEFAULT_FEATURES, check_features
     from effnet_cli.similar.store import index_lock
 
+    kind = DEFAULT_FEATURES if features is None else features
+    check_features(kind)
+    options = _engine_options(locals(), kind)
+    show = progress_enabled(progress, quiet)
     with index_lock(make_dir(output)):
-        return _index_locked(inputs, output, options, null=null, overwrite=overwrite, use_hash=use_hash,
+        return _index_locked(inputs, output, options, kind, null=null, overwrite=overwrite, use_hash=use_hash,
                              checkpoint=checkpoint, workers=workers, quiet=quiet, show=show, started=started)
 
 
-def _index_locked(inputs: list[str], output: Path, options: EngineOptions, *, null: bool, overwrite: bool,
+def _index_locked(inputs: list[str], output: Path, options: EngineOptions, features: str, *, null: bool, overwrite: bool,
                   use_hash: bool, checkpoint: int, workers: int | None, quiet: bool, show: bool,
                   started: float) -> int:
     from effnet_cli.similar.build import update_index
@@ -150,7 +166,7 @@ def _index_locked(inputs: list[str], output: Path, options: EngineOptions, *, nu
         previous, stored = stored.generation, None
     paths = gather_inputs(inputs, null)
     engine, spec = _index_spec(options, len(paths))
-    settings = index_settings(engine, spec)
+    settings = index_settings(engine, spec, features)
     if stored is not None:
         check_index_settings(stored, settings)  # before any image is read
     with progress_bar(len(paths), show, "index") as advance:
@@ -174,23 +190,23 @@ def _index_locked(inputs: list[str], output: Path, options: EngineOptions, *, nu
     return EXIT_SOME_FAILED if summary.failures else EXIT_OK
 
 
-def _embedder(args: dict[str, Any], stored: Any) -> Any:
-    """A function embedding paths with the index's own model (loaded on first use), or the options' model."""
-    from effnet_cli.runtime.paths import embed_paths
+def _embedder(args: dict[str, Any], stored: Any, features: str) -> Any:
+    """A function embedding paths with the index's own model and features (loaded on first use), or the options'."""
+    from effnet_cli.similar.features import embed_images
 
     loaded: list[Any] = []
 
     def embed(paths: list[str]) -> Any:
         if not loaded:
-            options = _engine_options(args)
+            options = _engine_options(args, features)
             if stored is not None:  # the index's model, whatever --model says: other features would not compare
                 from dataclasses import replace
 
                 options = replace(options, model=stored.settings["model"], variant=None,
                                   exact_decode=stored.settings["decode"] == "full")
             loaded.append(load_engine(options, inputs=len(paths)))
-        return embed_paths(loaded[0], paths, normalize=True, batch_size=args["batch_size"],
-                           workers=resolve_workers(args["workers"]))
+        return embed_images(loaded[0], paths, features, batch_size=args["batch_size"],
+                            workers=resolve_workers(args["workers"]))
 
     return embed
 
@@ -232,7 +248,7 @@ def search(
     require_inputs(queries)
     paths = gather_inputs(queries, null)
     args = {**locals(), "variant": None, "model": None, "revision": None, "exact_decode": True}
-    results = search_index(stored, paths, k, _embedder(args, stored))
+    results = search_index(stored, paths, k, _embedder(args, stored, stored.settings["features"]))
     fmt = (format.value if format is not None else None) or ("table" if sys.stdout.isatty() else "jsonl")
     failed = _render_search(results, fmt, quiet)
     if not quiet:

@@ -11,10 +11,10 @@ from effnet_cli.errors import InputError
 from effnet_cli.output import make_dir
 from effnet_cli.output.targets import check_dir
 from effnet_cli.records.results import EmbedBatch
-from effnet_cli.runtime.paths import embed_paths
 from effnet_cli.scale.spec import EngineSpec
 from effnet_cli.similar.build import DEFAULT_CHECKPOINT, UpdateSummary, update_index
-from effnet_cli.similar.groups import DEFAULT_THRESHOLD, Group, find_groups
+from effnet_cli.similar.features import DEFAULT_FEATURES, embed_images, feature_dim
+from effnet_cli.similar.groups import Group, default_threshold, find_groups
 from effnet_cli.similar.query import QueryResult, index_settings, search_index, spec_of
 from effnet_cli.similar.store import IndexWriter, StoredIndex, index_lock, is_index, read_index
 
@@ -26,7 +26,7 @@ class Index:
 
     >>> index = Index.build(["photos/"], "photos.index")      # doctest: +SKIP
     >>> index.search(["query.jpg"], k=5)[0].hits[0].path      # doctest: +SKIP
-    >>> [g.removable for g in index.dedupe(threshold=0.9)]     # doctest: +SKIP
+    >>> [g.removable for g in index.dedupe()]                  # doctest: +SKIP
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, device: str = "cpu", backend: str = "torch",
@@ -39,7 +39,8 @@ class Index:
 
     @classmethod
     def build(cls, images: Iterable[str | os.PathLike[str]], directory: str | os.PathLike[str], *,
-              model: str = "lite0", dtype: str = "float32", device: str = "cpu", backend: str = "torch",
+              model: str = "lite0", features: str = DEFAULT_FEATURES, dtype: str = "float32", device: str = "cpu",
+              backend: str = "torch",
               batch_size: int = 16, workers: int = 0, use_hash: bool = False,
               checkpoint: int = DEFAULT_CHECKPOINT) -> Index:
         """Index ``images`` (files or directories, recursed) into ``directory``, or update the index there.
@@ -55,7 +56,8 @@ class Index:
         with index_lock(make_dir(directory)):
             stored = read_index(directory) if is_index(directory) else None
             if stored is None:
-                IndexWriter(directory, index_settings(engine, spec), engine.feature_dim(None), 0).commit([], [])
+                IndexWriter(directory, index_settings(engine, spec, features), feature_dim(engine, features),
+                            0).commit([], [])
                 stored = read_index(directory)
             index = cls(directory, device=device, backend=backend, batch_size=batch_size, workers=workers)
             index._engine = engine
@@ -68,7 +70,8 @@ class Index:
 
         paths = discover_inputs([os.fspath(p) for p in images])
         engine = self._embedder_engine()
-        settings = index_settings(engine, spec_of(self._stored.settings, self.backend, self.batch_size))
+        settings = index_settings(engine, spec_of(self._stored.settings, self.backend, self.batch_size),
+                                  self._stored.settings["features"])
         summary = update_index(self.directory, engine, settings, paths, stored=self._stored,
                                embed_kwargs={"batch_size": self.batch_size, "workers": self.workers},
                                checkpoint=checkpoint, use_hash=use_hash)
@@ -107,8 +110,8 @@ class Index:
         return self._engine
 
     def _embed(self, paths: Sequence[str]) -> Iterator[EmbedBatch]:
-        return embed_paths(self._embedder_engine(), paths, normalize=True, batch_size=self.batch_size,
-                           workers=self.workers)
+        return embed_images(self._embedder_engine(), paths, self._stored.settings["features"],
+                            batch_size=self.batch_size, workers=self.workers)
 
     def search(self, queries: Iterable[str | os.PathLike[str]], k: int = 10) -> list[QueryResult]:
         """The ``k`` nearest indexed images of each query image (an indexed path uses its stored vector)."""
@@ -116,6 +119,11 @@ class Index:
             raise InputError(f"k must be at least 1, got {k}.")
         return search_index(self._stored, [os.fspath(q) for q in queries], k, self._embed)
 
-    def dedupe(self, threshold: float = DEFAULT_THRESHOLD, keep: str = "largest") -> list[Group]:
-        """Groups of near-duplicate indexed images; ``keep``: largest, oldest or first of each group."""
+    def dedupe(self, threshold: float | None = None, keep: str = "largest") -> list[Group]:
+        """Groups of near-duplicate indexed images; ``keep``: largest, oldest or first of each group.
+
+        ``threshold`` (cosine similarity): by default the one the benchmark chose for the index's features.
+        """
+        if threshold is None:
+            threshold = default_threshold(self._stored.settings["features"])
         return find_groups(self._stored.vectors, self._stored.entries, threshold=threshold, keep=keep)

@@ -18,7 +18,7 @@ import numpy as np
 
 from effnet_cli.output.settings import file_sha256
 from effnet_cli.records.results import Result
-from effnet_cli.runtime.paths import embed_paths
+from effnet_cli.similar.features import embed_images
 from effnet_cli.similar.search import BLOCK_ROWS, normalise
 from effnet_cli.similar.store import Entry, IndexWriter, StoredIndex, check_index_settings
 
@@ -136,7 +136,7 @@ def update_index(directory: Path, engine: Any, settings: dict[str, Any], paths: 
 
     targets = [e.path for e in plan.embed]
     by_path = {e.path: e for e in plan.embed}
-    for batch in embed_paths(engine, targets, normalize=True, **embed_kwargs):
+    for batch in embed_images(engine, targets, settings["features"], **embed_kwargs):
         rows = normalise(batch.features)
         base = min((r.row for r in batch.results if r.row is not None), default=0)
         for result in batch.results:

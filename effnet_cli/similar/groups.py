@@ -11,10 +11,10 @@ from effnet_cli.errors import InputError
 from effnet_cli.similar.search import pairs_above
 from effnet_cli.similar.store import Entry
 
-__all__ = ["DEFAULT_THRESHOLD", "KEEP_RULES", "Group", "find_groups"]
+__all__ = ["DEFAULT_THRESHOLDS", "KEEP_RULES", "Group", "default_threshold", "find_groups"]
 
-# Chosen on the near-duplicate benchmark (docs/benchmarks.md, "Near-duplicates"): the best F1 there.
-DEFAULT_THRESHOLD = 0.90
+# Chosen on the near-duplicate benchmark (docs/benchmarks.md, "Near-duplicates"): each feature kind's best F1.
+DEFAULT_THRESHOLDS = {"layout": 0.86, "head": 0.85}
 KEEP_RULES = ("largest", "oldest", "first")
 
 
@@ -62,6 +62,11 @@ def _kept(members: list[Entry], rule: str) -> int:
     return 0
 
 
+def default_threshold(features: str) -> float:
+    """The threshold the benchmark chose for an index of ``features``."""
+    return DEFAULT_THRESHOLDS[features]
+
+
 def check_dedupe_options(threshold: float, keep: str) -> None:
     """One-line usage errors for a threshold outside (0, 1] or an unknown keep rule."""
     if not 0.0 < threshold <= 1.0:
@@ -70,7 +75,7 @@ def check_dedupe_options(threshold: float, keep: str) -> None:
         raise InputError(f"--keep must be one of {', '.join(KEEP_RULES)}, got {keep!r}.")
 
 
-def find_groups(vectors: np.ndarray, entries: Sequence[Entry], *, threshold: float = DEFAULT_THRESHOLD,
+def find_groups(vectors: np.ndarray, entries: Sequence[Entry], *, threshold: float = DEFAULT_THRESHOLDS["layout"],
                 keep: str = "largest") -> list[Group]:
     """Groups of near-duplicates among ``entries`` (row i of ``vectors`` is entry i), in order of first member."""
     check_dedupe_options(threshold, keep)

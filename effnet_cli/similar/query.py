@@ -12,6 +12,7 @@ import numpy as np
 from effnet_cli.records.results import EmbedBatch, Result
 from effnet_cli.scale.spec import EngineSpec, run_settings
 from effnet_cli.similar.build import entry_of
+from effnet_cli.similar.features import DEFAULT_FEATURES, feature_dim
 from effnet_cli.similar.search import normalise, top_k
 from effnet_cli.similar.store import Entry, StoredIndex
 
@@ -38,13 +39,13 @@ class QueryResult:
     error: str | None = None
 
 
-def index_settings(engine: Any, spec: EngineSpec) -> dict[str, Any]:
-    """The settings an index records and checks: :func:`run_settings` of the pooled, normalised head features.
+def index_settings(engine: Any, spec: EngineSpec, features: str = DEFAULT_FEATURES) -> dict[str, Any]:
+    """The settings an index records and checks: :func:`run_settings` with the kind and width of its rows.
 
     The backend is left out: the runtimes agree within 1e-4, which moves no cosine similarity that matters,
     and an update of ten files must not be refused because ``auto`` chose another runtime for them.
     """
-    settings = run_settings(engine, spec, features="head", pool="mean", normalize=True, dim=engine.feature_dim(None))
+    settings = run_settings(engine, spec, features=features, dim=feature_dim(engine, features))
     settings.pop("backend")
     return settings
 
