@@ -55,13 +55,13 @@ def _embedded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from effnet_cli.similar import build
 
     seen: list[str] = []
-    real = build.embed_paths
+    real = build.embed_images
 
-    def spy(engine, paths, **kwargs):
+    def spy(engine, paths, *args, **kwargs):
         seen.extend(os.path.basename(p) for p in paths)
-        return real(engine, paths, **kwargs)
+        return real(engine, paths, *args, **kwargs)
 
-    monkeypatch.setattr(build, "embed_paths", spy)
+    monkeypatch.setattr(build, "embed_images", spy)
     return seen
 
 

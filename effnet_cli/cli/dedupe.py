@@ -33,7 +33,7 @@ def dedupe(
     index_dir: IndexDir = None,
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", "-t", help="Cosine similarity from which two images are the same picture. [default: the "
-                                  "near-duplicate benchmark's choice: 0.86 for layout features, 0.85 for head]",
+                                  "near-duplicate benchmark's choice: 0.83 for layout features, 0.85 for head]",
         show_default=False)] = None,
     features: FeaturesOpt = None,
     keep: Annotated[Keep, typer.Option("--keep", help="Which member of a group to keep.")] = Keep.largest,

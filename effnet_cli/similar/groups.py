@@ -14,7 +14,7 @@ from effnet_cli.similar.store import Entry
 __all__ = ["DEFAULT_THRESHOLDS", "KEEP_RULES", "Group", "default_threshold", "find_groups"]
 
 # Chosen on the near-duplicate benchmark (docs/benchmarks.md, "Near-duplicates"): each feature kind's best F1.
-DEFAULT_THRESHOLDS = {"layout": 0.86, "head": 0.85}
+DEFAULT_THRESHOLDS = {"layout": 0.83, "head": 0.85}
 KEEP_RULES = ("largest", "oldest", "first")
 
 
