@@ -80,8 +80,10 @@ def test_reindex_embeds_only_changed_files_and_search_follows(library: Path, tmp
     assert sorted(seen) == ["cat.jpg", "copy.jpg"]  # nothing else was read again
     assert "added 1, updated 1, removed 1, kept 3" in again.stderr
     seen.clear()
+    generation = json.loads((index / "index.json").read_text())["generation"]
     assert "added 0, updated 0, removed 0, kept 5" in _index(library, index, None).stderr
     assert seen == []
+    assert json.loads((index / "index.json").read_text())["generation"] == generation  # not rewritten
     found = run(["search", str(library / PHOTOS[0].name), "--index", str(index), "-k", "10", "--format", "jsonl"])
     hits = [json.loads(line) for line in found.stdout.splitlines()]
     assert found.exit_code == 0, found.stderr

@@ -158,5 +158,8 @@ def update_index(directory: Path, engine: Any, settings: dict[str, Any], paths: 
         if pending >= max(checkpoint, 1):
             commit()
             pending = 0
-    commit()
+    if pending or plan.removed or dropped or stored is None or writer.generation == 0:
+        commit()  # an unchanged index is not rewritten
+    else:
+        summary.count = len(keep)
     return summary
