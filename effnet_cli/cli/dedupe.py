@@ -73,6 +73,8 @@ def dedupe(
     from effnet_cli.similar.store import read_index
 
     started = time.monotonic()
+    if threshold is not None:
+        check_dedupe_options(threshold, keep.value)  # before an index is read or a model loaded
     if bool(inputs) == (index_dir is not None):
         raise InputError("Give images to compare or --index INDEX, one of the two.")
     if index_dir is not None and features is not None:

@@ -193,6 +193,7 @@ def _index_locked(inputs: list[str], output: Path, options: EngineOptions, featu
 def _embedder(args: dict[str, Any], stored: Any, features: str) -> Any:
     """A function embedding paths with the index's own model and features (loaded on first use), or the options'."""
     from effnet_cli.similar.features import embed_images
+    from effnet_cli.similar.query import spec_of
 
     loaded: list[Any] = []
 
@@ -203,6 +204,7 @@ def _embedder(args: dict[str, Any], stored: Any, features: str) -> Any:
                 from dataclasses import replace
 
                 options = replace(options, model=stored.settings["model"], variant=None,
+                                  dtype=opt.DType(stored.settings["dtype"]), revision=spec_of(stored.settings).revision,
                                   exact_decode=stored.settings["decode"] == "full")
             loaded.append(load_engine(options, inputs=len(paths)))
         return embed_images(loaded[0], paths, features, batch_size=args["batch_size"],
@@ -220,7 +222,6 @@ def search(
     null: opt.Null = False,
     max_pixels: opt.MaxPixels = None,
     device: opt.Device = "auto",
-    dtype: opt.DTypeOpt = opt.DType.float32,
     batch_size: opt.BatchSize = 16,
     workers: opt.Workers = None,
     backend: opt.BackendOpt = opt.BackendKind.auto,
@@ -247,7 +248,9 @@ def search(
     stored = read_index(index_dir)  # a directory that is not an index: a usage error before anything else
     require_inputs(queries)
     paths = gather_inputs(queries, null)
-    args = {**locals(), "variant": None, "model": None, "revision": None, "exact_decode": True}
+    # The index's own model, dtype and decoding embed the queries (see _embedder).
+    args = {**locals(), "variant": None, "model": None, "revision": None, "exact_decode": True,
+            "dtype": opt.DType.float32}
     results = search_index(stored, paths, k, _embedder(args, stored, stored.settings["features"]))
     fmt = (format.value if format is not None else None) or ("table" if sys.stdout.isatty() else "jsonl")
     failed = _render_search(results, fmt, quiet)
