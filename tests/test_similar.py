@@ -194,6 +194,10 @@ def test_python_api_build_add_remove_search_dedupe(library: Path, tmp_path: Path
     assert index.remove([library / "rocket2.jpg"]) == 1 and len(index) == 5
     assert (library / "rocket2.jpg").exists()  # removed from the index, never from the disk
     assert Index(tmp_path / "idx").paths == index.paths
+    assert _index(library, tmp_path / "cli", None).exit_code == 0  # the command line and the API agree on settings
+    (library / "rocket2.jpg").unlink()
+    assert Index(tmp_path / "cli").add([library]).removed == 1
+    assert "kept 5" in _index(library, tmp_path / "idx", None).stderr
 
 
 def test_lite0_dedupe_and_search_quality(tmp_path: Path) -> None:

@@ -51,7 +51,13 @@ class Index:
         directory = Path(directory)
         if not is_index(directory):
             check_dir(directory, "directory")
-        spec = EngineSpec(name=model, dtype=dtype, draft=False, backend=backend, batch_size=batch_size)
+        from effnet_cli.data import DEFAULT_MAX_PIXELS
+
+        # As the command line names it (a local directory made absolute, the default pixel limit), so an index
+        # built here can be updated by `effnet index` and the other way round.
+        name = os.path.abspath(model) if os.path.exists(model) else model
+        spec = EngineSpec(name=name, dtype=dtype, draft=False, max_pixels=DEFAULT_MAX_PIXELS, backend=backend,
+                          batch_size=batch_size)
         engine = spec.build(device)
         with index_lock(make_dir(directory)):
             stored = read_index(directory) if is_index(directory) else None

@@ -31,7 +31,8 @@ from effnet_cli.output.atomic import atomic_file
 from effnet_cli.output.npy import NpyAppender
 from effnet_cli.records.pathtext import display_path, path_fields, path_from_fields, split_records
 
-__all__ = ["INDEX_FILE", "Entry", "IndexWriter", "StoredIndex", "index_lock", "is_index", "read_index"]
+__all__ = ["INDEX_FILE", "Entry", "IndexWriter", "StoredIndex", "check_index_settings", "index_lock", "is_index",
+           "read_index"]
 
 INDEX_FILE = "index.json"
 LOCK_FILE = ".effnet-index.lock"
