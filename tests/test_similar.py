@@ -228,3 +228,16 @@ def test_lite0_dedupe_and_search_quality(tmp_path: Path) -> None:
     hits = [json.loads(line) for line in found.stdout.splitlines()]
     right = sum(truth[os.path.basename(h["query"])] == truth[os.path.basename(h["path"])] for h in hits)
     assert right == len(truth)
+
+
+def test_hash_keeps_a_touched_file_and_reembeds_a_changed_one(library: Path, tmp_path: Path, b0_small_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    index = tmp_path / "idx"
+    assert _index(library, index, b0_small_dir, "--hash").exit_code == 0
+    seen = _embedded(monkeypatch)
+    os.utime(library / "cat.jpg", ns=(1, 1))  # same bytes, another time
+    (library / "rocket.jpg").write_bytes((library / "espresso.jpg").read_bytes())  # other bytes
+    again = _index(library, index, b0_small_dir, "--hash")
+    assert again.exit_code == 0, again.stderr
+    assert seen == ["rocket.jpg"]
+    assert "added 0, updated 1, removed 0, kept 4" in again.stderr
