@@ -134,11 +134,11 @@ def index(
     """
     from effnet_cli.output import make_dir
     from effnet_cli.output.targets import check_dir
-    from effnet_cli.similar.store import is_index
+    from effnet_cli.similar.store import may_write
 
     started = time.monotonic()
     require_inputs(inputs)
-    if not is_index(output):  # a new directory or an empty one; --overwrite only replaces an index of ours
+    if not may_write(output):  # a new directory or an empty one; --overwrite only replaces an index of ours
         check_dir(output, "-o", overwrite=overwrite, own=lambda name: False)
     probe_hub_early(variant, model)
     from effnet_cli.similar.features import DEFAULT_FEATURES, check_features

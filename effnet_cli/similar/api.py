@@ -16,7 +16,7 @@ from effnet_cli.similar.build import DEFAULT_CHECKPOINT, UpdateSummary, update_i
 from effnet_cli.similar.features import DEFAULT_FEATURES, embed_images, feature_dim
 from effnet_cli.similar.groups import Group, default_threshold, find_groups
 from effnet_cli.similar.query import QueryResult, index_settings, search_index, spec_of
-from effnet_cli.similar.store import IndexWriter, StoredIndex, index_lock, is_index, read_index
+from effnet_cli.similar.store import IndexWriter, StoredIndex, index_lock, is_index, may_write, read_index
 
 __all__ = ["Index"]
 
@@ -49,7 +49,7 @@ class Index:
         that holds other files is refused too.
         """
         directory = Path(directory)
-        if not is_index(directory):
+        if not may_write(directory):
             check_dir(directory, "directory")
         from effnet_cli.data import DEFAULT_MAX_PIXELS
 

@@ -32,7 +32,7 @@ from effnet_cli.output.npy import NpyAppender
 from effnet_cli.records.pathtext import display_path, path_fields, path_from_fields, split_records
 
 __all__ = ["INDEX_FILE", "Entry", "IndexWriter", "StoredIndex", "check_index_settings", "index_lock", "is_index",
-           "read_index"]
+           "may_write", "read_index"]
 
 INDEX_FILE = "index.json"
 LOCK_FILE = ".effnet-index.lock"
@@ -78,6 +78,21 @@ class StoredIndex:
 def is_index(directory: Path) -> bool:
     """Whether ``directory`` holds an effnet index (its ``index.json``)."""
     return (Path(directory) / INDEX_FILE).is_file()
+
+
+def may_write(directory: Path) -> bool:
+    """Whether ``effnet index`` may write ``directory`` without asking: an index, or a directory holding only what
+    a first run killed before its first commit left there (its generation files, its temporaries)."""
+    directory = Path(directory)
+    if is_index(directory):
+        return True
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return False
+    ours = [n for n in names if _GENERATION_FILE.match(n) or n == LOCK_FILE
+            or (n.startswith(".") and n.endswith(".part"))]
+    return bool(ours) and len(ours) == len(names)
 
 
 def index_lock(directory: Path) -> OutputLock:
