@@ -241,3 +241,14 @@ def test_hash_keeps_a_touched_file_and_reembeds_a_changed_one(library: Path, tmp
     assert again.exit_code == 0, again.stderr
     assert seen == ["rocket.jpg"]
     assert "added 0, updated 1, removed 0, kept 4" in again.stderr
+
+
+def test_a_first_run_killed_before_its_first_commit_is_continued(library: Path, tmp_path: Path,
+                                                                 b0_small_dir: Path) -> None:
+    index = tmp_path / "idx"
+    index.mkdir()
+    (index / "vectors-1.npy").write_bytes(b"half written")  # what a kill before the first commit leaves
+    done = _index(library, index, b0_small_dir)
+    assert done.exit_code == 0, done.stderr
+    assert "added 5" in done.stderr
+    assert sorted(os.listdir(index)) == ["index.json", "manifest-1.jsonl", "vectors-1.npy"]
