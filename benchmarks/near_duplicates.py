@@ -8,6 +8,9 @@ cropped (95% / 85%), brightened (1.15 / 1.4). Pairs are scored pairwise (every t
 predicted group against every two copies of one picture). Run:
 
     python benchmarks/near_duplicates.py --out /tmp/near-dups --json results.json
+
+Needs ``pip install imagededup scikit-image`` (its hash methods and its bundled photos; neither downloads
+anything at run time).
 """
 
 from __future__ import annotations

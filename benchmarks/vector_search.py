@@ -5,6 +5,8 @@ features are; 100 held-out queries. Per library and size: build time, median que
 recall@10 against the exact answer, and the memory the index adds (RSS growth). Run:
 
     python benchmarks/vector_search.py --sizes 10000 100000 --json results.json
+
+Needs ``pip install usearch faiss-cpu voyager`` (or ``--libraries`` naming the ones installed).
 """
 
 from __future__ import annotations
