@@ -24,6 +24,7 @@ _LAZY = {
     "finetune": "effnet_cli.training",
     "read_embeddings": "effnet_cli.scale.shards",
     "read_predictions": "effnet_cli.scale.shards",
+    "Index": "effnet_cli.similar",
     "EffnetError": "effnet_cli.errors",
     "ConfigError": "effnet_cli.errors",
     "ConfigFileError": "effnet_cli.errors",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from effnet_cli.core.model import EfficientNetForImageClassification, EfficientNetModel, EfficientNetPreTrainedModel
     from effnet_cli.runtime.fused import optimize
     from effnet_cli.scale.shards import read_embeddings, read_predictions
+    from effnet_cli.similar import Index
     from effnet_cli.training import finetune
     from effnet_cli.core.processor import EfficientNetImageProcessor
 

@@ -32,6 +32,7 @@ FLOORS: dict[str, int] = {
     "effnet_cli.runtime": 7,
     "effnet_cli.scale": 8,
     "effnet_cli.training": 8,
+    "effnet_cli.similar": 8,
     "effnet_cli.cli": 9,
     "effnet_cli.__main__": 9,
     "effnet_cli.hub": 10,

@@ -82,6 +82,18 @@ def place(tmp_path: Path, photos: list[Path]) -> Path:
     (["classify", "cat.jpg", "--output-dir", "shards"], "shards already holds shards of this run (pred_00000.jsonl); "
                                                         "add --resume to finish it"),
     (["embed", "cat.jpg", "--output-dir", "shards"], "shards already holds shards of this run (_done_emb_00000.json)"),
+    # the similar-image commands
+    (["index", "cat.jpg", "-o", "full"], "full already exists and is not empty; add --overwrite to replace it."),
+    (["index", "cat.jpg", "-o", "full", "--overwrite"], "holds files effnet did not write (notes.txt)"),
+    (["index", "cat.jpg", "-o", "feats.npy"], "feats.npy exists and is not a directory"),
+    (["index", "nope.jpg", "-o", "new"], "nope.jpg: no such file or directory."),
+    (["index", "cat.jpg", "-o", "new", "--features", "pixels"], "--features must be one of layout, head"),
+    (["index", "cat.jpg", "-o", "new", "--backend", "openvino"], "--features layout runs the PyTorch model"),
+    (["search", "cat.jpg", "--index", "full"], "full is not an effnet index (it has no index.json)"),
+    (["search", "cat.jpg"], "Give the index to search with --index INDEX"),
+    (["dedupe", "--index", "empty"], "empty is not an effnet index"),
+    (["dedupe", "cat.jpg", "--index", "empty"], "Give images to compare or --index INDEX, one of the two."),
+    (["dedupe", "cat.jpg", "--threshold", "1.5"], "--threshold is a cosine similarity between 0 and 1"),
 ])
 def test_usage_errors_come_before_any_model_loads(place: Path, args: list[str], says: str) -> None:
     code, lines = _effnet_light(*args, cwd=place)
@@ -105,7 +117,8 @@ def test_a_typo_of_a_command_ends_with_one_mark() -> None:
 
 
 def test_help_names_values_as_a_user_would(place: Path) -> None:
-    text = "".join(run([command, "--help"]).stdout for command in ("classify", "embed", "convert", "export", "finetune"))
+    text = "".join(run([command, "--help"]).stdout for command in ("classify", "embed", "convert", "export", "finetune",
+                                                                   "index", "search", "dedupe"))
     assert not re.search(r"<(str|int|float|path|list\[str\])( range)?>", text), text
     assert "MODEL" in text and "IMAGES" in text
 

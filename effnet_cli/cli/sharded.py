@@ -36,7 +36,7 @@ from effnet_cli.scale.shards import (
     ShardJob,
     parse_shard,
 )
-from effnet_cli.scale.spec import EngineSpec, RunOptions
+from effnet_cli.scale.spec import EngineSpec, RunOptions, run_settings  # noqa: F401 - run_settings: the commands' name for it
 
 RUNTIMES = ("onnxruntime", "openvino")  # the backends that run an export instead of the PyTorch model
 
@@ -193,34 +193,6 @@ def meta_format_of(meta_format: str | None, output_dir: Path | None) -> str:
     if output_dir is not None:
         check_meta_format(meta_format)
     return meta_format
-
-
-def _weights_identity(name: str, engine: Any, revision: str | None) -> str:
-    """What identifies the weights: the hub commit, else the SHA-256 of the local checkpoint file."""
-    from effnet_cli.output.settings import file_sha256
-
-    if revision:
-        return f"revision:{revision}"
-    source = engine.source or {}
-    directory = Path(name)
-    for candidate in (directory / "model.safetensors", directory / "pytorch_model.bin"):
-        if candidate.is_file():
-            return f"sha256:{file_sha256(candidate)}"
-    return "source:" + ",".join(f"{k}={v}" for k, v in sorted(source.items()))
-
-
-def run_settings(engine: Any, spec: EngineSpec, **specific: Any) -> dict[str, Any]:
-    """The settings fingerprint of a run, stored in every partial and marker and checked on resume.
-
-    Model identity and weights (hash or hub revision), dtype, the backend that runs the model (runtimes
-    agree within 1e-4, not bit for bit, so one output never mixes them; the concrete one the spec's
-    workers run), decode mode, pixel limit and the processor's whole preprocessing, plus what the
-    command adds (features, pool, normalize, width ...).
-    """
-    return {"model": spec.name, "weights": _weights_identity(spec.name, engine, spec.revision), "dtype": spec.dtype,
-            "backend": spec.backend,
-            "decode": "reduced" if spec.draft else "full", "max_pixels": engine.max_pixels,
-            "preprocessing": engine.processor.to_dict(), **specific}
 
 
 def make_job(kind: str, all_paths: list[str], partition: Partition, output_dir: Path, shard_size: int | None,

@@ -9,7 +9,7 @@ per input that could not be decoded.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +81,23 @@ def classify_paths(engine: Any, paths: Sequence[str], *, top_k: int = 5, thresho
 
 def embed_paths(engine: Any, paths: Sequence[str], *, pool: str = "mean", stage: int | None = None,
                 normalize: bool = False, batch_size: int = 16, workers: int = 0, start: int = 0,
-                first_row: int = 0) -> Iterator[EmbedBatch]:
-    """Embed ``paths[start:]``; yields per batch the records (with their output row) and the feature rows."""
-    engine.feature_dim(stage)  # validates the stage before any decoding starts
+                first_row: int = 0, rows: Callable[[Any], Any] | None = None,
+                dim: int | None = None) -> Iterator[EmbedBatch]:
+    """Embed ``paths[start:]``; yields per batch the records (with their output row) and the feature rows.
+
+    ``rows``: a function of a preprocessed batch computing other rows than ``engine.features`` (of width
+    ``dim``), such as the similar-image index's layout features.
+    """
+    width = engine.feature_dim(stage) if dim is None else dim  # validates the stage before any decoding starts
     out_dtype = engine.output_numpy_dtype
     row = first_row
     for batch in engine.batches(paths, batch_size=batch_size, workers=workers, start=start):
         if batch.indices:
-            feats = engine.features(batch.pixel_values, pool=pool, stage=stage, normalize=normalize)
+            feats = (engine.features(batch.pixel_values, pool=pool, stage=stage, normalize=normalize)
+                     if rows is None else rows(batch.pixel_values))
             array = (feats.numpy() if hasattr(feats, "numpy") else np.asarray(feats)).astype(out_dtype, copy=False)
         else:
-            array = np.zeros((0, engine.feature_dim(stage)), dtype=out_dtype)
+            array = np.zeros((0, width), dtype=out_dtype)
         results = []
         for pos, r, err in batch.outcomes():
             results.append(Result(position=pos, path=paths[pos], row=None if r is None else row + r, error=err))

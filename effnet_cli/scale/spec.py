@@ -7,11 +7,12 @@ into device workers (``--devices``) and Ray actors (``--engine ray``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from effnet_cli.data.limits import DEFAULT_DECODE_TIMEOUT
 
-__all__ = ["EngineSpec", "RunOptions"]
+__all__ = ["EngineSpec", "RunOptions", "run_settings"]
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,31 @@ class RunOptions:
         """Keyword arguments of :func:`effnet_cli.runtime.engine.classify_paths`."""
         return dict(top_k=self.top_k, threshold=self.threshold, labels=self.labels, batch_size=self.batch_size,
                     workers=self.workers)
+
+
+def _weights_identity(name: str, engine: Any, revision: str | None) -> str:
+    """What identifies the weights: the hub commit, else the SHA-256 of the local checkpoint file."""
+    from effnet_cli.output.settings import file_sha256
+
+    if revision:
+        return f"revision:{revision}"
+    source = engine.source or {}
+    directory = Path(name)
+    for candidate in (directory / "model.safetensors", directory / "pytorch_model.bin"):
+        if candidate.is_file():
+            return f"sha256:{file_sha256(candidate)}"
+    return "source:" + ",".join(f"{k}={v}" for k, v in sorted(source.items()))
+
+
+def run_settings(engine: Any, spec: EngineSpec, **specific: Any) -> dict[str, Any]:
+    """The settings fingerprint of a run, stored in every partial and marker and checked on resume.
+
+    Model identity and weights (hash or hub revision), dtype, the backend that runs the model (runtimes
+    agree within 1e-4, not bit for bit, so one output never mixes them; the concrete one the spec's
+    workers run), decode mode, pixel limit and the processor's whole preprocessing, plus what the
+    command adds (features, pool, normalize, width ...).
+    """
+    return {"model": spec.name, "weights": _weights_identity(spec.name, engine, spec.revision), "dtype": spec.dtype,
+            "backend": spec.backend,
+            "decode": "reduced" if spec.draft else "full", "max_pixels": engine.max_pixels,
+            "preprocessing": engine.processor.to_dict(), **specific}
