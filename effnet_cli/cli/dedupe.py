@@ -43,6 +43,7 @@ def dedupe(
     null: Annotated[bool, typer.Option("--null", "-0", help="NUL-separated paths: on stdin with -, and "
                                                             "--format paths' output (for xargs -0).")] = False,
     max_pixels: opt.MaxPixels = None,
+    decode_timeout: opt.DecodeTimeout = None,
     variant: opt.VariantOpt = None,
     model: opt.ModelOpt = None,
     revision: opt.Revision = None,
