@@ -78,7 +78,8 @@ def test_converted_once_into_a_hashed_directory(lite0_dir):
     stamp = weights.stat().st_mtime_ns
     assert ensure_lite0(lite0_dir.parent) == lite0_dir
     assert weights.stat().st_mtime_ns == stamp  # the second call reuses it
-    assert [p.name for p in lite0_dir.parent.iterdir()] == [lite0_dir.name]  # no temporary leftovers
+    # No temporary leftovers: the converted directory, and the note of the package file's hash.
+    assert sorted(p.name for p in lite0_dir.parent.iterdir()) == [lite0_dir.name, "lite0-source.json"]
 
 
 def test_racing_processes_leave_one_complete_directory(tmp_path):
@@ -99,7 +100,8 @@ def test_racing_processes_leave_one_complete_directory(tmp_path):
     for t in threads:
         t.join()
     assert not errors and len(set(results)) == 1 and is_complete(results[0])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".lite0-stale.tmp-killed", results[0].name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".lite0-stale.tmp-killed", results[0].name,
+                                                                 "lite0-source.json"])
 
 
 def test_written_files_are_the_models_own(lite0_dir):
@@ -182,3 +184,18 @@ def test_load_pretrained_lite0_uses_the_bundled_weights():
     model, processor = load_pretrained("lite0")
     assert model.config.fix_stem_and_head and processor.size == {"shortest_edge": 256}
     assert any(p.name.startswith("lite0-") and is_complete(p) for p in cache_root().iterdir())
+
+
+def test_the_package_files_hash_is_remembered_and_checked(tmp_path, monkeypatch):
+    """The 19 MB file is hashed once per cache; a note that no longer matches the file is not believed."""
+    from effnet_cli.weights import bundled
+
+    source = bundled.lite0_source_file()
+    first = bundled.remembered_hash(source, tmp_path)
+    assert first == bundled.short_hash(source)
+    monkeypatch.setattr(bundled, "_file_hash", lambda *a: pytest.fail("hashed again"))
+    assert bundled.remembered_hash(source, tmp_path) == first
+    note = tmp_path / "lite0-source.json"
+    note.write_text(note.read_text().replace('"size": ', '"size": 1'))  # another file's note
+    monkeypatch.setattr(bundled, "_file_hash", lambda *a: "0123456789ab")
+    assert bundled.remembered_hash(source, tmp_path) == "0123456789ab"
