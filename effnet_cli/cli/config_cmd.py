@@ -19,18 +19,17 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from effnet_cli.cli.render import Command, error_line, stdout_console
 from effnet_cli.core.config import ALPHA, BETA, GAMMA, VARIANTS, EfficientNetConfig
-from effnet_cli.errors import ConfigError, InputError
 from effnet_cli.core.flops import LayerCost, NetworkCost, network_cost
+from effnet_cli.errors import ConfigError, InputError
+
+if TYPE_CHECKING:  # Rich is imported where a table is printed: not on every command's start
+    from rich.console import Console
 
 app = typer.Typer(help="Inspect and write EfficientNet configs.", no_args_is_help=True)
 
@@ -165,6 +164,10 @@ def describe(config: EfficientNetConfig, name: str, cost: NetworkCost) -> dict[s
 
 def print_stage_table(console: Console, config: EfficientNetConfig, name: str, cost: NetworkCost) -> None:
     """The stage table and the totals under it, as Rich renders them."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
     size = cost.image_size
     native = "" if size == config.image_size else f" (native {config.image_size})"
     # Title and caption are printed as lines of their own: as table title/caption Rich would wrap
@@ -220,6 +223,8 @@ def print_scaling(console: Console, phi: float, config: EfficientNetConfig) -> N
 
 def print_rows(console: Console, rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> None:
     """Aligned columns, two spaces apart, the first in bold, without the trailing spaces a Rich grid pads with."""
+    from rich.markup import escape
+
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)]
@@ -258,6 +263,9 @@ def list_variants(format: FormatOpt = Format.table) -> None:
     native resolution, the unit the paper reports as FLOPs (B0: 0.39 B).
     Top-1 is as published (paper for B0-B7, TF-Lite README for lite0-lite4).
     """
+    from rich import box
+    from rich.table import Table
+
     records = []
     for variant in VARIANTS.values():
         cost = network_cost(EfficientNetConfig.from_variant(variant.name))

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from effnet_cli.cli import options as opt
-from effnet_cli.cli.render import EXIT_INTERRUPTED, EXIT_OK, error_line, info_line, progress_enabled, stderr
+from effnet_cli.cli.render import EXIT_INTERRUPTED, EXIT_OK, error_line, info_line, progress_enabled, stderr_console
 from effnet_cli.errors import InputError
 
 TRAIN_PANEL = "Training"
@@ -167,8 +167,8 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=stderr,
-                                     transient=True)
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                     console=stderr_console(), transient=True)
             self.progress.__enter__()
         return self
 
@@ -214,6 +214,7 @@ def _duration(seconds: float) -> str:
 
 def render_report(metrics: dict[str, Any], output: Path) -> None:
     """The final report on stderr: top-1/top-5, per-class precision and recall, the confusion matrix."""
+    stderr = stderr_console()
     from rich.table import Table
 
     classes = metrics["classes"]

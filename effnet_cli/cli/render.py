@@ -7,6 +7,7 @@ Data goes to stdout; progress, warnings and errors to stderr. Rich honours
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import sys
@@ -26,19 +27,36 @@ else:  # pragma: no cover - depends on the installed typer
     import click
 
     _EXIT, _ABORT, _USAGE = (click.exceptions.Exit,), (click.exceptions.Abort,), (click.ClickException,)
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from effnet_cli.errors import ConfigError, EffnetError, EffnetWarning, InputError
 from effnet_cli.records.pathtext import display_path
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from effnet_cli.records.results import Result
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+@functools.lru_cache(maxsize=1)
+def stderr_console() -> Console:
+    """The Rich console on stderr, made (and Rich imported, about 10 ms) only when something is shown with it."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def stderr_is_terminal() -> bool:
+    """Whether Rich treats stderr as a terminal; answered without importing Rich when stderr is a plain stream.
+
+    Rich says no for a stream that is not a TTY unless the environment forces it (FORCE_TERMINAL,
+    TTY_COMPATIBLE, FORCE_COLOR); only then is it asked.
+    """
+    forced = any(os.environ.get(name) is not None for name in ("FORCE_TERMINAL", "TTY_COMPATIBLE", "FORCE_COLOR"))
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError, OSError):
+        tty = False
+    return stderr_console().is_terminal if (tty or forced) else False
 
 
 def stdout_console() -> Console:
@@ -50,6 +68,8 @@ def stdout_console() -> Console:
     stream = sys.stdout
     if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
         stream.reconfigure(errors="replace")
+    from rich.console import Console
+
     return Console(file=stream, highlight=False)
 
 
@@ -88,8 +108,10 @@ def error_line(message: str) -> None:
     ``message`` is plain text, never markup: it often quotes a path or a value the user typed.
     """
     message = shown_text(message)
-    if stderr.is_terminal:
-        stderr.print(Text.assemble(("effnet:", "bold red"), " ", message), highlight=False)
+    if stderr_is_terminal():
+        from rich.text import Text
+
+        stderr_console().print(Text.assemble(("effnet:", "bold red"), " ", message), highlight=False)
     else:  # plain text for logs and pipes, flushed at once so it interleaves with stdout in order
         print(f"effnet: {message}", file=sys.stderr, flush=True)
 
@@ -97,8 +119,10 @@ def error_line(message: str) -> None:
 def info_line(message: str) -> None:
     """A note for the user on stderr (never on stdout, which carries data); plain text, never markup."""
     message = shown_text(message)
-    if stderr.is_terminal:
-        stderr.print(Text(f"effnet: {message}", style="dim"), highlight=False)
+    if stderr_is_terminal():
+        from rich.text import Text
+
+        stderr_console().print(Text(f"effnet: {message}", style="dim"), highlight=False)
     else:
         print(f"effnet: {message}", file=sys.stderr, flush=True)
 
@@ -335,6 +359,9 @@ def render_table(console: Console, result: Result) -> None:
     shows as itself); control characters in a name are shown escaped (:func:`shown_text`).
     """
     # The path goes on its own line: as a table title it would wrap to the table's width.
+    from rich.table import Table
+    from rich.text import Text
+
     console.print(Text(shown_text(result.path), style="bold"), highlight=False, overflow="ignore", crop=False)
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("#", justify="right", style="dim")
@@ -361,7 +388,7 @@ def progress_bar(total: int | None, enabled: bool, description: str) -> Iterator
 
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=stderr, transient=True) as progress:
+    with Progress(*columns, console=stderr_console(), transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n, total=None: progress.update(task, advance=n, **({} if total is None else {"total": total}))
 
@@ -370,4 +397,4 @@ def progress_enabled(flag: bool | None, quiet: bool) -> bool:
     """Progress is on when asked for, else when stderr is a terminal and not --quiet."""
     if quiet:
         return False
-    return stderr.is_terminal if flag is None else flag
+    return stderr_is_terminal() if flag is None else flag
