@@ -42,7 +42,8 @@ def require_runtime(name: str) -> None:
 
 
 # The largest batch ONNX Runtime runs at once on the CPU. b0 at batch 16 held 365 MB in the process that
-# ran it, at 8 243 MB; slices of 8 ran as fast as whole batches of 16 (benchmarks/lean.py, docs/benchmarks.md).
+# ran it, in slices of 8 262 MB; 1,000 camera JPEGs ran at 152-156 images/s in slices against 147-154
+# whole (2 cores; docs/benchmarks.md, "1,000 camera JPEGs with ONNX Runtime").
 CPU_CHUNK = 8
 
 _ARENA_REGISTERED: list[bool] = []
