@@ -213,3 +213,20 @@ def test_an_input_that_kills_its_ray_worker_every_time_is_one_error_record(ray_s
     for want, got in zip(local_records, ray_records):
         if got["path"] != str(deadly):
             np.testing.assert_allclose(ray_array[got["row"]], local_array[want["row"]], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ray_decode_tasks_keep_the_decode_timeout(ray_session, b0_small_dir: Path, photos: list[Path],
+                                                  tmp_path: Path) -> None:
+    """--decode-timeout reaches Ray's decode tasks: a huge PNG gets the time-limit record, the photos their rows."""
+    from effnet_cli.data.limits import timeout_reason
+    from tests.test_timeouts import LIMIT, big_png
+
+    huge = big_png(tmp_path / "huge.png")
+    out = tmp_path / "ray"
+    res = run(["embed", *map(str, photos[:3]), huge, "--model", str(b0_small_dir), "--output-dir", str(out),
+               "--engine", "ray", "--ray-actors", "1", "-j", "0", "--decode-timeout", str(LIMIT)])
+    assert res.exit_code == 1, res.stderr
+    assert f"{huge}: {timeout_reason(LIMIT)}" in res.stderr, res.stderr
+    _, records = read_embeddings(out)
+    assert sorted(r["path"] for r in records if r.get("error") is None) == sorted(map(str, photos[:3]))

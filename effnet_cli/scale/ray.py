@@ -375,7 +375,8 @@ def _pipeline(ray: Any, routed: _Routed, engine: Any, spec: EngineSpec, kind: st
     ds = ds.map_batches(decode_stage, batch_size=_DECODE_BATCH, batch_format="numpy", num_cpus=1,
                         max_retries=RETRIES,
                         fn_kwargs={"transform": engine.transform, "open_kwargs": engine.open_kwargs,
-                                   "shape": expected_shape(engine)})
+                                   "shape": expected_shape(engine),
+                                   "decode_timeout": getattr(engine, "decode_timeout", None)})
     # batch_size must be an explicit int, as Ray requires with GPUs.
     ds = ds.map_batches(ModelActor, batch_size=int(run.batch_size), batch_format="numpy",
                         compute=ActorPoolStrategy(size=n_actors), num_gpus=gpus, num_cpus=1,

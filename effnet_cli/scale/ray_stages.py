@@ -33,16 +33,18 @@ def shm_dir() -> str | None:
 
 
 def decode_files(names: list[str], *, transform: Any, open_kwargs: dict[str, Any], shape: tuple[int, ...],
-                 workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                 workers: int = 0, decode_timeout: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The local pipeline's own decode + preprocess + stack: pixels (zeros where it failed) and error reasons
-    ("" if none). ``workers=1`` decodes in a process of its own, where a crash costs one input's record."""
+    ("" if none). ``workers=1`` decodes in a process of its own, where a crash costs one input's record;
+    ``decode_timeout`` is --decode-timeout, each input's limit, as in a local run."""
     from effnet_cli.data import iter_batches
 
     n = len(names)
     pixels = np.zeros((n, *shape), dtype=np.float32)
     errors = np.full(n, "", dtype=object)
     batch_size = 1 if workers else max(n, 1)
-    for decoded in iter_batches(names, transform, batch_size=batch_size, workers=workers, open_kwargs=open_kwargs):
+    for decoded in iter_batches(names, transform, batch_size=batch_size, workers=workers, open_kwargs=open_kwargs,
+                                decode_timeout=decode_timeout):
         for pos, reason in decoded.errors:
             errors[pos] = reason
         if decoded.indices:
@@ -79,14 +81,15 @@ def blob_files(blobs: Any) -> Iterator[list[str]]:
 
 
 def decode_stage(batch: dict[str, np.ndarray], *, transform: Any, open_kwargs: dict[str, Any],
-                 shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+                 shape: tuple[int, ...], decode_timeout: float | None = None) -> dict[str, np.ndarray]:
     """Ray task: bytes -> preprocessed pixels (zeros where it failed) and an error reason ("" if none)."""
     import torch
 
     torch.set_num_threads(1)  # decode tasks share the node's cores with each other and the actors
     paths, blobs = batch["path"], batch["bytes"]
     with blob_files(blobs) as names:
-        pixels, errors = decode_files(names, transform=transform, open_kwargs=open_kwargs, shape=shape)
+        pixels, errors = decode_files(names, transform=transform, open_kwargs=open_kwargs, shape=shape,
+                                      decode_timeout=decode_timeout)
     return {"path": paths, "pixels": pixels, "error": errors}
 
 
@@ -168,7 +171,7 @@ def recompute(todo: list[str], engine: Any, kind: str, run: RunOptions,
             on_recompute(len(positions))
         names = [todo[pos] for pos in positions]
         pixels, errors = decode_files(names, transform=engine.transform, open_kwargs=engine.open_kwargs,
-                                      shape=shape, workers=1)
+                                      shape=shape, workers=1, decode_timeout=getattr(engine, "decode_timeout", None))
         out = infer(engine, kind, run, {"path": np.array(names, dtype=object), "pixels": pixels, "error": errors})
         values = out["features"] if kind == "embed" else out["predictions"]
         return {pos: (str(error) or None, value) for pos, error, value in zip(positions, out["error"], values)}
