@@ -168,7 +168,8 @@ def test_error_and_info_lines_never_read_markup(monkeypatch: pytest.MonkeyPatch)
     from effnet_cli.cli import render
 
     console = Console(file=io.StringIO(), force_terminal=True, color_system=None, width=200)
-    monkeypatch.setattr(render, "stderr", console)
+    monkeypatch.setattr(render, "stderr_console", lambda: console)
+    monkeypatch.setattr(render, "stderr_is_terminal", lambda: True)
     render.error_line("photos/[/x] photo [edited].jpg: cannot identify image file")
     render.info_line("wrote [bold]out[/bold]/")
     lines = console.file.getvalue().splitlines()
