@@ -164,6 +164,17 @@ def test_load_pretrained_runtime_model_gives_the_torch_outputs(b0_dir, photos):
     assert load_pretrained(str(b0_dir), backend="auto")[0].directory == runtime.directory
 
 
+def test_openvino_asked_for_runs_an_onnx_only_export_in_openvino(exports):
+    """`--backend openvino` on a directory with only model.onnx runs OpenVINO (which reads ONNX), not ONNX Runtime."""
+    pytest.importorskip("openvino")
+    from effnet_cli.runtime.lean import LeanEngine
+    from effnet_cli.runtime.runners import OpenVinoRunner
+
+    assert not (exports["b0"] / "model.xml").exists()
+    engine = LeanEngine(exports["b0"], backend="openvino")
+    assert engine.backend == "openvino" and isinstance(engine.runner, OpenVinoRunner)
+
+
 def test_onnxruntime_runs_a_large_batch_in_slices_with_the_same_outputs(exports):
     """Batches above CPU_CHUNK run in slices (less arena memory): the outputs are those of the whole batch."""
     from effnet_cli.runtime import runners

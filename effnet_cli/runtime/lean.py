@@ -34,7 +34,7 @@ from effnet_cli.runtime.index import find_choice, find_export
 from effnet_cli.runtime.paths import POOLS
 from effnet_cli.runtime.runners import FILE_OF, FORMAT_OF, open_runner, require_runtime
 
-__all__ = ["LeanEngine", "export_format", "lean_for_model"]
+__all__ = ["LeanEngine", "export_format", "lean_for_model", "runtime_file"]
 
 def export_format(directory: str | Path) -> str | None:
     """"onnx" or "openvino" when ``directory`` is an export (its model file and config.json), else None."""
@@ -47,9 +47,16 @@ def export_format(directory: str | Path) -> str | None:
     return None
 
 
+def runtime_file(directory: Path, backend: str) -> Path:
+    """The model file ``backend`` runs from an export directory: OpenVINO its IR when there is one, else the
+    ONNX graph (which OpenVINO reads too); ONNX Runtime the ONNX graph."""
+    xml = directory / FILE_OF["openvino"]
+    return xml if backend == "openvino" and xml.is_file() else directory / FILE_OF["onnx"]
+
+
 def _pick_backend(directory: Path, requested: str) -> tuple[str, Path]:
     """The runtime that runs the export in ``directory`` for ``--backend requested``, and its model file."""
-    onnx, xml = directory / FILE_OF["onnx"], directory / FILE_OF["openvino"]
+    onnx = directory / FILE_OF["onnx"]
     if requested == "torch":
         raise InputError(f"{directory} is an exported model, which PyTorch cannot run; use --backend auto, "
                          "onnxruntime or openvino, or give the weights directory for --backend torch.")
@@ -57,15 +64,13 @@ def _pick_backend(directory: Path, requested: str) -> tuple[str, Path]:
         if onnx.is_file() and installed("onnxruntime"):
             return "onnxruntime", onnx
         if installed("openvino"):
-            return "openvino", xml if xml.is_file() else onnx
+            return "openvino", runtime_file(directory, "openvino")
         require_runtime("onnxruntime" if onnx.is_file() else "openvino")
     if requested == "onnxruntime" and not onnx.is_file():
         raise InputError(f"{directory} holds an OpenVINO model (model.xml), which ONNX Runtime cannot run; "
                          "use --backend openvino.")
     require_runtime(requested)
-    if requested == "openvino":
-        return "openvino", xml if xml.is_file() else onnx  # OpenVINO reads ONNX files too
-    return "onnxruntime", onnx
+    return requested, runtime_file(directory, requested)
 
 
 def _device_type(device: str | None, backend: str) -> str:
@@ -123,9 +128,9 @@ class LeanEngine:
     def runner(self) -> Any:
         """The runtime session, opened on first use (see :meth:`batches` for why not at once)."""
         if self._runner is None:
-            fmt = "onnx" if self._model_file.suffix == ".onnx" else "openvino"
-            self._runner = open_runner(self._model_file, fmt, dtype="float32", device_type=self.device_type,
-                                       batch=self._batch_size)
+            # The backend decides the runtime: OpenVINO may run an export's model.onnx.
+            self._runner = open_runner(self._model_file, FORMAT_OF[self.backend], dtype="float32",
+                                       device_type=self.device_type, batch=self._batch_size)
         return self._runner
 
     @property

@@ -26,7 +26,7 @@ import numpy as np
 from effnet_cli.errors import InputError
 from effnet_cli.host import installed
 from effnet_cli.runtime.index import find_choice, record_choice
-from effnet_cli.runtime.lean import LeanEngine, export_format, lean_for_model
+from effnet_cli.runtime.lean import LeanEngine, export_format, lean_for_model, runtime_file
 from effnet_cli.runtime.runners import FILE_OF, FORMAT_OF, open_runner
 
 __all__ = ["RuntimeModel", "RuntimeOutput", "load_pretrained"]
@@ -71,10 +71,7 @@ class RuntimeModel:
         if backend == self.engine.backend:
             return self.engine.runner
         if backend not in self._runners:
-            xml = self.directory / FILE_OF["openvino"]
-            # OpenVINO reads the ONNX file too, when the directory has no IR.
-            path = xml if backend == "openvino" and xml.is_file() else self.directory / FILE_OF["onnx"]
-            self._runners[backend] = open_runner(path, FORMAT_OF[backend])
+            self._runners[backend] = open_runner(runtime_file(self.directory, backend), FORMAT_OF[backend])
         return self._runners[backend]
 
     def _backend_for(self, x: np.ndarray, names: list[str]) -> str:
