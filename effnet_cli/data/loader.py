@@ -187,13 +187,16 @@ class _LoaderThread(threading.Thread):
                     while b < total:
                         try:
                             batch = next(it)
-                        except RuntimeError as exc:
-                            if _is_loader_timeout(exc):
+                        except (RuntimeError, OSError, EOFError) as exc:
+                            if isinstance(exc, RuntimeError) and _is_loader_timeout(exc):
                                 self._stop_overdue()
                                 continue  # only slow: the batch is still on its way
                             # A worker died (or the loader broke). Batches
                             # before b were all delivered; redo b in
                             # isolation and restart the loader after it.
+                            # OSError/EOFError: b was sent by a worker that died
+                            # before its tensors' file descriptors were fetched
+                            # (torch's resource sharer: connection reset).
                             batch = _recover_batch(self.dataset, b, self.watch)
                             b += 1
                             if not self._put(batch):
