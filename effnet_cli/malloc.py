@@ -31,7 +31,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
-__all__ = ["keep_freed_memory", "return_freed_memory"]
+__all__ = ["keep_freed_memory", "release_free_memory", "return_freed_memory"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers (malloc.h)
 # Bytes below which the model process keeps freed blocks for reuse instead of returning them.
@@ -80,3 +80,20 @@ def return_freed_memory() -> bool:
     flat however many images they decode.
     """
     return _mallopt(((_M_MMAP_THRESHOLD, _WORKER_MMAP_BYTES), (_M_TRIM_THRESHOLD, _WORKER_TRIM_BYTES)))
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim(0)``), once.
+
+    For the ends of long phases that freed much more than the steady state
+    holds, such as publishing a shard: without it the freed memory stays in the
+    process, and the next phase's allocations land beside it instead of in it,
+    so a long run's peak grew with the number of shards. False where the C
+    library is not glibc.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    return bool(trim(0))

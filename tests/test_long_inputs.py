@@ -124,9 +124,7 @@ def _warm_export(tiny_dir: Path, image: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["classify", pytest.param("embed", marks=pytest.mark.xfail(
-    reason="embed --output-dir's main process still grows with the input list: 177 MB at 10k, 200 MB at 100k "
-           "(measured per process); the whole tree's peak went from 270-288 MB to 311 MB, 8-15%", strict=False))])
+@pytest.mark.parametrize("command", ["classify", "embed"])
 def test_memory_over_100k_inputs_is_flat(command: str, tiny_dir: Path, many_images: Path,
                                          tmp_path: Path) -> None:
     """Peak memory of a run over 100,000 images is within 10% of the peak over 10,000: classify to stdout

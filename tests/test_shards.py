@@ -241,3 +241,31 @@ def test_sigkilled_sharded_run_resumes_to_the_uninterrupted_result(b0_small_dir:
     np.testing.assert_array_equal(array, ref_array)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
     assert not list(out.glob(".*.part"))  # the killed run's temporaries are gone
+
+
+# ----------------------------------------------------------------- parquet metadata columns
+
+def test_metadata_columns_equal_pyarrows_own_and_need_no_pandas() -> None:
+    """The shard writer builds its parquet columns from buffers; they must equal ``pyarrow.array``'s,
+    None, empty and non-ASCII names included, and writing them must not import pandas (35 MB a run)."""
+    code = """
+import io, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from effnet_cli.scale.shards.writer import _arrow_column
+cols = {"index": ([0, 7, 2**40], pa.int64()), "path": (["a", "", "é 😀\\nx", "[b]"], pa.string()),
+        "path_bytes": ([None, "YWJj", None], pa.string()), "none": ([None, None], pa.string()), "empty": ([], pa.string())}
+built = {name: _arrow_column(values, kind) for name, (values, kind) in cols.items()}
+for name, array in built.items():
+    array.validate(full=True)
+    assert array.to_pylist() == cols[name][0], name
+schema = pa.schema([("index", pa.int64()), ("path", pa.string())])
+buf = io.BytesIO()
+with pq.ParquetWriter(buf, schema) as out:
+    out.write_batch(pa.RecordBatch.from_arrays([built["index"], built["path"][:3]], schema=schema))
+assert "pandas" not in sys.modules, "writing metadata imported pandas"
+same = {name: pa.array(values, kind) for name, (values, kind) in cols.items()}
+assert all(built[name].equals(same[name]) for name in cols)
+assert pq.read_table(io.BytesIO(buf.getvalue())).column("path").to_pylist() == cols["path"][0][:3]
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -121,7 +121,7 @@ def classify(
     if output_dir is not None:
         # The output's lock first: a second run on the same directory is refused before it reads or loads anything.
         with sharded.output_lock("classify", output_dir=output_dir, partition=partition):
-            paths = gather_inputs(inputs, null)
+            paths = gather_inputs(inputs, null, compact=True)
             engine, spec = sharded.load(options, scale, len(paths))
             _check_model(engine, names, top_k, quiet)
             settings = sharded.run_settings(engine, spec, top_k=top_k, threshold=threshold,

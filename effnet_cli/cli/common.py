@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,12 +44,16 @@ def require_inputs(inputs: list[str]) -> None:
     raise InputError(f"{named[0]}: no such file or directory{more}.")
 
 
-def gather_inputs(inputs: list[str], null: bool) -> list[str]:
-    """The ordered, de-duplicated image list the arguments (and stdin, for ``-``) name."""
-    from effnet_cli.data import discover_inputs
+def gather_inputs(inputs: list[str], null: bool, *, compact: bool = False) -> Sequence[str]:
+    """The ordered, de-duplicated image list the arguments (and stdin, for ``-``) name; ``compact`` keeps it
+    as a :class:`~effnet_cli.data.pathlist.PathList` (one buffer, not a ``str`` per path), for the runs that
+    hold the whole list to the end (sharded outputs)."""
+    from effnet_cli.data.inputs import iter_inputs
+    from effnet_cli.data.pathlist import PathList
 
     reads_stdin = _check_stdin(inputs)
-    return discover_inputs(inputs, null_separated=null, stdin=sys.stdin.buffer if reads_stdin else None)
+    found = iter_inputs(inputs, null_separated=null, stdin=sys.stdin.buffer if reads_stdin else None)
+    return PathList.from_iterable(found) if compact else list(found)
 
 
 # Inputs a streaming run (classify to stdout or -o) takes at a time: its memory is bounded by this,

@@ -119,7 +119,7 @@ def embed(
     # The output's lock first: a second run on the same output is refused before it reads or loads anything.
     with sharded.output_lock("embed", output=output, output_dir=output_dir, per_file=per_file, partition=partition):
         _check_outputs(output, per_file, resume, overwrite)  # again under the lock: another run may have finished
-        paths = gather_inputs(inputs, null)
+        paths = gather_inputs(inputs, null, compact=per_file is None)
         engine, spec = sharded.load(options, scale, len(paths))
         dim = engine.feature_dim(run.stage)  # a bad stage number is a usage error, before any work
         if per_file is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ class ShardJob:
 
     kind: str  # "embed" or "classify"
     directory: Path
-    paths: list[str]
+    paths: Sequence[str]
     total: int
     partition: Partition = field(default_factory=Partition)
     shard_size: int = DEFAULT_SHARD_SIZE
@@ -82,7 +82,7 @@ class ShardJob:
             raise InputError(f"--shard-size must be at least 1, got {self.shard_size}.")
         self.directory = Path(self.directory)
 
-    def for_partition(self, partition: Partition, paths: list[str]) -> ShardJob:
+    def for_partition(self, partition: Partition, paths: Sequence[str]) -> ShardJob:
         """The same job restricted to a sub-partition (see :meth:`Partition.split`)."""
         return ShardJob(kind=self.kind, directory=self.directory, paths=paths, total=self.total,
                         partition=partition, shard_size=self.shard_size, settings=self.settings,
@@ -161,7 +161,7 @@ class Shard:
 
     number: int
     indices: range
-    paths: list[str]
+    paths: Sequence[str]
 
     def fingerprint(self) -> str:
         """Hash of the shard's input paths: a resume over other inputs must not reuse it."""

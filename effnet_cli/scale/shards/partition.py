@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from effnet_cli.data.pathlist import PathList
 from effnet_cli.errors import InputError
 
 __all__ = ["Partition", "parse_shard"]
@@ -22,8 +23,10 @@ class Partition:
         """Positions in the full input list (of length ``total``) this partition holds."""
         return range(self.index, total, self.count)
 
-    def select(self, paths: Sequence[str]) -> list[str]:
-        """The paths of this partition, in input order."""
+    def select(self, paths: Sequence[str]) -> Sequence[str]:
+        """The paths of this partition, in input order (a view when ``paths`` is a compact PathList)."""
+        if isinstance(paths, PathList):
+            return paths[self.index::self.count]
         return list(paths[self.index::self.count])
 
     def split(self, parts: int) -> list[Partition]:

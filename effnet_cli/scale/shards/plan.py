@@ -14,10 +14,12 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from effnet_cli.data.pathlist import concat
 from effnet_cli.errors import InputError
 from effnet_cli.output.atomic import make_dir, temporaries_of
 from effnet_cli.output.npy import npy_rows
@@ -66,9 +68,9 @@ class Plan:
     done_shards: int = 0
 
     @property
-    def todo_paths(self) -> list[str]:
+    def todo_paths(self) -> Sequence[str]:
         """The inputs still to process, in order: what the model must see."""
-        return [p for item in self.todo for p in item.paths]
+        return concat([item.paths for item in self.todo])
 
     @property
     def done_inputs(self) -> int:
