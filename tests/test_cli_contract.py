@@ -117,7 +117,7 @@ def test_a_typo_of_a_command_ends_with_one_mark() -> None:
 
 
 def test_help_names_values_as_a_user_would(place: Path) -> None:
-    text = "".join(run([command, "--help"]).stdout for command in ("classify", "embed", "convert", "export", "finetune",
+    text = "".join(run([command, "--help"]).stdout for command in ("classify", "embed", "convert", "export", "finetune", "explain",
                                                                    "index", "search", "dedupe"))
     assert not re.search(r"<(str|int|float|path|list\[str\])( range)?>", text), text
     assert "MODEL" in text and "IMAGES" in text
