@@ -65,13 +65,16 @@ class Cards(HTMLParser):
         super().__init__()
         self.cards: list[dict] = []
         self._field: str | None = None
+        self._group = 0  # groups seen so far (dedupe pages: a card's group is the last one opened)
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
         found = dict(attrs)
         classes = (found.get("class") or "").split()
-        if tag == "article" and "card" in classes:
+        if tag == "div" and "group" in classes:
+            self._group += 1
+        elif tag == "article" and "card" in classes:
             self.cards.append({"classes": classes, "title": "", "labels": [], "note": "", "key": found.get("data-key"),
-                               "hidden": "hidden" in found, "thumb": False})
+                               "hidden": "hidden" in found, "thumb": False, "group": self._group})
         elif self.cards and tag == "img":
             self.cards[-1]["thumb"] = True
         elif self.cards and "title" in classes:

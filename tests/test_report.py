@@ -85,6 +85,31 @@ def test_existing_page_and_output_dir_are_refused(classified: dict, tmp_path: Pa
     assert sharded.exit_code == 2 and "--output-dir" in sharded.stderr
 
 
+def test_dedupe_report_shows_groups_with_the_kept_one_marked(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat.jpg", "rocket.jpg", "espresso.jpg"):
+        (photos / name).write_bytes((IMAGES / name).read_bytes())
+    with Image.open(IMAGES / "cat.jpg") as cat:
+        cat.resize((cat.width // 2, cat.height // 2)).save(photos / "cat small.jpg", quality=80)
+    with Image.open(IMAGES / "rocket.jpg") as rocket:
+        rocket.save(photos / "rocket copy.png")
+    page = tmp_path / "groups.html"
+    result = run(["dedupe", str(photos), "--report", str(page), "-f", "jsonl", "-q", "--backend", "torch"])
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {r["group"] for r in rows} == {1, 2}
+    shown = render(page)
+    assert shown.console == []
+    cards = cards_of(shown.dom)
+    assert [(c["group"], c["title"], "kept" in c["classes"]) for c in cards] == [
+        (r["group"], r["path"], r["keep"]) for r in rows]
+    assert NETWORK.search(page.read_text("utf-8")) is None
+    assert distinct_colours(screenshot(page, tmp_path / "groups.png")) > 200
+    again = run(["dedupe", str(photos), "--report", str(page), "-q"])  # refused before anything is embedded
+    assert again.exit_code == 2 and "already exists" in again.stderr
+
+
 @pytest.fixture(scope="module")
 def thousand(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A classify page of 1,000 inputs (real thumbnails of small generated images, seeded scores, 1 in 50 failed)."""

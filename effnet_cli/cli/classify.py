@@ -188,11 +188,9 @@ def _check_report(report: Path | None, output_dir: Path | None, overwrite: bool)
         return
     if output_dir is not None:
         raise InputError("--report writes one page for a run to stdout or -o; --output-dir runs have none.")
-    from effnet_cli.output.targets import check_file
-    from effnet_cli.report.page import require_jinja
+    from effnet_cli.report.page import check_page
 
-    require_jinja()
-    check_file(report, "--report", overwrite=overwrite)
+    check_page(report, overwrite=overwrite)
 
 
 def _report(report: Path | None, options: EngineOptions, max_pixels: int | None) -> Any:

@@ -78,6 +78,17 @@ def require_jinja() -> None:
         raise InputError(INSTALL_HINT)
 
 
+def check_page(path: Path | None, *, overwrite: bool | None = None) -> Path | None:
+    """``--report``'s target, refused before any work: it exists (without ``--overwrite``), or Jinja2 is missing."""
+    if path is None:
+        return None
+    from effnet_cli.output.targets import check_file
+
+    require_jinja()
+    check_file(path, "--report", overwrite=overwrite)
+    return path
+
+
 def image_uri(data: bytes, mime: str = "image/png") -> str:
     """``data`` as a ``data:`` URI."""
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
