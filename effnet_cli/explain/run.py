@@ -21,7 +21,7 @@ from effnet_cli.explain.cam import Explainer, to_image_size
 from effnet_cli.explain.overlay import heatmap_npy, overlay_png
 from effnet_cli.output import make_dir, write_bytes
 from effnet_cli.records.manifest import per_file_target
-from effnet_cli.records.pathtext import display_path
+from effnet_cli.records.pathtext import PATH_BYTES_FIELD, path_fields
 from effnet_cli.records.results import Prediction, Result
 from effnet_cli.records.stream import classify_record
 
@@ -112,7 +112,14 @@ def _write_class(image: Any, path: str, heatmap: Any, processor: Any, index: int
     make_dir(overlay.parent)
     write_bytes(npy, heatmap_npy(full))
     write_bytes(overlay, overlay_png(image, full, f"{label} {score:.1%} ({settings.method})"))
-    return {"index": index, "label": label, "score": score, "overlay": display_path(overlay),
-            "heatmap": display_path(npy)}
+    return {"index": index, "label": label, "score": score, **_named("overlay", overlay), **_named("heatmap", npy)}
+
+
+def _named(key: str, path: Path) -> dict[str, str]:
+    """A written file's record fields, lossless as input paths are: ``key``, plus ``key_bytes`` for names that are
+    not UTF-8 (see :mod:`effnet_cli.records.pathtext`)."""
+    fields = path_fields(path)
+    return {key: fields["path"], **({f"{key}_{PATH_BYTES_FIELD}": fields[PATH_BYTES_FIELD]}
+                                     if PATH_BYTES_FIELD in fields else {})}
 
 

@@ -95,12 +95,16 @@ def image_uri(data: bytes, mime: str = "image/png") -> str:
 
 
 def thumbnail(path: str, max_pixels: int | None = None) -> str | None:
-    """A JPEG thumbnail of the image at ``path`` as a data URI; None when it cannot be decoded."""
-    from effnet_cli.data.decode import open_image
+    """A JPEG thumbnail of the image at ``path`` as a data URI; None when it cannot be decoded.
 
+    ``max_pixels`` None is the decoder's default limit (decompression bombs are refused here too).
+    """
+    from effnet_cli.data.decode import DEFAULT_MAX_PIXELS, open_image
+
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
         # draft: a JPEG decodes straight at 1/2…1/8 scale, several times faster for camera photos
-        image = open_image(path, max_pixels=max_pixels, draft_size=(THUMB_SIDE, THUMB_SIDE))
+        image = open_image(path, max_pixels=limit, draft_size=(THUMB_SIDE, THUMB_SIDE))
     except DecodeError:
         return None
     return thumbnail_of(image)
