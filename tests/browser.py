@@ -74,9 +74,11 @@ class Cards(HTMLParser):
             self._group += 1
         elif tag == "article" and "card" in classes:
             self.cards.append({"classes": classes, "title": "", "labels": [], "note": "", "key": found.get("data-key"),
-                               "hidden": "hidden" in found, "thumb": False, "group": self._group})
+                               "hidden": "hidden" in found, "thumb": False, "shown": False,
+                               "group": self._group})
         elif self.cards and tag == "img":
             self.cards[-1]["thumb"] = True
+            self.cards[-1]["shown"] = (found.get("src") or "").startswith("data:image/")  # set by the page's script
         elif self.cards and "title" in classes:
             self.cards[-1]["title"] = found.get("title", "")
         elif self.cards and "label" in classes:

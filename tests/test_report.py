@@ -71,6 +71,7 @@ def test_page_renders_in_chromium(classified: dict, tmp_path: Path) -> None:
     assert shown.console == []
     cards = cards_of(shown.dom)
     assert len(cards) == len(classified["inputs"]) and not any(c["hidden"] for c in cards)
+    assert all(c["shown"] == c["thumb"] for c in cards)  # the first screens' thumbnails are decoded at once
     png = screenshot(classified["page"], tmp_path / "page.png")
     assert distinct_colours(png) > 200  # photos, bars and text; a blank page has a handful
 
@@ -144,6 +145,7 @@ def test_a_thousand_inputs_render_in_under_5_s(thousand: Path) -> None:
           f"page {thousand.stat().st_size / 1e6:.2f} MB")
     assert shown.console == []
     assert len(cards) == 1000 and sum("failed" in c["classes"] for c in cards) == 20
+    assert sum(c["shown"] for c in cards) < 1000  # the rest wait until they scroll near
     assert shown.seconds < 5.0
 
 

@@ -38,7 +38,7 @@ def explain(
         help="Explain this class (a label or an index; repeat for several) instead of the image's top ones.")] = None,
     top: Annotated[int, typer.Option("--top", "-n", min=1, help="Explain the image's N most likely classes.")] = 1,
     method: Annotated[str, typer.Option(
-        "--method", "-m", help=f"CAM method: {', '.join(METHODS)}.")] = DEFAULT_METHOD,
+        "--method", "-m", metavar="NAME", help=f"CAM method: {', '.join(METHODS)}.")] = DEFAULT_METHOD,
     overwrite: opt.Overwrite = False,
     null: opt.Null = False,
     max_pixels: opt.MaxPixels = None,
