@@ -141,3 +141,18 @@ def test_heatmap_goes_back_where_the_crop_came_from() -> None:
     assert full.shape == (256, 512)
     assert full[:, :144].max() == 0.0 and full[:, 368:].max() == 0.0  # cut away: the model saw nothing there
     assert full[16:240, 144:368].min() == 1.0
+
+
+@needs_cam
+@pytest.mark.parametrize("method", ["gradcam++", "eigencam"])
+def test_any_model_and_method_gives_maps_at_the_input_size(b0_small_dir: Path, tmp_path: Path, method: str) -> None:
+    photo = tmp_path / "tall.png"
+    Image.open(IMAGES / "espresso.jpg").convert("RGB").resize((90, 130)).save(photo)
+    result = run(["explain", str(photo), "-o", str(tmp_path / "out"), "--model", str(b0_small_dir),
+                  "--method", method, "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.stderr
+    (record,) = map(json.loads, result.stdout.splitlines())
+    assert record["method"] == method
+    heatmap = np.load(record["explained"][0]["heatmap"])
+    assert heatmap.shape == (130, 90) and heatmap.dtype == np.float32 and 0 <= heatmap.min() <= heatmap.max() <= 1
+    assert Image.open(record["explained"][0]["overlay"]).size == (90, 130)
