@@ -164,8 +164,8 @@ def _check_arguments(inputs: list[str], output: Path | None, format: Format | No
         raise InputError("--resume continues an --output-dir run; stdout and -o output cannot be resumed "
                          "(rerun with --overwrite).")
     if overwrite and output is None and report is None:
-        raise InputError("--overwrite replaces the file -o or --report names; add -o FILE "
-                         "(--output-dir runs take --resume).")
+        raise InputError("--overwrite replaces the file -o names or the page --report names; add -o FILE or "
+                         "--report PAGE.html (--output-dir runs take --resume).")
     _check_report(report, output_dir, overwrite)
     if output is None:
         return None, None if format is None else format.value
