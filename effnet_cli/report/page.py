@@ -21,7 +21,7 @@ from effnet_cli.errors import DecodeError, InputError
 from effnet_cli.output import write_text
 
 THUMB_SIDE = 128  # pixels on the longer side: the size of a card's picture
-THUMB_QUALITY = 70  # JPEG quality: about 3-5 kB a thumbnail
+THUMB_QUALITY = 70  # JPEG quality: 2.6-6.6 kB a thumbnail as a data URI on the sample photos
 TEMPLATE = "report.html.j2"
 if TYPE_CHECKING:
     from PIL import Image
