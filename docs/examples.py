@@ -15,7 +15,10 @@ A command may span lines with a here-document: the lines after ``$ python - <<'E
 line ``EOF`` belong to the command (shown as typed), not to its output.
 
 ``<!-- example: setup COMMAND -->`` runs COMMAND first without showing it (to make a broken
-file, say). The commands of one block run one after another in the same fresh directory, in
+file, say). ``<!-- example: image SOURCE TARGET -->`` (after a setup, if any) also keeps a picture the
+commands made: SOURCE, a file the block wrote, is copied to TARGET in this checkout (a PNG), or, when it
+is an HTML page, photographed there by headless Chromium (1200×800), so the docs show the pictures the
+same code makes; ``--check`` only checks that SOURCE is still written and TARGET exists. The commands of one block run one after another in the same fresh directory, in
 which ``tests/data/images`` holds the sample photos; effnet runs from this checkout, offline
 (the bundled lite0 weights), with a 100-column terminal width and no colour. Timings are shown
 as ``N.N s`` and the temporary directory as ``.``, so that a second run writes the same text.
@@ -44,7 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"^<!-- example(?::\s*setup\s+(?P<setup>.*?))?\s*-->\s*$")
+MARKER = re.compile(r"^<!-- example(?::\s*(?:setup\s+(?P<setup>.*?))?(?:\s*image\s+(?P<source>\S+)\s+(?P<target>\S+))?)?"
+                    r"\s*-->\s*$")
+SCREEN = (1200, 800)  # the browser window a report page is photographed in
 TIMING = re.compile(r"\bin \d+(?:\.\d+)? s\b")
 # The build tag of a version (torch 2.14.1+cu130, +cpu): which wheel is installed, not what effnet does.
 BUILD_TAG = re.compile(r"(\b\d+\.\d+(?:\.\d+)?)\+(?:cu\d+|cpu|rocm[\d.]+)\b")
@@ -63,6 +68,7 @@ class Example:
     setup: str | None
     commands: list[str]
     shown: str
+    image: tuple[str, str] | None = None  # (file the block writes, picture in the docs it becomes)
 
 
 def doc_files() -> list[Path]:
@@ -86,7 +92,8 @@ def find_examples(path: Path) -> list[Example]:
             commands = commands_of(body)
             if not commands:
                 raise SystemExit(f"{path.relative_to(REPO)}:{i + 1}: example block has no '$ ' command")
-            found.append(Example(path, start, end, marker.group("setup"), commands, "\n".join(body)))
+            image = (marker.group("source"), marker.group("target")) if marker.group("source") else None
+            found.append(Example(path, start, end, marker.group("setup"), commands, "\n".join(body), image))
             i = end
         i += 1
     return found
@@ -128,8 +135,8 @@ def environment(bin_dir: Path, cache: Path, home: Path) -> dict[str, str]:
     return env
 
 
-def run_example(example: Example, env: dict[str, str]) -> str:
-    """The block's text as the commands print it now, masked."""
+def run_example(example: Example, env: dict[str, str], keep_image: bool = True) -> str:
+    """The block's text as the commands print it now, masked; its picture kept (``keep_image``) or checked."""
     with tempfile.TemporaryDirectory(prefix="effnet-example-") as tmp:
         work = Path(tmp)
         shutil.copytree(REPO / "tests" / "data" / "images", work / "tests" / "data" / "images")
@@ -144,7 +151,30 @@ def run_example(example: Example, env: dict[str, str]) -> str:
             text = text.replace(str(work), ".")
             out.append(f"$ {command}")
             out.extend(line.rstrip() for line in text.rstrip("\n").split("\n") if text.strip())
+        if example.image is not None:
+            out.extend(picture(work / example.image[0], REPO / example.image[1], env, keep_image))
     return "\n".join(BUILD_TAG.sub(r"\1", TIMING.sub("in N.N s", line)) for line in out)
+
+
+def picture(source: Path, target: Path, env: dict[str, str], keep: bool) -> list[str]:
+    """Copy (a PNG) or photograph (an HTML page) ``source`` to ``target``; lines for the block when that fails."""
+    if not source.is_file():
+        return [f"(the picture's source {source.name} was not written)"]
+    if not keep:
+        return [] if target.is_file() else [f"({os.path.relpath(target, REPO)} is missing: run docs/examples.py)"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix.lower() != ".html":
+        shutil.copyfile(source, target)
+        return []
+    browser = next((found for name in ("chromium", "chromium-browser", "google-chrome")
+                    if (found := shutil.which(name))), None)
+    if browser is None:
+        return ["(no headless Chromium to photograph the page: apt-get install chromium)"]
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--window-size={SCREEN[0]},{SCREEN[1]}", "--virtual-time-budget=3000",
+                    f"--screenshot={target}", source.as_uri()], env=env, capture_output=True, timeout=TIMEOUT,
+                   check=True)
+    return []
 
 
 def same(shown: str, now: str) -> bool:
@@ -193,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         # Blocks are independent (each has its own directory; effnet's caches are safe to share),
         # and most of a block's time is spent importing torch, so they run side by side.
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            runs = {(path, ex.start): pool.submit(run_example, ex, env) for path in files for ex in examples[path]}
+            runs = {(path, ex.start): pool.submit(run_example, ex, env, not args.check)
+                    for path in files for ex in examples[path]}
             for path in files:
                 if not examples[path]:
                     continue

@@ -33,6 +33,8 @@ FLOORS: dict[str, int] = {
     "effnet_cli.scale": 8,
     "effnet_cli.training": 8,
     "effnet_cli.similar": 8,
+    "effnet_cli.explain": 8,
+    "effnet_cli.report": 8,
     "effnet_cli.cli": 9,
     "effnet_cli.__main__": 9,
     "effnet_cli.hub": 10,

@@ -78,6 +78,12 @@ def place(tmp_path: Path, photos: list[Path]) -> Path:
     (["classify", "cat.jpg", "-o", "p.csv", "--format", "jsonl"], "names a .csv file but --format is jsonl"),
     (["classify", "cat.jpg", "-o", "p.json", "--output-dir", "d"], "Give -o FILE or --output-dir DIR, not both."),
     (["classify", "cat.jpg", "--overwrite"], "--overwrite replaces the file -o names"),
+    # explain and the report pages
+    (["explain", "cat.jpg", "-o", "full"], "full already exists and is not empty; add --overwrite to replace it."),
+    (["explain", "cat.jpg", "-o", "new", "--method", "magic"], "--method must be one of gradcam, gradcam++"),
+    (["classify", "cat.jpg", "--report", "p.html", "--output-dir", "d"], "--output-dir runs have none"),
+    (["classify", "cat.jpg", "--report", "feats.npy"], "feats.npy already exists; add --overwrite to replace it."),
+    (["dedupe", "cat.jpg", "--report", "feats.npy"], "feats.npy already exists; choose another --report."),
     (["embed", "cat.jpg", "-o", "cat.jpg/f.npy"], "cat.jpg is not a directory"),
     (["classify", "cat.jpg", "--output-dir", "shards"], "shards already holds shards of this run (pred_00000.jsonl); "
                                                         "add --resume to finish it"),
@@ -117,7 +123,7 @@ def test_a_typo_of_a_command_ends_with_one_mark() -> None:
 
 
 def test_help_names_values_as_a_user_would(place: Path) -> None:
-    text = "".join(run([command, "--help"]).stdout for command in ("classify", "embed", "convert", "export", "finetune",
+    text = "".join(run([command, "--help"]).stdout for command in ("classify", "embed", "convert", "export", "finetune", "explain",
                                                                    "index", "search", "dedupe"))
     assert not re.search(r"<(str|int|float|path|list\[str\])( range)?>", text), text
     assert "MODEL" in text and "IMAGES" in text

@@ -29,6 +29,21 @@ def test_blocks_are_found_with_their_commands(tmp_path: Path) -> None:
     assert (found.setup, found.commands, found.shown) == ("touch a", ["ls"], "$ ls\nold")
 
 
+def test_an_image_marker_keeps_what_the_block_wrote(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("<!-- example: setup touch a image out.png docs/images/x.png -->\n```\n$ cp a out.png\n```\n")
+    (found,) = examples.find_examples(page)
+    assert (found.setup, found.image) == ("touch a", ("out.png", "docs/images/x.png"))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "out.png").write_bytes(b"picture")
+    target = tmp_path / "docs" / "x.png"
+    (missing,) = examples.picture(work / "out.png", target, {}, keep=False)  # --check: the picture must exist
+    assert missing.endswith("x.png is missing: run docs/examples.py)") and not target.exists()
+    assert examples.picture(work / "out.png", target, {}, keep=True) == [] and target.read_bytes() == b"picture"
+    assert examples.picture(work / "gone.png", target, {}, keep=True) == ["(the picture's source gone.png was not written)"]
+
+
 def test_a_here_document_is_part_of_its_command(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("<!-- example -->\n```\n$ python - <<'EOF'\nprint(6 * 7)\nEOF\n41\n$ echo done\ndone\n```\n")

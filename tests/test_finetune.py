@@ -102,6 +102,28 @@ def test_pictures_written_when_matplotlib_is_installed(reference):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
 
 
+def test_report_page_shows_the_misclassified_validation_images(reference, tmp_path):
+    pytest.importorskip("jinja2")
+    from tests.browser import cards_of, render
+
+    out, _ = reference
+    v = json.loads((out / "report.json").read_text())["validation"]
+    off_diagonal = sum(n for i, row in enumerate(v["confusion"]) for j, n in enumerate(row) if i != j)
+    assert len(v["misclassified"]) == off_diagonal
+    page = out / "report.html"
+    html = page.read_text("utf-8")
+    assert "http:" not in html and "https:" not in html
+    if (out / "confusion.png").exists():
+        assert html.count('src="data:image/png;base64,') == 2  # the curves and the confusion matrix, embedded
+    cards = cards_of(html)
+    assert sorted(c["title"] for c in cards) == sorted(m["path"] for m in v["misclassified"])
+    for card, entry in zip(cards, sorted(v["misclassified"], key=lambda m: -m["score"])):
+        assert card["title"] == entry["path"] and card["thumb"]
+        assert f"true: {entry['true']}" in card["note"] and f"predicted: {entry['predicted']}" in card["note"]
+    shown = render(page)
+    assert shown.console == [] and len(cards_of(shown.dom)) == len(cards)
+
+
 def test_transformers_and_classify_give_the_same_predictions(reference, photos, dataset):
     transformers = pytest.importorskip("transformers")
     import torch

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from effnet_cli.host import EFFNET_VERSION
-from effnet_cli.cli import classify, config_cmd, convert, dedupe, embed, export, finetune, similar
+from effnet_cli.cli import classify, config_cmd, convert, dedupe, embed, explain, export, finetune, similar
 from effnet_cli.cli.render import Command
 
 app = typer.Typer(
@@ -58,6 +58,7 @@ app.command("finetune", cls=Command)(finetune.finetune)
 app.command("index", cls=Command)(similar.index)
 app.command("search", cls=Command)(similar.search)
 app.command("dedupe", cls=Command)(dedupe.dedupe)
+app.command("explain", cls=Command)(explain.explain)
 app.add_typer(config_cmd.app, name="config")
 
 

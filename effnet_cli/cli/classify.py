@@ -64,6 +64,7 @@ def classify(
                                              help="Drop predictions scoring below this (0-1).")] = 0.0,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Label names: one per line, or JSON.")] = None,
     output: OutputFile = None,
+    report: opt.Report = None,
     overwrite: opt.Overwrite = False,
     output_dir: opt.OutputDir = None,
     shard_size: opt.ShardSize = None,
@@ -105,7 +106,7 @@ def classify(
     worker died), 2 usage error.
     """
     started = time.monotonic()
-    output, fmt = _check_arguments(inputs, output, format, output_dir, resume, overwrite, labels)  # before any import
+    output, fmt = _check_arguments(inputs, output, format, output_dir, resume, overwrite, labels, report)
     probe_hub_early(variant, model)
     from effnet_cli.cli import sharded
 
@@ -117,6 +118,7 @@ def classify(
     names = read_labels(labels) if labels is not None else None
     options = EngineOptions.from_args(locals(), exact_decode=exact, backend=backend.value)
     run = RunOptions(batch_size=batch_size, top_k=top_k, threshold=threshold, labels=names)
+    page = _report(report, options, max_pixels)
     show = progress_enabled(progress, quiet)
     if output_dir is not None:
         # The output's lock first: a second run on the same directory is refused before it reads or loads anything.
@@ -130,18 +132,26 @@ def classify(
             return sharded.run(job, engine, spec, run, scale, workers=workers, quiet=quiet, show=show, started=started)
     paths = stream_inputs(inputs, null, partition)  # stdout and -o: read as the run goes
     if output is not None:
-        return _classify_to_file(options, paths, output, fmt, overwrite, run, workers, quiet, show, started)
+        return _classify_to_file(options, paths, output, fmt, overwrite, run, workers, quiet, show, started, page)
+    return _classify_streaming(options, paths, fmt, run, workers, quiet, show, started, page)
+
+
+def _classify_streaming(options: EngineOptions, paths: InputStream, fmt: str | None, run: RunOptions,
+                        workers: int | None, quiet: bool, show: bool, started: float, page: Any) -> int:
+    """Load the model and classify to stdout: a table on a terminal, else jsonl, unless --format says."""
     engine = load_engine(options, inputs=paths.total)
-    _check_model(engine, None, top_k, quiet)
+    _check_model(engine, None, run.top_k, quiet)
     fmt = fmt or (Format.table if sys.stdout.isatty() else Format.jsonl).value
-    return _classify_to_stdout(engine, paths, fmt, run.with_workers(resolve_workers(workers)), quiet, show, started)
+    return _classify_to_stdout(engine, paths, fmt, run.with_workers(resolve_workers(workers)), quiet, show, started,
+                               page=page)
 
 
 SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 
 
 def _check_arguments(inputs: list[str], output: Path | None, format: Format | None, output_dir: Path | None,
-                     resume: bool, overwrite: bool, labels: Path | None) -> tuple[Path | None, str | None]:
+                     resume: bool, overwrite: bool, labels: Path | None,
+                     report: Path | None = None) -> tuple[Path | None, str | None]:
     """The usage errors the arguments alone decide; ``-o``'s file (its suffix added if needed) and the format."""
     require_inputs(inputs)
     if labels is not None and not labels.is_file():
@@ -153,8 +163,10 @@ def _check_arguments(inputs: list[str], output: Path | None, format: Format | No
     if resume and output_dir is None:
         raise InputError("--resume continues an --output-dir run; stdout and -o output cannot be resumed "
                          "(rerun with --overwrite).")
-    if overwrite and output is None:
-        raise InputError("--overwrite replaces the file -o names; add -o FILE (--output-dir runs take --resume).")
+    if overwrite and output is None and report is None:
+        raise InputError("--overwrite replaces the file -o names or the page --report names; add -o FILE or "
+                         "--report PAGE.html (--output-dir runs take --resume).")
+    _check_report(report, output_dir, overwrite)
     if output is None:
         return None, None if format is None else format.value
     if format is Format.table:
@@ -168,6 +180,26 @@ def _check_arguments(inputs: list[str], output: Path | None, format: Format | No
         info_line(f"writing {display_path(output)} (-o takes the suffix of its format)")
     _check_file_output(output, overwrite)
     return output, fmt
+
+
+def _check_report(report: Path | None, output_dir: Path | None, overwrite: bool) -> None:
+    """--report's usage errors: not with --output-dir, an existing page only with --overwrite, Jinja2 installed."""
+    if report is None:
+        return
+    if output_dir is not None:
+        raise InputError("--report writes one page for a run to stdout or -o; --output-dir runs have none.")
+    from effnet_cli.report.page import check_page
+
+    check_page(report, overwrite=overwrite)
+
+
+def _report(report: Path | None, options: EngineOptions, max_pixels: int | None) -> Any:
+    """The page ``--report`` asks for, filled as the records go out (None without it)."""
+    if report is None:
+        return None
+    from effnet_cli.report.classify import ClassifyReport
+
+    return ClassifyReport(report, model=options.name, max_pixels=max_pixels)
 
 
 def _check_file_output(output: Path, overwrite: bool) -> None:
@@ -190,7 +222,8 @@ def _check_model(engine: Any, names: list[str] | None, top_k: int, quiet: bool) 
 
 
 def _classify_to_file(options: EngineOptions, paths: InputStream, output: Path, fmt: str, overwrite: bool,
-                      run: RunOptions, workers: int | None, quiet: bool, show: bool, started: float) -> int:
+                      run: RunOptions, workers: int | None, quiet: bool, show: bool, started: float,
+                      page: Any = None) -> int:
     """The records of ``_classify_to_stdout`` in ``output``, published whole (temporary, fsync, rename) at the end."""
     from effnet_cli.cli.sharded import output_lock
 
@@ -200,22 +233,24 @@ def _classify_to_file(options: EngineOptions, paths: InputStream, output: Path, 
         engine = load_engine(options, inputs=paths.total)
         _check_model(engine, None, run.top_k, quiet)
         return _write_records(engine, paths, output, fmt, run.with_workers(resolve_workers(workers)), quiet, show,
-                              started)
+                              started, page)
 
 
 def _write_records(engine: Any, paths: InputStream, output: Path, fmt: str, run: RunOptions, quiet: bool,
-                   show: bool, started: float) -> int:
+                   show: bool, started: float, page: Any = None) -> int:
     from effnet_cli.output import atomic_file
 
     with atomic_file(output, text=True) as stream:
         status = _classify_to_stdout(engine, paths, fmt, run, quiet, show, started, stream=stream,
-                                     where=f"{fmt} in {display_path(output)}")
+                                     where=f"{fmt} in {display_path(output)}", page=page)
     return status
 
 
 def _classify_to_stdout(engine: Any, paths: InputStream, fmt: str, run: RunOptions, quiet: bool, show: bool,
-                        started: float, stream: Any = None, where: str | None = None) -> int:
+                        started: float, stream: Any = None, where: str | None = None, page: Any = None) -> int:
     """Classify ``paths`` to stdout (or ``stream``) as tables or records, one batch at a time; the exit status.
+
+    ``page`` (``--report``) hears every batch and is written once all inputs are done (not when interrupted).
 
     The inputs come in chunks (each with its own decode workers), so memory does not grow with their number.
     """
@@ -240,6 +275,8 @@ def _classify_to_stdout(engine: Any, paths: InputStream, fmt: str, run: RunOptio
                         shown += console is not None
                     if writer is not None:
                         writer.write(results)
+                    if page is not None:
+                        page.add(results)
                     done += len(results)
                     advance(len(results), total=paths.total)
     except KeyboardInterrupt:
@@ -254,5 +291,7 @@ def _classify_to_stdout(engine: Any, paths: InputStream, fmt: str, run: RunOptio
         return EXIT_INTERRUPTED
     if writer is not None:
         writer.close()
+    if page is not None:
+        page.write()
     summary_line("classified", done, failed, where or f"{fmt} on stdout", time.monotonic() - started, quiet)
     return EXIT_SOME_FAILED if failed else EXIT_OK

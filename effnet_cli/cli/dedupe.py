@@ -52,7 +52,7 @@ def dedupe(
     batch_size: opt.BatchSize = 16,
     workers: opt.Workers = None,
     backend: opt.BackendOpt = opt.BackendKind.auto,
-    quiet: opt.Quiet = False,
+    quiet: opt.Quiet = False, report: opt.NewReport = None,
 ) -> int:
     """Groups of near-duplicate images (re-encoded, resized, cropped, brightened copies).
 
@@ -99,7 +99,7 @@ def dedupe(
             report_failure(failure, quiet)
     groups = find_groups(vectors, entries, threshold=threshold, keep=keep.value)
     fmt = (format.value if format is not None else None) or ("table" if sys.stdout.isatty() else "jsonl")
-    _render(groups, fmt, null)
+    _render(groups, fmt, null, report)
     if not quiet:
         removable = sum(len(g.removable) for g in groups)
         info_line(f"{len(groups):,} group{'s' if len(groups) != 1 else ''} of near-duplicates among "
@@ -122,7 +122,10 @@ def _records(groups: list[Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _render(groups: list[Any], fmt: str, null: bool) -> None:
+def _render(groups: list[Any], fmt: str, null: bool, report: Any = None) -> None:
+    from effnet_cli.report.dedupe import write_dedupe_report
+
+    write_dedupe_report(report, groups)  # --report: the page first, then the records
     if fmt == "paths":
         out = sys.stdout.buffer
         import os

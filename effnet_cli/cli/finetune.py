@@ -243,7 +243,7 @@ def render_report(metrics: dict[str, Any], output: Path) -> None:
         for name, row in zip(classes, v["confusion"]):
             matrix.add_row(name, *[str(c) if c else "." for c in row])
         stderr.print(matrix)
-    pictures = [n for n in ("curves.png", "confusion.png") if (output / n).is_file()]
+    pictures = [n for n in ("curves.png", "confusion.png", "report.html") if (output / n).is_file()]
     if pictures:
         stderr.print(f"pictures: {', '.join(str(output / n) for n in pictures)}", markup=False, highlight=False)
 

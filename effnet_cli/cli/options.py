@@ -127,5 +127,22 @@ RayActors = Annotated[Optional[int], typer.Option(
                                 "else half its CPUs]", rich_help_panel=SCALE_PANEL, show_default=False)]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run of the same command instead of starting over.")]
+Report = Annotated[Optional[Path], typer.Option(
+    "--report", metavar="PAGE.html", show_default=False,
+    help="Also write a self-contained HTML page of the results: thumbnails, labels and scores, no network needed "
+         "(needs Jinja2). The records are written as without it.")]
+
+
+def _new_page(path: Optional[Path]) -> Optional[Path]:
+    """A ``--report`` page that must not exist yet, checked as the option is parsed (before any work)."""
+    from effnet_cli.report.page import check_page
+
+    return check_page(path)
+
+
+NewReport = Annotated[Optional[Path], typer.Option(
+    "--report", metavar="PAGE.html", show_default=False, callback=_new_page,
+    help="Also write a self-contained HTML page of the results (thumbnails embedded, no network needed; needs "
+         "Jinja2). The records are written as without it.")]
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Replace an existing output (only files effnet wrote).")]

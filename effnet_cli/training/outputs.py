@@ -8,12 +8,15 @@ from typing import Any
 import torch
 
 from effnet_cli.errors import InputError
+from effnet_cli.records.pathtext import path_fields
+from effnet_cli.report.finetune import finetune_page
 from effnet_cli.training.dataset import Samples
 from effnet_cli.training.inputs import open_kwargs_for
 from effnet_cli.training.report import evaluate, plot_confusion, plot_curves
 from effnet_cli.training.state import Running, TrainState
 
 REPORT = "report.json"
+REPORT_PAGE = "report.html"
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion.png"
 
@@ -68,9 +71,20 @@ def final_report(state: TrainState) -> dict[str, Any]:
                               "skipped_files": len(split.errors)}
     if split.val is not None and len(split.val):
         logits = _predict(state, split.val)
-        report["validation"] = evaluate(logits, torch.tensor(split.targets(split.val)), split.classes)
+        targets = torch.tensor(split.targets(split.val))
+        report["validation"] = evaluate(logits, targets, split.classes)
+        report["validation"]["misclassified"] = misclassified(split.val.paths, logits, targets, split.classes)
     return report
 
+
+def misclassified(paths: list[str], logits: torch.Tensor, targets: torch.Tensor,
+                  classes: list[str]) -> list[dict[str, Any]]:
+    """The validation images whose top-1 class is wrong: path, true and predicted class, the prediction's score."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    scores, predicted = probs.max(dim=-1)
+    return [{**path_fields(paths[i]), "true": classes[int(targets[i])], "predicted": classes[int(predicted[i])],
+             "score": float(scores[i])}
+            for i in range(len(paths)) if int(predicted[i]) != int(targets[i])]
 
 
 def write_outputs(state: TrainState, final: dict[str, Any]) -> None:
@@ -94,5 +108,8 @@ def write_outputs(state: TrainState, final: dict[str, Any]) -> None:
     picture = plot_confusion(confusion, state.split.classes) if confusion else None
     if picture is not None:
         out.write(CONFUSION_PNG, picture)
+    page = finetune_page(final, curves, picture, state.split.classes)
+    if page is not None:  # without Jinja2 the directory holds everything else
+        out.write(REPORT_PAGE, page.encode("utf-8"))
 
 
