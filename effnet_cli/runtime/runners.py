@@ -217,14 +217,14 @@ class OpenVinoRunner:
             # One slice: a synchronous call on one request, without the queue's callback round trip.
             request = self._request or self.compiled.create_infer_request()
             self._request = request
-            request.infer({0: x})
+            request.infer({0: x}, share_inputs=True)  # x outlives the call: no copy of the batch
             return {name: request.get_output_tensor(i).data.copy() for name, i in zip(outputs, indices)}
         # A fixed-batch export takes its batch whole; a dynamic one is split over the infer requests.
         split = self.compiled.inputs[0].get_partial_shape()[0].is_dynamic and len(x) > 1
         slices = np.array_split(x, min(self.requests, len(x))) if split else [x]
         self._results = {}
         for key, part in enumerate(slices):
-            self.queue.start_async({0: part}, (key, indices))
+            self.queue.start_async({0: part}, (key, indices), share_inputs=True)  # slices of x, alive to wait_all
         self.queue.wait_all()
         parts = [self._results[k] for k in range(len(slices))]
         return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(outputs)}
