@@ -241,7 +241,7 @@ def search(
     embedded with the index's model. Records: query, rank, path, score (cosine similarity).
     Exit status: 0 all queries answered, 1 some could not be read, 2 usage error.
     """
-    from effnet_cli.similar.query import search_index
+    from effnet_cli.similar.query import approximate_of, search_index
     from effnet_cli.similar.store import read_index
 
     started = time.monotonic()
@@ -253,12 +253,16 @@ def search(
     # The index's own model, dtype and decoding embed the queries (see _embedder).
     args = {**locals(), "variant": None, "model": None, "revision": None, "exact_decode": True,
             "dtype": opt.DType.float32}
-    results = search_index(stored, paths, k, _embedder(args, stored, stored.settings["features"]))
+    approximate, note = approximate_of(stored)
+    if note is not None and not quiet:
+        info_line(note)
+    results = search_index(stored, paths, k, _embedder(args, stored, stored.settings["features"]), approximate)
     fmt = (format.value if format is not None else None) or ("table" if sys.stdout.isatty() else "jsonl")
     failed = _render_search(results, fmt, quiet)
     if not quiet:
         info_line(f"searched {len(paths)} quer{'ies' if len(paths) != 1 else 'y'} ({failed} failed) against "
-                  f"{len(stored):,} images in {time.monotonic() - started:.1f} s")
+                  f"{len(stored):,} images{' (approximate index)' if approximate is not None else ''} in "
+                  f"{time.monotonic() - started:.1f} s")
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 

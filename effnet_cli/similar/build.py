@@ -18,6 +18,7 @@ import numpy as np
 
 from effnet_cli.output.settings import file_sha256
 from effnet_cli.records.results import Result
+from effnet_cli.similar.ann import wanted
 from effnet_cli.similar.features import embed_images
 from effnet_cli.similar.search import BLOCK_ROWS, normalise
 from effnet_cli.similar.store import Entry, IndexWriter, StoredIndex, check_index_settings
@@ -128,11 +129,14 @@ def update_index(directory: Path, engine: Any, settings: dict[str, Any], paths: 
     dropped: set[int] = set()
     pending = 0
 
-    def commit() -> None:
+    def commit(last: bool = False) -> None:
         kept = [(e, r) for e, r in keep if r not in dropped]
+        count = len(kept) + len(new_entries)
+        # The approximate index is built at the end of a run only: a checkpoint's commit leaves none, and
+        # search is exact (with a note) until a run completes.
         writer.commit([e for e, _ in kept] + new_entries,
-                      [*_old_blocks(old_vectors, [r for _, r in kept]), *new_blocks])
-        summary.count = len(kept) + len(new_entries)
+                      [*_old_blocks(old_vectors, [r for _, r in kept]), *new_blocks], approximate=last and wanted(count))
+        summary.count = count
 
     targets = [e.path for e in plan.embed]
     by_path = {e.path: e for e in plan.embed}
@@ -159,7 +163,11 @@ def update_index(directory: Path, engine: Any, settings: dict[str, Any], paths: 
             commit()
             pending = 0
     if pending or plan.removed or dropped or stored is None or writer.generation == 0:
-        commit()  # an unchanged index is not rewritten
-    else:
-        summary.count = len(keep)
+        commit(last=True)
+    else:  # nothing left to write (an unchanged index is not rewritten)
+        checkpointed = writer.generation != stored.generation  # a checkpoint's commit holds every row
+        summary.count = summary.count if checkpointed else len(keep)
+        if (checkpointed or stored.ann_file is None) and wanted(summary.count):
+            # after a checkpoint, a killed run's last commit, or faiss installed since
+            writer.add_approximate(writer.generation, summary.count)
     return summary

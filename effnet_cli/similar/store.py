@@ -8,6 +8,8 @@ An index is a directory holding
 - ``vectors-G.npy``: float32, one L2-normalised row per file, read memory-mapped (memory stays bounded).
 - ``manifest-G.jsonl``: one record per row, in row order: the path fields (:mod:`effnet_cli.records.pathtext`),
   the size and the modification time (ns) the file had when it was embedded, and a SHA-256 with ``--hash``.
+- ``ann-G.faiss`` (large indexes, :mod:`effnet_cli.similar.ann`): the approximate index of generation G's
+  vectors, named in ``index.json`` only when it was written for that generation, so it is never stale.
 
 A run that is killed leaves the last committed generation in force; the files of a generation it had
 begun are recognised by name and removed by the next writer, which holds the directory's lock.
@@ -37,7 +39,7 @@ __all__ = ["INDEX_FILE", "Entry", "IndexWriter", "StoredIndex", "check_index_set
 INDEX_FILE = "index.json"
 LOCK_FILE = ".effnet-index.lock"
 FORMAT = "effnet-index/1"
-_GENERATION_FILE = re.compile(r"^(vectors-\d+\.npy|manifest-\d+\.jsonl)$")
+_GENERATION_FILE = re.compile(r"^(vectors-\d+\.npy|manifest-\d+\.jsonl|ann-\d+\.faiss)$")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class StoredIndex:
     entries: list[Entry]
     vectors: np.ndarray
     generation: int
+    ann_file: str | None = None  # this generation's approximate index, when one was built
     rows_of: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -130,7 +133,10 @@ def read_index(directory: Path) -> StoredIndex:
     if len(entries) != len(vectors) or len(entries) != head["count"]:
         raise InputError(f"{display_path(directory)} is damaged: {len(entries)} manifest records, "
                          f"{len(vectors)} vectors; rebuild it with --overwrite.")
-    return StoredIndex(directory, head["settings"], entries, vectors, generation)
+    ann_file = head.get("ann")
+    if ann_file is not None and ann_file != ann_name(generation):
+        ann_file = None  # not this generation's: never searched
+    return StoredIndex(directory, head["settings"], entries, vectors, generation, ann_file)
 
 
 def check_index_settings(stored: StoredIndex, settings: Mapping[str, Any]) -> None:
@@ -150,8 +156,11 @@ class IndexWriter:
         self.generation = previous
         remove_unreferenced(self.directory, keep=previous)
 
-    def commit(self, entries: list[Entry], blocks: Iterable[np.ndarray]) -> int:
-        """Publish ``entries`` with their vectors (``blocks``, in row order) as the next generation."""
+    def commit(self, entries: list[Entry], blocks: Iterable[np.ndarray], *, approximate: bool = False) -> int:
+        """Publish ``entries`` with their vectors (``blocks``, in row order) as the next generation.
+
+        ``approximate``: also build and publish the generation's approximate index (before ``index.json``).
+        """
         generation = self.generation + 1
         vectors_path = self.directory / f"vectors-{generation}.npy"
         for stale in (vectors_path, self.directory / f"manifest-{generation}.jsonl"):
@@ -167,13 +176,31 @@ class IndexWriter:
         with atomic_file(self.directory / f"manifest-{generation}.jsonl", text=True) as fh:
             for entry in entries:
                 fh.write(json.dumps(entry.record(), ensure_ascii=False) + "\n")
-        head = {"format": FORMAT, "generation": generation, "count": len(entries), "dim": self.dim,
-                "settings": self.settings}
+        self._publish(generation, len(entries), approximate)
+        return generation
+
+    def add_approximate(self, generation: int, count: int) -> None:
+        """Build the approximate index of committed ``generation`` (``count`` rows) and republish ``index.json``."""
+        self._publish(generation, count, True)
+
+    def _publish(self, generation: int, count: int, approximate: bool) -> None:
+        head: dict[str, Any] = {"format": FORMAT, "generation": generation, "count": count, "dim": self.dim,
+                                "settings": self.settings}
+        if approximate and count:
+            from effnet_cli.similar.ann import build_ann, write_ann
+
+            vectors = np.load(self.directory / f"vectors-{generation}.npy", mmap_mode="r")
+            write_ann(build_ann(vectors), self.directory / ann_name(generation))
+            head["ann"] = ann_name(generation)
         write_text(self.directory / INDEX_FILE, json.dumps(head, indent=1, ensure_ascii=False) + "\n")
         fsync_dir(self.directory)
         self.generation = generation
         remove_unreferenced(self.directory, keep=generation)
-        return generation
+
+
+def ann_name(generation: int) -> str:
+    """The file name of generation ``generation``'s approximate index."""
+    return f"ann-{generation}.faiss"
 
 
 def remove_unreferenced(directory: Path, keep: int) -> None:
