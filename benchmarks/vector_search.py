@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--libraries", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/effnet-vector-search"))
     parser.add_argument("--json", help="write the rows here too")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds one library may take at one size")
     parser.add_argument("--child", nargs=2, metavar=("LIBRARY", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -172,8 +173,13 @@ def main() -> None:
     for n in args.sizes:
         path = prepare(args.data_dir, n, args.dim)
         for name in args.libraries:
-            done = subprocess.run([sys.executable, __file__, "--child", name, str(path)], capture_output=True,
-                                  text=True, check=False)
+            try:
+                done = subprocess.run([sys.executable, __file__, "--child", name, str(path)], capture_output=True,
+                                      text=True, check=False, timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                print(f"{n:>9,} {name:<14} did not finish within {args.timeout} s", flush=True)
+                rows.append({"library": name, "n": n, "dim": args.dim, "timed_out_s": args.timeout})
+                continue
             if done.returncode:
                 print(f"{n:>9,} {name:<14} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue

@@ -39,6 +39,26 @@ def test_approximate_search_equals_exact_on_small_data() -> None:
     assert all(own[i] not in rows[i] for i in range(40))
 
 
+def test_dedupe_groups_from_neighbours_equal_all_pairs_groups() -> None:
+    from effnet_cli.similar.ann import build_ann
+    from effnet_cli.similar.groups import find_groups
+    from effnet_cli.similar.search import normalise
+    from effnet_cli.similar.store import Entry
+
+    rng = np.random.default_rng(2)
+    pictures = _clustered(400, 64, 3)
+    copies = [pictures]
+    for strength in (0.05, 0.1, 0.2):  # altered copies of the first 150 pictures, at three strengths
+        copies.append(normalise(pictures[:150] + strength * rng.standard_normal((150, 64)).astype(np.float32)))
+    vectors = np.concatenate(copies)
+    entries = [Entry(f"/p/{i}.jpg", 1000 + i % 7, i) for i in range(len(vectors))]
+    exact = find_groups(vectors, entries, threshold=0.9)
+    near = find_groups(vectors, entries, threshold=0.9, approximate=build_ann(vectors))
+    assert len(exact) > 100 and max(len(g.members) for g in exact) >= 3  # many groups, some of several copies
+    assert [[m.path for m in g.members] for g in near] == [[m.path for m in g.members] for g in exact]
+    assert [g.keep for g in near] == [g.keep for g in exact]
+
+
 @pytest.fixture
 def altered(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"
@@ -77,6 +97,9 @@ def test_large_index_writes_uses_and_refreshes_its_approximate_index(
     exact, _ = _search(altered, exact_index)
     assert "(approximate index)" in shown
     assert _same(approximate, exact)
+    groups = [run(["dedupe", "--index", str(i), "--format", "jsonl"]) for i in (index, exact_index)]
+    assert groups[0].exit_code == 0 and groups[0].stdout.count("\n") >= 20  # the five pictures' copies grouped
+    assert groups[0].stdout == groups[1].stdout  # the neighbours' pairs give the all-pairs groups
     # An update: the approximate index is rebuilt for the new generation, the old one removed.
     (altered / "cat_brighter.jpg").unlink()
     shutil.copy(PHOTOS[0], altered / "extra.jpg")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,11 +22,12 @@ import numpy as np
 from effnet_cli.output.atomic import atomic_file
 from effnet_cli.similar.search import normalise
 
-__all__ = ["MIN_ROWS", "PROBE_SHARE", "RERANK", "available", "build_ann", "read_ann", "search_ann", "wanted", "write_ann"]
+__all__ = ["MIN_ROWS", "PROBE_SHARE", "RERANK", "NEIGHBOURS", "available", "build_ann", "pairs_near", "read_ann", "search_ann", "wanted", "write_ann"]
 
 MIN_ROWS = 200_000  # from the measurement: the exact scan passes ~0.1 s a query about here
 PROBE_SHARE = 2  # scan 1/2 of the inverted lists: recall@10 0.77 with 32 of 1,024, 0.99 with 512, 1.5 ms
 RERANK = 100  # candidates re-scored exactly; at least k of course
+NEIGHBOURS = 32  # dedupe: each row's candidate pairs (a bigger group is still joined through its members' links)
 _TRAIN_MAX = 65_536  # rows sampled to train the lists and the codes: 40 a list (faiss asks for 39)
 _MIN_TRAIN = 16  # fewer rows cannot train the 16 centres of a four-bit code
 _TRAIN_ITERATIONS = 10  # k-means iterations; the re-ranking makes up for rough centres
@@ -110,3 +112,20 @@ def search_ann(index: Any, vectors: np.ndarray, queries: np.ndarray, k: int,
         order = np.lexsort((rows, -scores))[:k]  # ties: the lower row, as the exact search
         best_rows[i, :len(order)], best_scores[i, :len(order)] = rows[order], scores[order]
     return best_rows, best_scores
+
+
+def pairs_near(index: Any, vectors: np.ndarray, threshold: float, k: int = NEIGHBOURS,
+               block_rows: int = 1024) -> Iterator[tuple[int, int, float]]:
+    """Pairs ``(i, j)``, ``i < j``, of rows at least ``threshold`` similar among each row's ``k`` approximate
+    neighbours: what :func:`effnet_cli.similar.search.pairs_above` finds, without comparing every pair.
+
+    A pair can come twice (from either row); the groups it joins do not change.
+    """
+    for start in range(0, len(vectors), block_rows):
+        block = np.asarray(vectors[start:start + block_rows], dtype=np.float32)
+        own = list(range(start, start + len(block)))
+        rows, scores = search_ann(index, vectors, block, min(k, len(vectors)), own)
+        for i, (found, score) in enumerate(zip(rows.tolist(), scores.tolist())):
+            for row, value in zip(found, score):
+                if row >= 0 and value >= threshold:
+                    yield min(own[i], row), max(own[i], row), value

@@ -135,4 +135,6 @@ class Index:
         """
         if threshold is None:
             threshold = default_threshold(self._stored.settings["features"])
-        return find_groups(self._stored.vectors, self._stored.entries, threshold=threshold, keep=keep)
+        approximate, _ = approximate_of(self._stored)  # a large index: candidate pairs from its neighbours
+        return find_groups(self._stored.vectors, self._stored.entries, threshold=threshold, keep=keep,
+                           approximate=approximate)
