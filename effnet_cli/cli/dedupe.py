@@ -97,8 +97,7 @@ def dedupe(
         entries, vectors, failures = embed_entries(_embedder(args, None, kind), paths)
         for failure in failures:
             report_failure(failure, quiet)
-    approximate = _approximate(stored, quiet)
-    groups = find_groups(vectors, entries, threshold=threshold, keep=keep.value, approximate=approximate)
+    groups = find_groups(vectors, entries, threshold=threshold, keep=keep.value, approximate=_approximate(stored, quiet))
     fmt = (format.value if format is not None else None) or ("table" if sys.stdout.isatty() else "jsonl")
     _render(groups, fmt, null)
     if not quiet:

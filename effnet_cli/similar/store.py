@@ -17,9 +17,11 @@ begun are recognised by name and removed by the next writer, which holds the dir
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +36,12 @@ from effnet_cli.output.npy import NpyAppender
 from effnet_cli.records.pathtext import display_path, path_fields, path_from_fields, split_records
 
 __all__ = ["INDEX_FILE", "Entry", "IndexWriter", "StoredIndex", "check_index_settings", "index_lock", "is_index",
-           "may_write", "read_index"]
+           "may_write", "read_index", "remove_staging", "staging_dir"]
 
 INDEX_FILE = "index.json"
 LOCK_FILE = ".effnet-index.lock"
 FORMAT = "effnet-index/1"
+STAGING_PREFIX = ".embed-"  # shards of the files a --devices or --engine ray run embeds, before their commit
 _GENERATION_FILE = re.compile(r"^(vectors-\d+\.npy|manifest-\d+\.jsonl|ann-\d+\.faiss)$")
 
 
@@ -93,9 +96,24 @@ def may_write(directory: Path) -> bool:
         names = os.listdir(directory)
     except OSError:
         return False
-    ours = [n for n in names if _GENERATION_FILE.match(n) or n == LOCK_FILE
+    ours = [n for n in names if _GENERATION_FILE.match(n) or n == LOCK_FILE or n.startswith(STAGING_PREFIX)
             or (n.startswith(".") and n.endswith(".part"))]
     return bool(ours) and len(ours) == len(names)
+
+
+def staging_dir(directory: Path, paths: list[str]) -> Path:
+    """Where a sharded run writes the rows of ``paths`` before they are committed: named by the list, so a rerun
+    over the same files resumes its shards, and a run over other files starts afresh."""
+    digest = hashlib.sha256("\0".join(paths).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return Path(directory) / f"{STAGING_PREFIX}{digest}"
+
+
+def remove_staging(directory: Path, keep: Path | None = None) -> None:
+    """Remove the staging directories of ours in ``directory`` but ``keep`` (the caller holds the lock)."""
+    for name in os.listdir(directory):
+        path = Path(directory) / name
+        if name.startswith(STAGING_PREFIX) and path != keep and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
 
 
 def index_lock(directory: Path) -> OutputLock:
