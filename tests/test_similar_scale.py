@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import PHOTOS
+from tests.test_ray import ray_session  # noqa: F401 - the fixture
 from tests.test_similar import _index, library  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow  # worker processes each load torch: tens of seconds on two cores
@@ -72,3 +73,15 @@ def test_killed_devices_index_run_leaves_the_index_usable_and_a_rerun_finishes(
     assert rerun.returncode == 0, rerun.stderr
     assert "added 30, updated 0, removed 0, kept 5" in rerun.stderr
     assert len(read_index(index)) == 35 and _staging(index) == []
+
+
+def test_ray_index_equals_one_process_index(ray_session, library: Path, tmp_path: Path, b0_small_dir: Path) -> None:
+    from effnet_cli.similar.store import read_index
+
+    one, on_ray = tmp_path / "one", tmp_path / "ray"
+    assert _index(library, one, b0_small_dir).exit_code == 0
+    done = _index(library, on_ray, b0_small_dir, "--engine", "ray")
+    assert done.exit_code == 0, done.stderr
+    a, b = read_index(one), read_index(on_ray)
+    assert a.entries == b.entries and a.settings == b.settings
+    np.testing.assert_allclose(np.asarray(a.vectors), np.asarray(b.vectors), atol=1e-4)  # layout rows on the actors
