@@ -11,7 +11,7 @@ import pytest
 
 from tests.cli_helpers import run
 from tests.conftest import PHOTOS
-from tests.test_similar import _index, altered_copies
+from tests.test_similar import _index, altered_copies, library  # noqa: F401 - the fixture
 
 faiss = pytest.importorskip("faiss")
 
@@ -60,13 +60,10 @@ def test_dedupe_groups_from_neighbours_equal_all_pairs_groups() -> None:
 
 
 @pytest.fixture
-def altered(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
+def altered(library: Path) -> Path:
     for photo in PHOTOS:
-        shutil.copy(photo, folder / photo.name)
-        altered_copies(photo, folder)
-    return folder  # 25 images
+        altered_copies(photo, library)
+    return library  # 25 images: each sample photo and four altered copies
 
 
 def _search(folder: Path, index: Path) -> tuple[list[dict], str]:
@@ -141,3 +138,4 @@ def test_stale_or_missing_approximate_index_is_not_used(
     monkeypatch.setattr(ann, "available", lambda: False)  # faiss not installed: exact, with a note
     hits, shown = _search(altered, index)
     assert "needs faiss-cpu" in shown and _same(hits, exact)
+    assert "no approximate index for 25 images: it needs faiss-cpu" in _index(altered, index, b0_small_dir).stderr

@@ -248,9 +248,19 @@ def _index_locked(inputs: list[str], output: Path, options: EngineOptions, featu
 
         remove_staging(output)  # committed: the shards have served
     if not quiet:
+        _note_approximate(summary.count)
         info_line(f"{summary.line()} in {time.monotonic() - started:.1f} s; {display_path(output)} holds "
                   f"{summary.count:,} image{'s' if summary.count != 1 else ''}")
     return EXIT_SOME_FAILED if summary.failures else EXIT_OK
+
+
+def _note_approximate(count: int) -> None:
+    """One line when an index large enough for an approximate index gets none: faiss-cpu is missing."""
+    from effnet_cli.similar import ann
+
+    if count >= ann.MIN_ROWS and not ann.available():
+        info_line(f"no approximate index for {count:,} images: it needs faiss-cpu (pip install 'effnet[similar]'); "
+                  f"search stays exact")
 
 
 def _embedder(args: dict[str, Any], stored: Any, features: str) -> Any:
