@@ -24,7 +24,7 @@ from effnet_cli.similar.search import normalise
 
 __all__ = ["MIN_ROWS", "PROBE_SHARE", "RERANK", "NEIGHBOURS", "available", "build_ann", "pairs_near", "read_ann", "search_ann", "wanted", "write_ann"]
 
-MIN_ROWS = 200_000  # from the measurement: the exact scan passes ~0.1 s a query about here
+MIN_ROWS = 200_000  # from the measurement: where the exact scan reaches 50-100 ms a query
 PROBE_SHARE = 2  # scan 1/2 of the inverted lists: recall@10 0.77 with 32 of 1,024, 0.99 with 512, 1.5 ms
 RERANK = 100  # candidates re-scored exactly; at least k of course
 NEIGHBOURS = 32  # dedupe: each row's candidate pairs (a bigger group is still joined through its members' links)
