@@ -167,7 +167,7 @@ def index(
     preprocessing is refused. The index is committed atomically every --checkpoint images: a killed
     run leaves a usable index, and the same command finishes it. With --devices or --engine ray the
     files to embed are written as resumable shards inside the index (as `embed --output-dir` writes
-    them) and committed once all are done.
+    them; no --output-dir is needed) and committed once all are done.
     Exit status: 0 all indexed, 1 some inputs failed, 2 usage error.
     """
     from effnet_cli.output import make_dir
