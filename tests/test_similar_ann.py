@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -139,3 +140,20 @@ def test_stale_or_missing_approximate_index_is_not_used(
     hits, shown = _search(altered, index)
     assert "needs faiss-cpu" in shown and _same(hits, exact)
     assert "no approximate index for 25 images: it needs faiss-cpu" in _index(altered, index, b0_small_dir).stderr
+
+
+def test_a_large_manifest_is_parsed_only_where_asked(tmp_path: Path) -> None:
+    from effnet_cli.output import make_dir
+    from effnet_cli.similar.store import Entry, IndexWriter, Manifest, index_lock, read_index
+
+    names = ["/p/a.jpg", "/p/a.jpg.jpg", "/p/line\nbreak.jpg", "/p/\u2028sep.jpg", os.fsdecode(b"/p/caf\xe9.jpg"),
+             os.fsdecode(b"/p/caf\xe8.jpg"), '/p/quote".jpg']
+    entries = [Entry(name, i, i) for i, name in enumerate(names)]
+    directory = tmp_path / "idx"
+    with index_lock(make_dir(directory)):
+        IndexWriter(directory, {"features": "head"}, 4, 0).commit(entries, [np.eye(len(names), 4, dtype=np.float32)])
+    stored = read_index(directory)
+    assert isinstance(stored.entries, Manifest) and len(stored) == len(names)
+    assert list(stored.entries) == entries and stored.entries[-1] == entries[-1]
+    assert [stored.row_of(name) for name in names] == list(range(len(names)))  # each found in the bytes
+    assert stored.row_of("/p/a") is None and stored.row_of("/p/line") is None

@@ -34,7 +34,7 @@ def test_devices_index_equals_one_process_index(library: Path, tmp_path: Path, b
     assert done.exit_code == 0, done.stderr
     assert "added 5, updated 0, removed 0, kept 0" in done.stderr
     a, b = read_index(one), read_index(two)
-    assert a.entries == b.entries and a.settings == b.settings  # same manifest, same recorded settings
+    assert list(a.entries) == list(b.entries) and a.settings == b.settings  # same manifest, same recorded settings
     np.testing.assert_allclose(np.asarray(a.vectors), np.asarray(b.vectors), atol=1e-4)
     assert _staging(two) == []  # the shards are removed once committed
     shutil.copy(PHOTOS[0], library / "copy.jpg")  # an update on devices embeds only the new file
@@ -68,7 +68,7 @@ def test_killed_devices_index_run_leaves_the_index_usable_and_a_rerun_finishes(
     [staging] = _staging(index)
     assert len(list(staging.glob("_done_emb_*"))) >= 2  # finished shards, kept for the rerun
     after_kill = read_index(index)  # the previous index, whole and usable
-    assert after_kill.entries == before.entries and after_kill.generation == before.generation
+    assert list(after_kill.entries) == list(before.entries) and after_kill.generation == before.generation
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "added 30, updated 0, removed 0, kept 5" in rerun.stderr
@@ -83,5 +83,5 @@ def test_ray_index_equals_one_process_index(ray_session, library: Path, tmp_path
     done = _index(library, on_ray, b0_small_dir, "--engine", "ray")
     assert done.exit_code == 0, done.stderr
     a, b = read_index(one), read_index(on_ray)
-    assert a.entries == b.entries and a.settings == b.settings
+    assert list(a.entries) == list(b.entries) and a.settings == b.settings
     np.testing.assert_allclose(np.asarray(a.vectors), np.asarray(b.vectors), atol=1e-4)  # layout rows on the actors

@@ -104,8 +104,7 @@ def search_index(stored: StoredIndex, queries: Sequence[str], k: int, embed: Emb
     embedded (``embed`` is only called when there is one), and one that cannot be decoded gets its error.
     ``approximate``: the index's approximate index (:func:`approximate_of`); None: exact search.
     """
-    rows_of = stored.rows_of
-    own = {q: rows_of.get(os.path.abspath(q)) for q in queries}
+    own = {q: stored.row_of(os.path.abspath(q)) for q in queries}
     fresh = [q for q in queries if own[q] is None]
     vectors: dict[str, np.ndarray] = {q: np.asarray(stored.vectors[own[q]]) for q in queries if own[q] is not None}
     errors: dict[str, str] = {}
