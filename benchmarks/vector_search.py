@@ -7,6 +7,9 @@ build time, median query time (one query at a time, k = 10), recall@10 against t
 
     python benchmarks/vector_search.py --sizes 10000 1000000 --data-dir /tmp/vs --json results.json
 
+``--cli`` also writes an index directory of each size's vectors (with its approximate index) and times
+``effnet search`` on it end to end.
+
 Needs ``pip install faiss-cpu usearch voyager`` (or ``--libraries`` naming the ones installed).
 ``effnet IVF-PQ`` is what ``effnet index`` builds (effnet_cli/similar/ann.py), re-ranked on the memory map.
 """
@@ -25,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 K, QUERIES, CHUNK = 10, 100, 50_000
+COMMAND = "effnet search (command)"
 Search = Callable[[np.ndarray], np.ndarray]
 
 
@@ -155,6 +159,44 @@ def prepare(data_dir: Path, n: int, dim: int) -> Path:
     return path
 
 
+def cli_search(data_dir: Path, data_path: Path) -> dict[str, Any]:
+    """``effnet search`` end to end on an index directory holding the vectors (and their approximate index):
+    two queries that are indexed files (their stored vectors; no model is loaded), wall time and peak RSS."""
+    from effnet_cli.output import make_dir
+    from effnet_cli.similar.store import Entry, IndexWriter, index_lock, is_index
+
+    data = np.load(data_path, mmap_mode="r")
+    directory = data_dir / f"index-{len(data)}x{data.shape[1]}"
+    queries = [data_dir / f"query{i}.jpg" for i in range(2)]
+    for query in queries:
+        query.write_bytes(b"an indexed file")  # effnet search reads its stored vector, not the file
+    if not is_index(directory):
+        entries = [Entry(str(queries[i]) if i < len(queries) else f"/photos/{i:07d}.jpg", 1, 1)
+                   for i in range(len(data))]
+        with index_lock(make_dir(directory)):
+            IndexWriter(directory, {"features": "head", "dim": data.shape[1]}, data.shape[1], 0).commit(
+                entries, (data[s:s + CHUNK] for s in range(0, len(data), CHUNK)), approximate=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "effnet_cli", "search", *map(str, queries), "--index", str(directory),
+                    "-k", str(K), "--format", "jsonl"], check=True, capture_output=True)
+    return {"n": len(data), "wall_s": time.perf_counter() - start,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def _run_child(name: str, path: Path, n: int, args: argparse.Namespace) -> dict[str, Any] | None:
+    """One measurement in a process of its own: its row, or None (said on stdout) when it failed."""
+    try:
+        done = subprocess.run([sys.executable, __file__, "--child", name, str(path)], capture_output=True,
+                              text=True, check=False, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        print(f"{n:>9,} {name:<14} did not finish within {args.timeout} s", flush=True)
+        return {"library": name, "n": n, "dim": args.dim, "timed_out_s": args.timeout}
+    if done.returncode:
+        print(f"{n:>9,} {name:<14} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
@@ -163,30 +205,30 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/effnet-vector-search"))
     parser.add_argument("--json", help="write the rows here too")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one library may take at one size")
+    parser.add_argument("--cli", action="store_true", help="also time `effnet search` end to end at each size")
     parser.add_argument("--child", nargs=2, metavar=("LIBRARY", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child[0], Path(args.child[1]))))
+        name, path = args.child[0], Path(args.child[1])
+        row = {"library": name, **cli_search(path.parent, path)} if name == COMMAND else measure(name, path)
+        print(json.dumps(row))
         return
     args.data_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.sizes:
         path = prepare(args.data_dir, n, args.dim)
-        for name in args.libraries:
-            try:
-                done = subprocess.run([sys.executable, __file__, "--child", name, str(path)], capture_output=True,
-                                      text=True, check=False, timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                print(f"{n:>9,} {name:<14} did not finish within {args.timeout} s", flush=True)
-                rows.append({"library": name, "n": n, "dim": args.dim, "timed_out_s": args.timeout})
+        for name in [*args.libraries, *([COMMAND] if args.cli else [])]:
+            row = _run_child(name, path, n, args)
+            if row is None:
                 continue
-            if done.returncode:
-                print(f"{n:>9,} {name:<14} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
-                continue
-            row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
+            if name == COMMAND:
+                print(f"{n:>9,} effnet search, 2 indexed queries: {row['wall_s']:.2f} s, "
+                      f"peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+                continue
             print(f"{n:>9,} {name:<14} build {row['build_s']:8.2f} s  query {row['query_ms']:8.3f} ms  "
-                  f"recall@10 {row['recall_at_10']:.3f}  peak RSS {row['peak_rss_mb']:.0f} MB  anon {row['anon_mb']:.0f} MB", flush=True)
+                  f"recall@10 {row['recall_at_10']:.3f}  peak RSS {row['peak_rss_mb']:.0f} MB  "
+                  f"anon {row['anon_mb']:.0f} MB", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=1)

@@ -146,7 +146,8 @@ def update_index(directory: Path, engine: Any, settings: dict[str, Any], paths: 
         # The approximate index is built at the end of a run only: a checkpoint's commit leaves none, and
         # search is exact (with a note) until a run completes.
         writer.commit([e for e, _ in kept] + new_entries,
-                      [*_old_blocks(old_vectors, [r for _, r in kept]), *new_blocks], approximate=last and wanted(count))
+                      [*_old_blocks(old_vectors, [r for _, r in kept]), *new_blocks],
+                      approximate=last and wanted(count))
         summary.count = count
 
     targets = [e.path for e in plan.embed]
