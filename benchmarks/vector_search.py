@@ -177,10 +177,22 @@ def cli_search(data_dir: Path, data_path: Path) -> dict[str, Any]:
             IndexWriter(directory, {"features": "head", "dim": data.shape[1]}, data.shape[1], 0).commit(
                 entries, (data[s:s + CHUNK] for s in range(0, len(data), CHUNK)), approximate=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "effnet_cli", "search", *map(str, queries), "--index", str(directory),
-                    "-k", str(K), "--format", "jsonl"], check=True, capture_output=True)
-    return {"n": len(data), "wall_s": time.perf_counter() - start,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    done = subprocess.run([sys.executable, "-c", _PEAK, "search", *map(str, queries), "--index", str(directory), "-k",
+                           str(K), "--format", "jsonl"], check=True, capture_output=True, text=True)
+    peak = int(done.stderr.rsplit("VmHWM:", 1)[1].split()[0])  # kB
+    return {"n": len(data), "wall_s": time.perf_counter() - start, "peak_rss_mb": peak / 1024}
+
+
+# effnet as its console script runs it, then its own peak RSS: the process's VmHWM (ru_maxrss would carry
+# over the peak of the process that started it, which held the vectors).
+_PEAK = """import sys
+from effnet_cli.cli.app import main
+sys.argv[0] = "effnet"
+try:
+    main()
+finally:
+    print([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0], file=sys.stderr)
+"""
 
 
 def _run_child(name: str, path: Path, n: int, args: argparse.Namespace) -> dict[str, Any] | None:
