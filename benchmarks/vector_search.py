@@ -7,7 +7,8 @@ build time, median query time (one query at a time, k = 10), recall@10 against t
 
     python benchmarks/vector_search.py --sizes 10000 1000000 --data-dir /tmp/vs --json results.json
 
-``--cli`` also writes an index directory of each size's vectors (with its approximate index) and times
+``--dedupe N`` times dedupe's groups over N rows (half of them altered copies) from every pair against
+from each row's approximate neighbours. ``--cli`` also writes an index directory of each size's vectors (with its approximate index) and times
 ``effnet search`` on it end to end.
 
 Needs ``pip install faiss-cpu usearch voyager`` (or ``--libraries`` naming the ones installed).
@@ -195,6 +196,28 @@ finally:
 """
 
 
+def dedupe_groups(data_dir: Path, n: int, dim: int, threshold: float = 0.9) -> dict[str, Any]:
+    """``effnet dedupe``'s groups over ``n`` rows, half of them altered copies of the other half: every pair
+    compared (exact) against each row's approximate neighbours; the times and whether the groups agree."""
+    from effnet_cli.similar.ann import build_ann
+    from effnet_cli.similar.groups import find_groups
+    from effnet_cli.similar.search import normalise
+    from effnet_cli.similar.store import Entry
+
+    half = make_data(data_dir / f"vectors-{n // 2}x{dim}.npy", n // 2, dim)
+    noise = np.random.default_rng(2).standard_normal(half.shape).astype(np.float32) * 0.01
+    vectors = np.concatenate([half, normalise(np.asarray(half) + noise)])
+    entries = [Entry(f"/photos/{i}.jpg", i, i) for i in range(len(vectors))]
+    start = time.perf_counter()
+    exact = find_groups(vectors, entries, threshold=threshold)
+    exact_s = time.perf_counter() - start
+    start = time.perf_counter()
+    near = find_groups(vectors, entries, threshold=threshold, approximate=build_ann(vectors))
+    near_s = time.perf_counter() - start
+    same = [[m.path for m in g.members] for g in near] == [[m.path for m in g.members] for g in exact]
+    return {"n": len(vectors), "groups": len(exact), "all_pairs_s": exact_s, "neighbours_s": near_s, "same": same}
+
+
 def _run_child(name: str, path: Path, n: int, args: argparse.Namespace) -> dict[str, Any] | None:
     """One measurement in a process of its own: its row, or None (said on stdout) when it failed."""
     try:
@@ -217,6 +240,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/effnet-vector-search"))
     parser.add_argument("--json", help="write the rows here too")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one library may take at one size")
+    parser.add_argument("--dedupe", type=int, metavar="N", help="time dedupe's groups over N rows instead")
     parser.add_argument("--cli", action="store_true", help="also time `effnet search` end to end at each size")
     parser.add_argument("--child", nargs=2, metavar=("LIBRARY", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -226,6 +250,11 @@ def main() -> None:
         print(json.dumps(row))
         return
     args.data_dir.mkdir(parents=True, exist_ok=True)
+    if args.dedupe:
+        row = dedupe_groups(args.data_dir, args.dedupe, args.dim)
+        print(f"{row['n']:>9,} dedupe, {row['groups']:,} groups: every pair {row['all_pairs_s']:.1f} s, "
+              f"neighbours (index built included) {row['neighbours_s']:.1f} s, same groups: {row['same']}")
+        return
     rows = []
     for n in args.sizes:
         path = prepare(args.data_dir, n, args.dim)
