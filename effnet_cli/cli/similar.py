@@ -206,9 +206,9 @@ def _index_scale(args: dict[str, Any], output: Path, device: str, backend: str) 
 
 
 def _index_locked(inputs: list[str], output: Path, options: EngineOptions, features: str, scale: Any, *, null: bool,
-                  overwrite: bool,
-                  use_hash: bool, checkpoint: int, workers: int | None, quiet: bool, show: bool,
+                  overwrite: bool, use_hash: bool, checkpoint: int, workers: int | None, quiet: bool, show: bool,
                   started: float) -> int:
+    from effnet_cli.cli.sharded import ScaleOptions
     from effnet_cli.similar.build import update_index
     from effnet_cli.similar.query import index_settings
     from effnet_cli.similar.store import check_index_settings, is_index, read_index
@@ -218,8 +218,6 @@ def _index_locked(inputs: list[str], output: Path, options: EngineOptions, featu
     if stored is not None and overwrite:
         previous, stored = stored.generation, None
     paths = gather_inputs(inputs, null)
-    from effnet_cli.cli.sharded import ScaleOptions
-
     engine, spec = _index_spec(options, scale or ScaleOptions(), len(paths))
     settings = index_settings(engine, spec, features)
     if stored is not None:
