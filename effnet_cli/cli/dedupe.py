@@ -97,7 +97,7 @@ def dedupe(
         entries, vectors, failures = embed_entries(_embedder(args, None, kind), paths)
         for failure in failures:
             report_failure(failure, quiet)
-    groups = find_groups(vectors, entries, threshold=threshold, keep=keep.value)
+    groups = find_groups(vectors, entries, threshold=threshold, keep=keep.value, approximate=_approximate(stored, quiet))
     fmt = (format.value if format is not None else None) or ("table" if sys.stdout.isatty() else "jsonl")
     _render(groups, fmt, null, report)
     if not quiet:
@@ -106,6 +106,18 @@ def dedupe(
                   f"{len(entries):,} images ({removable:,} removable, threshold {threshold:g}) in "
                   f"{time.monotonic() - started:.1f} s; nothing was deleted")
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def _approximate(stored: Any, quiet: bool) -> Any:
+    """A large index's approximate index, whose neighbours give the candidate pairs (None: every pair compared)."""
+    if stored is None:
+        return None
+    from effnet_cli.similar.query import approximate_of
+
+    approximate, note = approximate_of(stored)
+    if note is not None and not quiet:
+        info_line(note.replace("exact search", "every pair compared", 1))
+    return approximate
 
 
 def _records(groups: list[Any]) -> list[dict[str, Any]]:

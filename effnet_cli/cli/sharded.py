@@ -224,6 +224,16 @@ def run(job: ShardJob, engine: Any, spec: EngineSpec, run_options: RunOptions, s
     return EXIT_SOME_FAILED if summary.failures else EXIT_OK
 
 
+def run_summary(job: ShardJob, engine: Any, spec: EngineSpec, run_options: RunOptions, scale: ScaleOptions, *,
+                workers: int | None, quiet: bool, show: bool) -> Any:
+    """As :func:`run`, holding the job's lock, without the closing lines: the :class:`Summary` (``effnet index``
+    commits the rows itself). A KeyboardInterrupt is the caller's."""
+    from effnet_cli.scale.shards import lock_output
+
+    with lock_output(job):
+        return _run_locked(job, engine, spec, run_options, scale, workers=workers, quiet=quiet, show=show)
+
+
 def _run_locked(job: ShardJob, engine: Any, spec: EngineSpec, run_options: RunOptions, scale: ScaleOptions, *,
                 workers: int | None, quiet: bool, show: bool) -> Any:
     """The job's :class:`Summary`, from this process, device workers or Ray."""

@@ -86,11 +86,40 @@ def _engine_options(args: dict[str, Any], features: str) -> EngineOptions:
                                    backend=backend, compile=False, revision=args.get("revision"))
 
 
-def _index_spec(options: EngineOptions, inputs: int) -> tuple[Any, Any]:
-    """The engine and the spec its settings are read from (the same ones ``embed`` records)."""
+def _index_spec(options: EngineOptions, scale: Any, inputs: int) -> tuple[Any, Any]:
+    """The engine and the spec its settings are read from (the same ones ``embed`` records), placed as ``embed``
+    places them for ``--devices`` and ``--engine ray``."""
     from effnet_cli.cli import sharded
 
-    return sharded.load(options, sharded.ScaleOptions(), inputs)
+    return sharded.load(options, scale, inputs)
+
+
+def _sharded_embedder(output: Path, engine: Any, spec: Any, scale: Any, features: str, settings: dict[str, Any], *,
+                      checkpoint: int, batch_size: int, workers: int | None, quiet: bool, show: bool) -> Any:
+    """``embed``'s engine for the files an index run embeds: shards of ``checkpoint`` rows in a staging directory
+    of the index (resumed by a rerun over the same files), read back for one commit."""
+    from dataclasses import replace
+
+    from effnet_cli.cli import sharded
+    from effnet_cli.output import make_dir
+    from effnet_cli.scale.shards import ShardJob
+    from effnet_cli.scale.spec import RunOptions
+    from effnet_cli.similar.build import staged_batches
+    from effnet_cli.similar.store import remove_staging, staging_dir
+
+    def embed(targets: list[str]) -> Any:
+        staging = staging_dir(output, targets)
+        remove_staging(output, keep=staging)  # another list's shards: files changed since that run
+        if not targets:
+            return iter(())
+        job = ShardJob(kind="embed", directory=make_dir(staging), paths=targets, total=len(targets),
+                       shard_size=checkpoint, settings=settings, resume=True, meta_format="jsonl")
+        run_options = RunOptions(batch_size=batch_size, normalize=features == "head", layout=features == "layout")
+        sharded.run_summary(job, engine, spec, run_options, replace(scale, output_dir=staging), workers=workers,
+                            quiet=quiet, show=show)
+        return staged_batches(staging)
+
+    return embed
 
 
 def index(
@@ -115,6 +144,10 @@ def index(
     workers: opt.Workers = None,
     exact_decode: opt.ExactDecode = None,
     backend: opt.BackendOpt = opt.BackendKind.auto,
+    devices: opt.Devices = None,
+    engine_kind: opt.EngineOpt = opt.EngineKind.local,
+    ray_address: opt.RayAddress = None,
+    ray_actors: opt.RayActors = None,
     quiet: opt.Quiet = False,
     progress: opt.Progress = None,
 ) -> int:
@@ -126,11 +159,15 @@ def index(
 
       find photos -name '*.jpg' -print0 | effnet index - -0 -o photos.index
 
+      effnet index photos/ -o photos.index --devices cuda:0,cuda:1
+
     Only new or changed files (size and modification time; --hash: and content) are embedded;
     indexed files that no longer exist are dropped; one line says what was done
     (added 10, updated 0, removed 1, kept 4,812). An index made with another model, dtype or
     preprocessing is refused. The index is committed atomically every --checkpoint images: a killed
-    run leaves a usable index, and the same command finishes it.
+    run leaves a usable index, and the same command finishes it. With --devices or --engine ray the
+    files to embed are written as resumable shards inside the index (as `embed --output-dir` writes
+    them; no --output-dir is needed) and committed once all are done.
     Exit status: 0 all indexed, 1 some inputs failed, 2 usage error.
     """
     from effnet_cli.output import make_dir
@@ -148,15 +185,30 @@ def index(
     kind = DEFAULT_FEATURES if features is None else features
     check_features(kind)
     options = _engine_options(locals(), kind)
+    scale = _index_scale(locals(), output, device, options.backend)
     show = progress_enabled(progress, quiet)
     with index_lock(make_dir(output)):
-        return _index_locked(inputs, output, options, kind, null=null, overwrite=overwrite, use_hash=use_hash,
+        return _index_locked(inputs, output, options, kind, scale, null=null, overwrite=overwrite, use_hash=use_hash,
                              checkpoint=checkpoint, workers=workers, quiet=quiet, show=show, started=started)
 
 
-def _index_locked(inputs: list[str], output: Path, options: EngineOptions, features: str, *, null: bool, overwrite: bool,
-                  use_hash: bool, checkpoint: int, workers: int | None, quiet: bool, show: bool,
+def _index_scale(args: dict[str, Any], output: Path, device: str, backend: str) -> Any:
+    """``--devices`` / ``--engine ray`` and their options, checked as ``embed`` checks them; None: this process."""
+    from effnet_cli.cli import sharded
+
+    scale = sharded.ScaleOptions.from_args({**args, "output_dir": output})
+    if scale.devices is None and scale.engine_kind is opt.EngineKind.local:
+        if scale.ray_address is not None or scale.ray_actors is not None:
+            raise InputError("--ray-address and --ray-actors only apply with --engine ray.")
+        return None
+    sharded.check_options(scale, device=device, backend=backend)
+    return scale
+
+
+def _index_locked(inputs: list[str], output: Path, options: EngineOptions, features: str, scale: Any, *, null: bool,
+                  overwrite: bool, use_hash: bool, checkpoint: int, workers: int | None, quiet: bool, show: bool,
                   started: float) -> int:
+    from effnet_cli.cli.sharded import ScaleOptions
     from effnet_cli.similar.build import update_index
     from effnet_cli.similar.query import index_settings
     from effnet_cli.similar.store import check_index_settings, is_index, read_index
@@ -166,11 +218,14 @@ def _index_locked(inputs: list[str], output: Path, options: EngineOptions, featu
     if stored is not None and overwrite:
         previous, stored = stored.generation, None
     paths = gather_inputs(inputs, null)
-    engine, spec = _index_spec(options, len(paths))
+    engine, spec = _index_spec(options, scale or ScaleOptions(), len(paths))
     settings = index_settings(engine, spec, features)
     if stored is not None:
         check_index_settings(stored, settings)  # before any image is read
-    with progress_bar(len(paths), show, "index") as advance:
+    embed = None if scale is None else _sharded_embedder(
+        output, engine, spec, scale, features, settings, checkpoint=checkpoint, batch_size=options.batch_size,
+        workers=workers, quiet=quiet, show=show)
+    with progress_bar(len(paths), show and embed is None, "index") as advance:
         def on_batch(results: list[Any]) -> None:
             for result in results:
                 if not result.ok:
@@ -180,15 +235,30 @@ def _index_locked(inputs: list[str], output: Path, options: EngineOptions, featu
         try:
             summary = update_index(output, engine, settings, paths, stored=stored, checkpoint=checkpoint,
                                    embed_kwargs={"batch_size": options.batch_size, "workers": resolve_workers(workers)},
-                                   use_hash=use_hash, on_batch=on_batch, previous_generation=previous)
+                                   use_hash=use_hash, on_batch=on_batch if embed is None else None,
+                                   previous_generation=previous, embed=embed)
         except KeyboardInterrupt:
             error_line(f"interrupted; {display_path(output)} keeps what was committed: rerun the same command "
                        f"to finish it")
             return EXIT_INTERRUPTED
+    if embed is not None:
+        from effnet_cli.similar.store import remove_staging
+
+        remove_staging(output)  # committed: the shards have served
     if not quiet:
+        _note_approximate(summary.count)
         info_line(f"{summary.line()} in {time.monotonic() - started:.1f} s; {display_path(output)} holds "
                   f"{summary.count:,} image{'s' if summary.count != 1 else ''}")
     return EXIT_SOME_FAILED if summary.failures else EXIT_OK
+
+
+def _note_approximate(count: int) -> None:
+    """One line when an index large enough for an approximate index gets none: faiss-cpu is missing."""
+    from effnet_cli.similar import ann
+
+    if count >= ann.MIN_ROWS and not ann.available():
+        info_line(f"no approximate index for {count:,} images: it needs faiss-cpu (pip install 'effnet[similar]'); "
+                  f"search stays exact")
 
 
 def _embedder(args: dict[str, Any], stored: Any, features: str) -> Any:
@@ -241,7 +311,7 @@ def search(
     embedded with the index's model. Records: query, rank, path, score (cosine similarity).
     Exit status: 0 all queries answered, 1 some could not be read, 2 usage error.
     """
-    from effnet_cli.similar.query import search_index
+    from effnet_cli.similar.query import approximate_of, search_index
     from effnet_cli.similar.store import read_index
 
     started = time.monotonic()
@@ -253,12 +323,16 @@ def search(
     # The index's own model, dtype and decoding embed the queries (see _embedder).
     args = {**locals(), "variant": None, "model": None, "revision": None, "exact_decode": True,
             "dtype": opt.DType.float32}
-    results = search_index(stored, paths, k, _embedder(args, stored, stored.settings["features"]))
+    approximate, note = approximate_of(stored)
+    if note is not None and not quiet:
+        info_line(note)
+    results = search_index(stored, paths, k, _embedder(args, stored, stored.settings["features"]), approximate)
     fmt = (format.value if format is not None else None) or ("table" if sys.stdout.isatty() else "jsonl")
     failed = _render_search(results, fmt, quiet)
     if not quiet:
         info_line(f"searched {len(paths)} quer{'ies' if len(paths) != 1 else 'y'} ({failed} failed) against "
-                  f"{len(stored):,} images in {time.monotonic() - started:.1f} s")
+                  f"{len(stored):,} images{' (approximate index)' if approximate is not None else ''} in "
+                  f"{time.monotonic() - started:.1f} s")
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 

@@ -415,7 +415,7 @@ def run_ray(job: ShardJob, spec: EngineSpec, engine: Any, run: RunOptions, *, ad
             redo = recompute(todo, engine, job.kind, run, on_recompute)
             batches = _ordered_batches(job.kind, todo, routed, results, redo)
             if job.kind == "embed":
-                return write_embed_shards(plan, batches, dim=engine.feature_dim(run.stage),
+                return write_embed_shards(plan, batches, dim=run.embed_width(engine),
                                           dtype=engine.output_numpy_dtype, on_progress=on_progress,
                                           on_failure=on_failure)
             return write_classify_shards(plan, batches, on_progress=on_progress, on_failure=on_failure)

@@ -102,9 +102,12 @@ def infer(engine: Any, kind: str, run: RunOptions, batch: dict[str, np.ndarray])
     out: dict[str, np.ndarray] = {"path": batch["path"], "error": errors}
     pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
     if kind == "embed":
-        dim = engine.feature_dim(run.stage)
-        features = np.zeros((len(errors), dim), dtype=np.float32)
-        if ok.any():
+        features = np.zeros((len(errors), run.embed_width(engine)), dtype=np.float32)
+        if ok.any() and run.layout:  # an index's rows
+            from effnet_cli.similar.features import layout_rows
+
+            features[ok] = layout_rows(engine, pixels)
+        elif ok.any():
             features[ok] = engine.features(pixels, pool=run.pool, stage=run.stage, normalize=run.normalize).numpy()
         out["features"] = features
     else:

@@ -59,10 +59,19 @@ class RunOptions:
     top_k: int = 5  # classify
     threshold: float = 0.0  # classify: drop predictions below it
     labels: list[str] | None = None  # classify: names replacing the model's own
+    layout: bool = False  # embed: `effnet index`'s layout rows (effnet_cli/similar/features.py), not pooled ones
 
     def with_workers(self, workers: int) -> RunOptions:
         """A copy with ``workers`` decode processes."""
         return replace(self, workers=workers)
+
+    def embed_width(self, engine: Any) -> int:
+        """The width of the rows this run embeds with ``engine``."""
+        if self.layout:
+            from effnet_cli.similar.features import feature_dim
+
+            return feature_dim(engine, "layout")
+        return int(engine.feature_dim(self.stage))
 
     def embed_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`effnet_cli.runtime.engine.embed_paths`."""

@@ -12,10 +12,11 @@ from effnet_cli.output import make_dir
 from effnet_cli.output.targets import check_dir
 from effnet_cli.records.results import EmbedBatch
 from effnet_cli.scale.spec import EngineSpec
+from effnet_cli.similar.ann import wanted
 from effnet_cli.similar.build import DEFAULT_CHECKPOINT, UpdateSummary, update_index
 from effnet_cli.similar.features import DEFAULT_FEATURES, embed_images, feature_dim
 from effnet_cli.similar.groups import Group, default_threshold, find_groups
-from effnet_cli.similar.query import QueryResult, index_settings, search_index, spec_of
+from effnet_cli.similar.query import QueryResult, approximate_of, index_settings, search_index, spec_of
 from effnet_cli.similar.store import IndexWriter, StoredIndex, index_lock, is_index, may_write, read_index
 
 __all__ = ["Index"]
@@ -98,7 +99,8 @@ class Index:
             stored = read_index(self.directory)
             keep = [i for i, e in enumerate(stored.entries) if e.path not in gone]
             writer = IndexWriter(self.directory, stored.settings, stored.settings["dim"], stored.generation)
-            writer.commit([stored.entries[i] for i in keep], [stored.vectors[keep]] if keep else [])
+            writer.commit([stored.entries[i] for i in keep], [stored.vectors[keep]] if keep else [],
+                          approximate=wanted(len(keep)))
             self._stored = read_index(self.directory)
         return len(stored) - len(keep)
 
@@ -123,7 +125,8 @@ class Index:
         """The ``k`` nearest indexed images of each query image (an indexed path uses its stored vector)."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}.")
-        return search_index(self._stored, [os.fspath(q) for q in queries], k, self._embed)
+        approximate, _ = approximate_of(self._stored)  # exact when there is none (small, or faiss missing)
+        return search_index(self._stored, [os.fspath(q) for q in queries], k, self._embed, approximate)
 
     def dedupe(self, threshold: float | None = None, keep: str = "largest") -> list[Group]:
         """Groups of near-duplicate indexed images; ``keep``: largest, oldest or first of each group.
@@ -132,4 +135,6 @@ class Index:
         """
         if threshold is None:
             threshold = default_threshold(self._stored.settings["features"])
-        return find_groups(self._stored.vectors, self._stored.entries, threshold=threshold, keep=keep)
+        approximate, _ = approximate_of(self._stored)  # a large index: candidate pairs from its neighbours
+        return find_groups(self._stored.vectors, self._stored.entries, threshold=threshold, keep=keep,
+                           approximate=approximate)

@@ -9,7 +9,7 @@ committed index is always usable, and the next run embeds only what is still mis
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from effnet_cli.output.settings import file_sha256
-from effnet_cli.records.results import Result
+from effnet_cli.records.results import EmbedBatch, Result
+from effnet_cli.similar.ann import wanted
 from effnet_cli.similar.features import embed_images
 from effnet_cli.similar.search import BLOCK_ROWS, normalise
 from effnet_cli.similar.store import Entry, IndexWriter, StoredIndex, check_index_settings
 
-__all__ = ["DEFAULT_CHECKPOINT", "UpdatePlan", "UpdateSummary", "plan_update", "update_index"]
+__all__ = ["DEFAULT_CHECKPOINT", "UpdatePlan", "UpdateSummary", "plan_update", "staged_batches", "update_index"]
 
 DEFAULT_CHECKPOINT = 1000  # new rows between commits: a kill loses at most this many embeddings
 
@@ -102,6 +103,15 @@ def plan_update(stored: StoredIndex | None, paths: Sequence[str], use_hash: bool
     return UpdatePlan(keep, embed, replaces, removed, len(keep) - len(replaces))
 
 
+def staged_batches(staging: Path) -> Iterator[EmbedBatch]:
+    """The rows a sharded run wrote to ``staging`` (every input accounted for), as one batch in input order."""
+    from effnet_cli.scale.shards import read_embeddings
+
+    vectors, records = read_embeddings(staging)
+    yield EmbedBatch([Result(position=r["index"], path=r["path"], row=r["row"], error=r["error"]) for r in records],
+                     vectors)
+
+
 def _old_blocks(vectors: np.ndarray, rows: list[int]) -> Iterator[np.ndarray]:
     for start in range(0, len(rows), BLOCK_ROWS):
         yield np.asarray(vectors[rows[start:start + BLOCK_ROWS]], dtype=np.float32)
@@ -110,11 +120,13 @@ def _old_blocks(vectors: np.ndarray, rows: list[int]) -> Iterator[np.ndarray]:
 def update_index(directory: Path, engine: Any, settings: dict[str, Any], paths: Sequence[str], *,
                  stored: StoredIndex | None, embed_kwargs: dict[str, Any], checkpoint: int = DEFAULT_CHECKPOINT,
                  use_hash: bool = False, on_batch: Callable[[list[Result]], None] | None = None,
-                 previous_generation: int = 0) -> UpdateSummary:
+                 previous_generation: int = 0,
+                 embed: Callable[[list[str]], Iterable[EmbedBatch]] | None = None) -> UpdateSummary:
     """Bring the index in ``directory`` up to date with ``paths``; the caller holds the directory's lock.
 
     ``stored``: the committed index to update (None: start empty, e.g. ``--overwrite``); its settings
     must equal ``settings``. ``on_batch`` sees each batch's records (progress, error lines).
+    ``embed``: computes the rows of the files to embed (a sharded run on devices or Ray); default: ``engine``.
     """
     if stored is not None:
         check_index_settings(stored, settings)
@@ -128,15 +140,21 @@ def update_index(directory: Path, engine: Any, settings: dict[str, Any], paths: 
     dropped: set[int] = set()
     pending = 0
 
-    def commit() -> None:
+    def commit(last: bool = False) -> None:
         kept = [(e, r) for e, r in keep if r not in dropped]
+        count = len(kept) + len(new_entries)
+        # The approximate index is built at the end of a run only: a checkpoint's commit leaves none, and
+        # search is exact (with a note) until a run completes.
         writer.commit([e for e, _ in kept] + new_entries,
-                      [*_old_blocks(old_vectors, [r for _, r in kept]), *new_blocks])
-        summary.count = len(kept) + len(new_entries)
+                      [*_old_blocks(old_vectors, [r for _, r in kept]), *new_blocks],
+                      approximate=last and wanted(count))
+        summary.count = count
 
     targets = [e.path for e in plan.embed]
     by_path = {e.path: e for e in plan.embed}
-    for batch in embed_images(engine, targets, settings["features"], **embed_kwargs):
+    batches = embed(targets) if embed is not None else embed_images(engine, targets, settings["features"],
+                                                                    **embed_kwargs)
+    for batch in batches:
         rows = normalise(batch.features)
         base = min((r.row for r in batch.results if r.row is not None), default=0)
         for result in batch.results:
@@ -159,7 +177,11 @@ def update_index(directory: Path, engine: Any, settings: dict[str, Any], paths: 
             commit()
             pending = 0
     if pending or plan.removed or dropped or stored is None or writer.generation == 0:
-        commit()  # an unchanged index is not rewritten
-    else:
-        summary.count = len(keep)
+        commit(last=True)
+    else:  # nothing left to write (an unchanged index is not rewritten)
+        checkpointed = writer.generation != stored.generation  # a checkpoint's commit holds every row
+        summary.count = summary.count if checkpointed else len(keep)
+        if (checkpointed or stored.ann_file is None) and wanted(summary.count):
+            # after a checkpoint, a killed run's last commit, or faiss installed since
+            writer.add_approximate(writer.generation, summary.count)
     return summary

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from effnet_cli.errors import InputError
+from effnet_cli.similar.ann import pairs_near
 from effnet_cli.similar.search import pairs_above
 from effnet_cli.similar.store import Entry
 
@@ -76,10 +78,17 @@ def check_dedupe_options(threshold: float, keep: str) -> None:
 
 
 def find_groups(vectors: np.ndarray, entries: Sequence[Entry], *, threshold: float = DEFAULT_THRESHOLDS["layout"],
-                keep: str = "largest") -> list[Group]:
-    """Groups of near-duplicates among ``entries`` (row i of ``vectors`` is entry i), in order of first member."""
+                keep: str = "largest", approximate: Any = None) -> list[Group]:
+    """Groups of near-duplicates among ``entries`` (row i of ``vectors`` is entry i), in order of first member.
+
+    ``approximate``: the index's approximate index; the candidate pairs are then each row's nearest
+    neighbours (:func:`effnet_cli.similar.ann.pairs_near`) instead of every pair of rows.
+    """
     check_dedupe_options(threshold, keep)
-    pairs = list(pairs_above(vectors, threshold))
+    if approximate is None:
+        pairs = list(pairs_above(vectors, threshold))
+    else:
+        pairs = list(pairs_near(approximate, vectors, threshold))
     groups = []
     for rows in _components(len(entries), pairs):
         members = [entries[r] for r in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,12 +12,14 @@ import numpy as np
 
 from effnet_cli.records.results import EmbedBatch, Result
 from effnet_cli.scale.spec import EngineSpec, run_settings
+from effnet_cli.records.pathtext import display_path
+from effnet_cli.similar import ann
 from effnet_cli.similar.build import entry_of
 from effnet_cli.similar.features import DEFAULT_FEATURES, feature_dim
 from effnet_cli.similar.search import normalise, top_k
 from effnet_cli.similar.store import Entry, StoredIndex
 
-__all__ = ["Hit", "QueryResult", "embed_entries", "index_settings", "search_index", "spec_of"]
+__all__ = ["Hit", "QueryResult", "approximate_of", "embed_entries", "index_settings", "search_index", "spec_of"]
 
 Embedder = Callable[[Sequence[str]], Iterator[EmbedBatch]]
 
@@ -75,14 +78,33 @@ def embed_entries(embed: Embedder, paths: Sequence[str]) -> tuple[list[Entry], n
     return entries, (np.stack(rows) if rows else np.zeros((0, width), np.float32)), failures
 
 
-def search_index(stored: StoredIndex, queries: Sequence[str], k: int, embed: Embedder) -> list[QueryResult]:
+def approximate_of(stored: StoredIndex) -> tuple[Any, str | None]:
+    """The approximate index to search ``stored`` with, or None and, for a large index, why search is exact."""
+    rebuild = f"`effnet index` on {display_path(stored.directory)} builds it"
+    if stored.ann_file is None:
+        if len(stored) < ann.MIN_ROWS:
+            return None, None  # small: the exact product is the choice, not a fallback
+        if not ann.available():
+            return None, (f"exact search over {len(stored):,} vectors: the approximate index needs faiss-cpu "
+                          f"(pip install 'effnet[similar]')")
+        return None, f"exact search over {len(stored):,} vectors: this index has no approximate index yet; {rebuild}"
+    if not ann.available():
+        return None, f"exact search: {stored.ann_file} needs faiss-cpu (pip install 'effnet[similar]')"
+    try:
+        return ann.read_ann(stored.directory / stored.ann_file, len(stored)), None
+    except (OSError, RuntimeError, ValueError) as exc:  # damaged or not this generation's: never trusted
+        return None, f"exact search: {stored.ann_file} cannot be used ({str(exc).splitlines()[0]}); {rebuild}"
+
+
+def search_index(stored: StoredIndex, queries: Sequence[str], k: int, embed: Embedder,
+                 approximate: Any = None) -> list[QueryResult]:
     """The ``k`` nearest indexed files of each query, in query order.
 
     A query already in the index uses its stored vector and is not its own neighbour; any other query is
     embedded (``embed`` is only called when there is one), and one that cannot be decoded gets its error.
+    ``approximate``: the index's approximate index (:func:`approximate_of`); None: exact search.
     """
-    rows_of = stored.rows_of
-    own = {q: rows_of.get(os.path.abspath(q)) for q in queries}
+    own = {q: stored.row_of(os.path.abspath(q)) for q in queries}
     fresh = [q for q in queries if own[q] is None]
     vectors: dict[str, np.ndarray] = {q: np.asarray(stored.vectors[own[q]]) for q in queries if own[q] is not None}
     errors: dict[str, str] = {}
@@ -98,7 +120,8 @@ def search_index(stored: StoredIndex, queries: Sequence[str], k: int, embed: Emb
     asked = [q for q in queries if q in vectors]
     found: dict[str, QueryResult] = {}
     if asked:
-        rows, scores = top_k(stored.vectors, np.stack([vectors[q] for q in asked]), k, [own[q] for q in asked])
+        nearest = top_k if approximate is None else partial(ann.search_ann, approximate)
+        rows, scores = nearest(stored.vectors, np.stack([vectors[q] for q in asked]), k, [own[q] for q in asked])
         for q, r, s in zip(asked, rows, scores):
             hits = [Hit(rank + 1, stored.entries[row].path, float(score))
                     for rank, (row, score) in enumerate(zip(r.tolist(), s.tolist())) if row >= 0]

@@ -92,8 +92,14 @@ def embed_into_shards(engine: Any, job: ShardJob, run: RunOptions, *, on_progres
     """
     from effnet_cli.runtime.paths import embed_paths
 
-    return _run(engine, job, lambda todo: embed_paths(engine, todo, **run.embed_kwargs()), on_plan,
-                dim=engine.feature_dim(run.stage), dtype=engine.output_numpy_dtype,
+    def batches_for(todo: list[str]) -> Any:
+        if run.layout:  # an index's rows: the one function that computes them
+            from effnet_cli.similar.features import embed_images
+
+            return embed_images(engine, todo, "layout", batch_size=run.batch_size, workers=run.workers)
+        return embed_paths(engine, todo, **run.embed_kwargs())
+
+    return _run(engine, job, batches_for, on_plan, dim=run.embed_width(engine), dtype=engine.output_numpy_dtype,
                 on_progress=on_progress, on_failure=on_failure)
 
 
