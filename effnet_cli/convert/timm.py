@@ -1,4 +1,5 @@
-"""timm's EfficientNets: ``efficientnet_b0…b7``, ``tf_efficientnet_b0…b7``, ``(tf_)efficientnet_lite0…4``.
+"""timm's EfficientNets: ``efficientnet_b0…b7``, ``tf_efficientnet_b0…b7``, ``(tf_)efficientnet_lite0…4``,
+and the EfficientNetV2s ``tf_efficientnetv2_b0…b3/s/m/l/xl``, ``efficientnetv2_s/m/l/xl``, ``efficientnetv2_rw_t/s``.
 
 Two families share one key layout but not their numerics:
 
@@ -16,7 +17,8 @@ to ``floor(size / crop_pct)``, center-crop ``size``, with its interpolation and
 mean/std. Without timm installed the small table below (timm 1.0's default tags) is used.
 
 Keys: ``conv_stem``, ``bn1``, ``blocks.<stage>.<j>.(conv_pw|conv_dw|se.conv_reduce|...)``,
-``conv_head``, ``bn2``, ``classifier``.
+``conv_head``, ``bn2``, ``classifier``; V2's plain conv blocks (``ConvBnAct``) hold ``conv``/``bn1``,
+its Fused-MBConv blocks (``EdgeResidual``) ``conv_exp``/``bn1``/``conv_pwl``/``bn2``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from effnet_cli.convert.common import (
     count_classes,
     crop_pct_preprocessing,
     labels_note,
+    v2_config,
     variant_config,
 )
 from effnet_cli.errors import ConfigError
@@ -59,6 +62,18 @@ BLOCK_DS = {"dw_conv": "conv_dw", "dw_bn": "bn1", "se_reduce": "se.conv_reduce",
 BLOCK_IR = {"expand_conv": "conv_pw", "expand_bn": "bn1", "dw_conv": "conv_dw", "dw_bn": "bn2",
             "se_reduce": "se.conv_reduce", "se_expand": "se.conv_expand", "project_conv": "conv_pwl",
             "project_bn": "bn3"}
+# EfficientNetV2's ConvBnAct ("conv") and EdgeResidual ("fused") blocks.
+BLOCK_CN = {"expand_conv": "conv", "expand_bn": "bn1"}
+BLOCK_ER = {"expand_conv": "conv_exp", "expand_bn": "bn1", "project_conv": "conv_pwl", "project_bn": "bn2"}
+
+# timm's V2 architectures: (body of the V2 table, width, depth). tf_* are TF ports (TF-'same', eps 1e-3).
+V2_ARCHS: dict[str, tuple[str, float, float]] = {
+    **{f"tf_efficientnetv2_{v}": ("base", w, d) for v, w, d in
+       (("b0", 1.0, 1.0), ("b1", 1.0, 1.1), ("b2", 1.1, 1.2), ("b3", 1.2, 1.4))},
+    **{f"{p}efficientnetv2_{v}": (v, 1.0, 1.0) for p in ("tf_", "") for v in ("s", "m", "l", "xl")},
+    "efficientnetv2_rw_t": ("s", 0.8, 0.9),
+    "efficientnetv2_rw_s": ("rw_s", 1.0, 1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -110,17 +125,20 @@ _ARCH = re.compile(r"(tf_)?efficientnet_(b[0-7]|lite[0-4])")
 
 def matches(keys: Collection[str]) -> bool:
     """Whether a state dict has timm's EfficientNet layout."""
-    return "conv_stem.weight" in keys and "blocks.0.0.conv_dw.weight" in keys
+    first = ("blocks.0.0.conv_dw.weight", "blocks.0.0.conv.weight", "blocks.0.0.conv_exp.weight")  # V1, V2, V2 rw
+    return "conv_stem.weight" in keys and any(key in keys for key in first)
 
 
 def parse_arch(arch: str) -> tuple[str, str, str | None]:
-    """``tf_efficientnet_b3.ap_in1k`` -> (``tf_efficientnet_b3``, ``b3``, ``ap_in1k``)."""
+    """``tf_efficientnet_b3.ap_in1k`` -> (``tf_efficientnet_b3``, ``b3``, ``ap_in1k``); V2 names come back whole."""
     name, _, tag = arch.strip().partition(".")
+    if name.lower() in V2_ARCHS:
+        return name.lower(), name.lower(), tag or None
     match = _ARCH.fullmatch(name.lower())
     if not match:
         raise ConfigError(
-            f"timm arch must be efficientnet_b0…b7, tf_efficientnet_b0…b7, efficientnet_lite0…4 or "
-            f"tf_efficientnet_lite0…4 (optionally with .tag), got {arch!r}."
+            f"timm arch must be efficientnet_b0…b7, tf_efficientnet_b0…b7, efficientnet_lite0…4, "
+            f"tf_efficientnet_lite0…4 or one of {', '.join(V2_ARCHS)} (optionally with .tag), got {arch!r}."
         )
     return name.lower(), match.group(2), tag or None
 
@@ -138,6 +156,8 @@ def _pretrained_cfg(name: str, tag: str | None, from_file: dict[str, Any] | None
         if cfg is None:
             raise ConfigError(f"timm has no pretrained config {name}.{tag}; drop the tag or use one timm lists.")
         return _cfg_from(cfg.to_dict(), cfg.tag or "")
+    if name not in _FALLBACK:
+        raise ConfigError(f"timm is not installed, so the preprocessing of {name} is unknown; install timm.")
     if tag and tag != _FALLBACK[name].tag:
         raise ConfigError(f"timm is not installed, so the preprocessing of {name}.{tag} is unknown; install timm "
                           f"or drop the tag to use {name}.{_FALLBACK[name].tag}'s.")
@@ -169,7 +189,10 @@ def preprocessing(cfg: _Cfg) -> dict[str, Any]:
 
 
 def _block_parts(block: BlockSpec, j: int) -> dict[str, str]:
-    template = BLOCK_IR if block.expand_ratio != 1 else BLOCK_DS
+    if block.block_type != "mbconv":
+        template = BLOCK_CN if block.block_type == "conv" else BLOCK_ER
+    else:
+        template = BLOCK_IR if block.expand_ratio != 1 else BLOCK_DS
     return {part: f"blocks.{block.stage}.{j}.{path}" for part, path in template.items()}
 
 
@@ -182,13 +205,13 @@ def _plan_for(arch: str, num_labels: int, file_cfg: dict[str, Any] | None = None
     name, variant, tag = parse_arch(arch)
     cfg = _pretrained_cfg(name, tag, file_cfg)
     tf_port = name.startswith("tf_")
-    config = variant_config(
-        variant,
-        num_labels=num_labels,
-        image_size=cfg.size,
-        padding_mode="same" if tf_port else "symmetric",
-        batch_norm_eps=1e-3 if tf_port else 1e-5,
-    )
+    numerics: dict[str, Any] = dict(padding_mode="same" if tf_port else "symmetric",
+                                    batch_norm_eps=1e-3 if tf_port else 1e-5)
+    if name in V2_ARCHS:
+        body, width, depth = V2_ARCHS[name]
+        config = v2_config(body, width=width, depth=depth, num_labels=num_labels, image_size=cfg.size, **numerics)
+    else:
+        config = variant_config(variant, num_labels=num_labels, image_size=cfg.size, **numerics)
     notes = [n for n in (labels_note(num_labels),) if n]
     if cfg.crop_mode not in ("center", "squash"):
         notes.append(f"timm's crop_mode {cfg.crop_mode!r} is approximated by a center crop.")
