@@ -132,3 +132,38 @@ def test_v2_cli_convert_with_verify(tmp_path):
                                       "-o", str(tmp_path / "out"), "--verify"])
     assert result.exit_code == 0, result.output
     assert "efficientnetv2_rw_t" in result.output and "passed" in result.output
+
+
+@pytest.mark.slow  # building three Keras models takes about ten seconds
+def test_keras_efficientnet_v2_b0_native_and_odd_size(tmp_path):
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("h5py")
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras is not on the torch backend in this process")
+    import numpy as np
+
+    from effnet_cli.convert.common import pixel_values_from_raw
+    from tests.test_convert import _randomize_keras
+
+    source = keras.applications.EfficientNetV2B0(weights=None, input_shape=(224, 224, 3), classifier_activation=None)
+    # BN scales below one keep this deep net's logits of order one, where float32 agrees to 1e-6.
+    _randomize_keras(source, seed=19, gamma=(0.4, 0.6))
+    path = tmp_path / "v2b0.weights.h5"
+    source.save_weights(str(path))
+
+    report = convert_checkpoint(path, tmp_path / "out", verify=True, verify_size=64)  # the variant from the shapes
+    assert (report.source, report.arch) == ("keras", "EfficientNetV2B0") and report.verify.passed
+    # Keras's in-graph Rescaling(1/255) and Normalization(ImageNet mean, std²), folded.
+    assert report.preprocessing["rescale_factor"] == pytest.approx(1 / 255)
+    assert report.preprocessing["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert report.preprocessing["image_std"] == pytest.approx([0.229, 0.224, 0.225])
+    model, _ = load(tmp_path / "out")
+    for size in (224, 97):
+        if size != 224:
+            source = keras.applications.EfficientNetV2B0(weights=None, input_shape=(size, size, 3),
+                                                         classifier_activation=None)
+            source.load_weights(str(path))
+        raw = torch.randint(0, 256, (1, 3, size, size), generator=torch.Generator().manual_seed(7)).float()
+        theirs = torch.from_numpy(np.asarray(keras.ops.convert_to_numpy(source(raw.permute(0, 2, 3, 1).numpy()))))
+        assert theirs.abs().max() > 1e-2
+        assert rel_diff(logits(model, pixel_values_from_raw(raw, report.preprocessing)), theirs) < TOLERANCE, size
