@@ -152,3 +152,10 @@ def read_config(path: str | Path) -> EfficientNetConfig:
     """
     data = read_json(path, "config file", "a readable JSON config")
     return config_class_for(data)._from_json_data(data)
+
+
+def variant_config(name: str) -> EfficientNetConfig:
+    """The config of a published variant of either family: ``b0`` … ``lite4`` or ``v2-b0`` … ``v2-xl``."""
+    if is_v2_variant(name):
+        return EfficientNetV2Config.from_variant(name)
+    return EfficientNetConfig.from_variant(name)
