@@ -50,44 +50,20 @@ from effnet_cli.convert.common import (
     variant_config,
 )
 from effnet_cli.errors import ConfigError
+from effnet_cli.weights.timm_layout import (  # noqa: F401 - the layout tables are this module's vocabulary
+    BLOCK_CN,
+    BLOCK_DS,
+    BLOCK_ER,
+    BLOCK_IR,
+    STEM_HEAD,
+    preprocessing,
+)
+from effnet_cli.weights.timm_layout import TimmCfg as _Cfg
+from effnet_cli.weights.timm_layout import cfg_from as _cfg_from
+from effnet_cli.weights.variants_v2 import TIMM_V2_ARCHS as V2_ARCHS
 
 NAME = "timm"
 PACKAGE = "timm"
-
-STEM_HEAD = {"stem_conv": "conv_stem", "stem_bn": "bn1", "head_conv": "conv_head", "head_bn": "bn2",
-             "classifier": "classifier"}
-# timm's DepthwiseSeparableConv (expand ratio 1) and InvertedResidual blocks.
-BLOCK_DS = {"dw_conv": "conv_dw", "dw_bn": "bn1", "se_reduce": "se.conv_reduce", "se_expand": "se.conv_expand",
-            "project_conv": "conv_pw", "project_bn": "bn2"}
-BLOCK_IR = {"expand_conv": "conv_pw", "expand_bn": "bn1", "dw_conv": "conv_dw", "dw_bn": "bn2",
-            "se_reduce": "se.conv_reduce", "se_expand": "se.conv_expand", "project_conv": "conv_pwl",
-            "project_bn": "bn3"}
-# EfficientNetV2's ConvBnAct ("conv") and EdgeResidual ("fused") blocks.
-BLOCK_CN = {"expand_conv": "conv", "expand_bn": "bn1"}
-BLOCK_ER = {"expand_conv": "conv_exp", "expand_bn": "bn1", "project_conv": "conv_pwl", "project_bn": "bn2"}
-
-# timm's V2 architectures: (body of the V2 table, width, depth). tf_* are TF ports (TF-'same', eps 1e-3).
-V2_ARCHS: dict[str, tuple[str, float, float]] = {
-    **{f"tf_efficientnetv2_{v}": ("base", w, d) for v, w, d in
-       (("b0", 1.0, 1.0), ("b1", 1.0, 1.1), ("b2", 1.1, 1.2), ("b3", 1.2, 1.4))},
-    **{f"{p}efficientnetv2_{v}": (v, 1.0, 1.0) for p in ("tf_", "") for v in ("s", "m", "l", "xl")},
-    "efficientnetv2_rw_t": ("s", 0.8, 0.9),
-    "efficientnetv2_rw_s": ("rw_s", 1.0, 1.0),
-}
-
-
-@dataclass(frozen=True)
-class _Cfg:
-    """The eval preprocessing fields of a timm pretrained config."""
-
-    tag: str
-    size: int
-    crop_pct: float
-    crop_mode: str
-    interpolation: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
 
 _IN, _INC = (IMAGENET_MEAN, IMAGENET_STD), (INCEPTION_MEAN, INCEPTION_STD)
 # timm 1.0's default pretrained tag per architecture (used only when timm is not installed).
@@ -162,30 +138,6 @@ def _pretrained_cfg(name: str, tag: str | None, from_file: dict[str, Any] | None
         raise ConfigError(f"timm is not installed, so the preprocessing of {name}.{tag} is unknown; install timm "
                           f"or drop the tag to use {name}.{_FALLBACK[name].tag}'s.")
     return _FALLBACK[name]
-
-
-def _cfg_from(data: dict[str, Any], tag: str) -> _Cfg:
-    size = data.get("input_size") or (3, 224, 224)  # timm evaluates at input_size unless told otherwise
-    return _Cfg(
-        tag=tag,
-        size=int(size[-1]),
-        crop_pct=float(data.get("crop_pct") or 0.875),
-        crop_mode=str(data.get("crop_mode") or "center"),
-        interpolation=str(data.get("interpolation") or "bicubic"),
-        mean=tuple(float(v) for v in data.get("mean", IMAGENET_MEAN)),
-        std=tuple(float(v) for v in data.get("std", IMAGENET_STD)),
-    )
-
-
-def preprocessing(cfg: _Cfg) -> dict[str, Any]:
-    """timm's eval transform for a pretrained config, as a preprocessor config."""
-    resample = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
-    if cfg.crop_mode == "squash":
-        # Both sides to size / crop_pct (aspect ratio not kept), then the center crop.
-        return crop_pct_preprocessing(cfg.size, cfg.crop_pct, resize_mode="exact", resample=resample,
-                                      mean=cfg.mean, std=cfg.std)
-    # "center" (and "border", which our processor cannot pad; center is its closest).
-    return crop_pct_preprocessing(cfg.size, cfg.crop_pct, resample=resample, mean=cfg.mean, std=cfg.std)
 
 
 def _block_parts(block: BlockSpec, j: int) -> dict[str, str]:

@@ -21,26 +21,11 @@ from effnet_cli.core.scaling import BlockSpec, StageSpec, round_filters
 from effnet_cli.core.validation import check_int, check_number
 from effnet_cli.errors import ConfigError
 from effnet_cli.weights.presets import imagenet_labels
-from effnet_cli.weights.variants_v2 import BODIES, V2_VARIANTS, V2Body
+from effnet_cli.weights.variants_v2 import BODIES, V2_VARIANTS, body_lists
 
 BLOCK_TYPES = ("conv", "fused", "mbconv")
 V2_PADDING_MODES = ("same", "symmetric")  # V1's "fixed" is the transformers reference's scheme, which has no V2
 _S = BODIES["s"]
-
-
-def _column(body: V2Body, name: str) -> list[Any]:
-    return [getattr(stage, name) for stage in body.stages]
-
-
-def body_lists(body: V2Body) -> dict[str, Any]:
-    """The config.json fields of an unscaled body: the per-stage lists, stem, head and rounding."""
-    outs = _column(body, "out_channels")
-    return dict(
-        block_types=_column(body, "block_type"), kernel_sizes=_column(body, "kernel_size"),
-        in_channels=[body.stem_channels, *outs[:-1]], out_channels=outs, strides=_column(body, "stride"),
-        num_block_repeats=_column(body, "repeats"), expand_ratios=_column(body, "expand_ratio"),
-        num_features=body.num_features, round_limit=body.round_limit,
-    )
 
 
 _S_LISTS = body_lists(_S)

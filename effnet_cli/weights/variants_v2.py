@@ -9,6 +9,7 @@ torchvision's ``_efficientnet_conf`` restate them. The B0-B3 bodies are the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,20 @@ BODIES: dict[str, V2Body] = {
 }
 
 
+def body_lists(body: V2Body) -> dict[str, Any]:
+    """The config.json fields of an unscaled body: the per-stage lists, stem, head and rounding."""
+    outs = [stage.out_channels for stage in body.stages]
+    return dict(
+        block_types=[stage.block_type for stage in body.stages],
+        kernel_sizes=[stage.kernel_size for stage in body.stages],
+        in_channels=[body.stem_channels, *outs[:-1]], out_channels=outs,
+        strides=[stage.stride for stage in body.stages],
+        num_block_repeats=[stage.repeats for stage in body.stages],
+        expand_ratios=[stage.expand_ratio for stage in body.stages],
+        num_features=body.num_features, round_limit=body.round_limit,
+    )
+
+
 @dataclass(frozen=True)
 class V2Variant:
     """One published EfficientNetV2: its body, scaling, resolutions and the hub weights it resolves to."""
@@ -86,4 +101,14 @@ V2_VARIANTS: dict[str, V2Variant] = {
         V2Variant("v2-l", "l", 1.0, 1.0, 384, 480, 0.4, "timm/tf_efficientnetv2_l.in21k_ft_in1k"),
         V2Variant("v2-xl", "xl", 1.0, 1.0, 384, 512, 0.4, "timm/tf_efficientnetv2_xl.in21k_ft_in1k"),
     )
+}
+
+# timm's V2 architectures: (body, width, depth). tf_* are ports of the TF weights (TF-'same' padding, eps 1e-3),
+# the others timm's own (symmetric padding, eps 1e-5).
+TIMM_V2_ARCHS: dict[str, tuple[str, float, float]] = {
+    **{f"tf_efficientnetv2_{v}": ("base", w, d) for v, w, d in
+       (("b0", 1.0, 1.0), ("b1", 1.0, 1.1), ("b2", 1.1, 1.2), ("b3", 1.2, 1.4))},
+    **{f"{p}efficientnetv2_{v}": (v, 1.0, 1.0) for p in ("tf_", "") for v in ("s", "m", "l", "xl")},
+    "efficientnetv2_rw_t": ("s", 0.8, 0.9),
+    "efficientnetv2_rw_s": ("rw_s", 1.0, 1.0),
 }
