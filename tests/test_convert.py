@@ -245,11 +245,17 @@ def _randomize_keras(model, seed: int = 6, gamma: tuple[float, float] = (0.75, 1
             layer.set_weights(fresh)
 
 
-def test_keras_b0_with_its_preprocessing_folded(tmp_path):
+def keras_on_torch():
+    """Keras, with h5py to read its files, on the torch backend; the test is skipped otherwise."""
     keras = pytest.importorskip("keras")
     pytest.importorskip("h5py")
     if keras.backend.backend() != "torch":
         pytest.skip("keras is not on the torch backend in this process")
+    return keras
+
+
+def test_keras_b0_with_its_preprocessing_folded(tmp_path):
+    keras = keras_on_torch()
     import numpy as np
     from PIL import Image
 

@@ -136,14 +136,11 @@ def test_v2_cli_convert_with_verify(tmp_path):
 
 @pytest.mark.slow  # building three Keras models takes about ten seconds
 def test_keras_efficientnet_v2_b0_native_and_odd_size(tmp_path):
-    keras = pytest.importorskip("keras")
-    pytest.importorskip("h5py")
-    if keras.backend.backend() != "torch":
-        pytest.skip("keras is not on the torch backend in this process")
-    import numpy as np
-
     from effnet_cli.convert.common import pixel_values_from_raw
-    from tests.test_convert import _randomize_keras
+    from tests.test_convert import _randomize_keras, keras_on_torch
+
+    keras = keras_on_torch()
+    import numpy as np
 
     source = keras.applications.EfficientNetV2B0(weights=None, input_shape=(224, 224, 3), classifier_activation=None)
     # BN scales below one keep this deep net's logits of order one, where float32 agrees to 1e-6.

@@ -59,18 +59,14 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-class FusedExpansionLayer(nn.Module):
-    """The k×k conv (stride s) that replaces V1's 1×1 expansion and depthwise conv in Fused-MBConv; norm, activation."""
+class FusedExpansionLayer(EfficientNetExpansionLayer):
+    """V1's expansion (conv, norm, activation) with the k×k, stride-s conv of Fused-MBConv in place of the 1×1 one."""
 
     def __init__(self, config: EfficientNetV2Config, block: BlockSpec, out_dim: int) -> None:
-        super().__init__()
+        super().__init__(config, block.in_channels, out_dim)
         k, s = block.kernel_size, block.stride
         self.expand_conv = PaddedConv2d(block.in_channels, out_dim, k, stride=s, pad=_pad_for(config, k, s))
-        self.expand_bn = nn.BatchNorm2d(out_dim, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
-        self.expand_act = activation(config.hidden_act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.expand_act(self.expand_bn(self.expand_conv(x)))
+        self.expand_bn.momentum = config.batch_norm_momentum  # V1's expansion keeps torch's default here
 
 
 class ProjectionLayer(nn.Module):
