@@ -4,13 +4,14 @@
 
 Two pairs, each on one set of weights: timm's ``tf_efficientnetv2_s`` (TF-'same' padding) and
 effnet's conversion of it; torchvision's ``efficientnet_v2_s`` (symmetric padding) and effnet's
-conversion of that. Each model's own initialisation gives the weights (the speed does not depend
-on their values). effnet runs as the CLI runs by default (``Engine`` with ``backend="auto"``, told
-the batch size, so its one-time measurement happens before anything is timed); timm and
-torchvision run eagerly in channels-last, as their own inference scripts do. All contenders live
-in this one process and are timed in turns, the order rotated each round, and a ratio is the
-median of the per-round ratios, so the load of a shared machine falls on all of them alike.
-Before timing, each effnet model is checked against its source's logits (1e-4 relative).
+conversion of that (each model's own seeded initialisation gives the weights; the speed does not
+depend on their values). effnet runs as the CLI runs by default (``Engine`` with ``backend="auto"``,
+told the batch size; its one-time measurement is made before anything is timed and remembered in
+$EFFNET_CACHE); timm and torchvision run eagerly in channels-last, as their inference scripts do.
+Each measurement is its own process (ONNX Runtime's and OpenVINO's spinning threads would slow a
+torch model sharing the process); the contenders take turns, the order rotated each round, and a
+ratio is the median of the per-round ratios, so a shared machine's load falls on all of them alike.
+Each conversion is verified against its source (1e-4 relative) before anything is timed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,89 +29,99 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-PLAN = {1: (2, 5), 16: (1, 2)}  # batch -> (warm-up calls, timed calls) per round
+PLAN = {1: (2, 5), 16: (1, 2)}  # batch -> (warm-up calls, timed calls) per measurement
+CONTENDERS = ("timm", "torchvision", "effnet-timm", "effnet-torchvision")
+SOURCES = {"timm": "tf_efficientnetv2_s", "torchvision": "efficientnet_v2_s"}
 
 
-def _sources() -> dict[str, Any]:
-    """timm's and torchvision's V2-S, eval mode, seeded init."""
-    import timm
+def _source_model(lib: str) -> Any:
+    """timm's or torchvision's V2-S in eval mode, with its own seeded initialisation."""
     import torch
-    import torchvision
 
     torch.manual_seed(0)
-    return {"timm": timm.create_model("tf_efficientnetv2_s", pretrained=False).eval(),
-            "torchvision": torchvision.models.efficientnet_v2_s(weights=None).eval()}
+    if lib == "timm":
+        import timm
+
+        return timm.create_model(SOURCES[lib], pretrained=False).eval()
+    import torchvision
+
+    return torchvision.models.efficientnet_v2_s(weights=None).eval()
 
 
-def _effnet(source: Any, name: str, work: Path, batch: int, size: int) -> Callable[[Any], Any]:
-    """effnet's default engine for ``source``'s weights, converted through ``effnet convert``, at ``size`` px.
-
-    The preprocessing written by the conversion is set to ``size`` (a center crop of that side), which is
-    the input size the exported runtimes are built for.
-    """
-    import torch
+def prepare(work: Path, size: int) -> None:
+    """Save each source's weights and effnet's verified conversion of them (preprocessing set to ``size`` px)."""
     from safetensors.torch import save_file
 
     from effnet_cli.convert import convert_checkpoint
-    from effnet_cli.runtime.engine import Engine
 
-    out = work / f"effnet-{name}"
-    if not out.exists():
-        path = work / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-        arch = "tf_efficientnetv2_s" if name == "timm" else "efficientnet_v2_s"
-        report = convert_checkpoint(path, out, source=name, arch=arch, verify=True, verify_size=128)
+    for lib, arch in SOURCES.items():
+        path = work / f"{lib}.safetensors"
+        save_file({k: v.contiguous() for k, v in _source_model(lib).state_dict().items()}, str(path))
+        out = work / f"effnet-{lib}"
+        report = convert_checkpoint(path, out, source=lib, arch=arch, verify=True, verify_size=128)
         if not report.verify.passed:
-            raise SystemExit(f"effnet's {name} conversion does not match: {report.verify}")
+            raise SystemExit(f"effnet's conversion of {lib}'s weights does not match: {report.verify}")
+        # The exported runtimes are built for the processor's input size: the size timed here.
         processor_file = out / "preprocessor_config.json"
         processor = json.loads(processor_file.read_text())
         processor.update(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         processor_file.write_text(json.dumps(processor))
-    engine = Engine.from_pretrained(str(out), device="cpu", backend="auto", batch_size=batch)
-    print(f"effnet ({name} weights), batch {batch}: backend {engine.backend}", file=sys.stderr)
-    return lambda x: engine.logits(x)
 
 
-def _time(call: Callable[[Any], Any], x: Any, warmup: int, iters: int) -> float:
-    """Images per second: batch size over the median time of ``iters`` calls after ``warmup`` calls."""
+def _call(lib: str, work: Path, batch: int) -> tuple[Callable[[Any], Any], bool]:
+    """(the forward to time, whether it takes channels-last input)."""
     import torch
 
+    if lib.startswith("effnet-"):
+        from effnet_cli.runtime.engine import Engine
+
+        engine = Engine.from_pretrained(str(work / lib), device="cpu", backend="auto", batch_size=batch)
+        print(f"{lib} batch {batch}: backend {engine.backend}", file=sys.stderr)
+        return engine.logits, False
+    from safetensors.torch import load_file
+
+    model = _source_model(lib)
+    model.load_state_dict(load_file(str(work / f"{lib}.safetensors")))
+    return model.to(memory_format=torch.channels_last), True
+
+
+def time_one(lib: str, work: Path, batch: int, size: int) -> float:
+    """Images per second of one contender: batch size over the median time of the timed calls."""
+    import torch
+
+    warmup, iters = PLAN[batch]
+    call, channels_last = _call(lib, work, batch)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
     with torch.inference_mode():
         for _ in range(warmup):
             call(x)
-        times = []
         for _ in range(iters):
             start = time.perf_counter()
             call(x)
             times.append(time.perf_counter() - start)
-    return x.shape[0] / statistics.median(times)
+    return batch / statistics.median(times)
 
 
-def measure(size: int, rounds: int, work: Path) -> dict[str, Any]:
-    """Per batch size: images/s of each contender per round, and effnet's per-round ratios to timm and torchvision."""
-    import torch
-
-    sources = _sources()
+def measure(work: Path, size: int, rounds: int) -> dict[str, Any]:
+    """Per batch size: each contender's images/s per round (a process each), and effnet's per-round ratios."""
     results: dict[str, Any] = {}
-    for batch, (warmup, iters) in PLAN.items():
-        calls = {"timm": sources["timm"].to(memory_format=torch.channels_last),
-                 "torchvision": sources["torchvision"].to(memory_format=torch.channels_last),
-                 "effnet (timm weights)": _effnet(sources["timm"], "timm", work, batch, size),
-                 "effnet (torchvision weights)": _effnet(sources["torchvision"], "torchvision", work, batch, size)}
-        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
-        rates: dict[str, list[float]] = {name: [] for name in calls}
-        names = list(calls)
+    for batch in PLAN:
+        rates: dict[str, list[float]] = {lib: [] for lib in CONTENDERS}
         for round_ in range(rounds):
-            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-                channels_last = name in ("timm", "torchvision")
-                rates[name].append(_time(calls[name], x.contiguous(memory_format=torch.channels_last)
-                                         if channels_last else x, warmup, iters))
-                print(f"batch {batch} round {round_} {name}: {rates[name][-1]:.2f} img/s", file=sys.stderr)
-        ratios = {f"effnet ÷ {lib}": statistics.median(a / b for a, b in zip(rates[f"effnet ({lib} weights)"],
-                                                                                  rates[lib]))
-                  for lib in ("timm", "torchvision")}
+            for lib in CONTENDERS[round_ % len(CONTENDERS):] + CONTENDERS[:round_ % len(CONTENDERS)]:
+                cmd = [sys.executable, __file__, "--one", lib, "--work", str(work), "--batch", str(batch),
+                       "--size", str(size)]
+                run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                rates[lib].append(float(run.stdout.strip().splitlines()[-1]))
+                print(f"batch {batch} round {round_} {lib}: {rates[lib][-1]:.2f} img/s", file=sys.stderr)
+        ratios = {f"effnet ÷ {lib}": statistics.median(a / b for a, b in zip(rates[f"effnet-{lib}"], rates[lib]))
+                  for lib in SOURCES}
         results[str(batch)] = {"images_per_s": {k: statistics.median(v) for k, v in rates.items()},
-                               "per_round": rates, "ratios": ratios, "warmup": warmup, "iters": iters}
+                               "per_round": rates, "ratios": ratios, "warmup": PLAN[batch][0],
+                               "iters": PLAN[batch][1]}
     return results
 
 
@@ -119,14 +131,21 @@ def main() -> None:
                         help="input side (V2-S evaluates at 384; 224 keeps a run on two busy cores to minutes)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)  # a child: time one contender
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, choices=sorted(PLAN), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        print(time_one(args.one, args.work, args.batch, args.size))
+        return
 
     import torch
 
     from effnet_cli.host import cpu_name, usable_cores
 
     with tempfile.TemporaryDirectory() as work:
-        results = measure(args.size, args.rounds, Path(work))
+        prepare(Path(work), args.size)
+        results = measure(Path(work), args.size, args.rounds)
     report = {"cpu": cpu_name(), "cores": usable_cores(), "torch_threads": torch.get_num_threads(),
               "size": args.size, "rounds": args.rounds, "batches": results}
     text = json.dumps(report, indent=2, ensure_ascii=False)
