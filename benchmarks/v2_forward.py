@@ -6,8 +6,8 @@ Two pairs, each on one set of weights: timm's ``tf_efficientnetv2_s`` (TF-'same'
 effnet's conversion of it; torchvision's ``efficientnet_v2_s`` (symmetric padding) and effnet's
 conversion of that (each model's own seeded initialisation gives the weights; the speed does not
 depend on their values). effnet runs as the CLI runs by default (``Engine`` with ``backend="auto"``,
-told the batch size; its one-time measurement is made before anything is timed and remembered in
-$EFFNET_CACHE); timm and torchvision run eagerly in channels-last, as their inference scripts do.
+told the batch size; its one-time measurement is made in a process of its own before anything is
+timed, and remembered in $EFFNET_CACHE); timm and torchvision run eagerly in channels-last, as their inference scripts do.
 Each measurement is its own process (ONNX Runtime's and OpenVINO's spinning threads would slow a
 torch model sharing the process); the contenders take turns, the order rotated each round, and a
 ratio is the median of the per-round ratios, so a shared machine's load falls on all of them alike.
@@ -29,7 +29,7 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-PLAN = {1: (2, 5), 16: (1, 2)}  # batch -> (warm-up calls, timed calls) per measurement
+PLAN = {1: (2, 5), 16: (1, 3)}  # batch -> (warm-up calls, timed calls) per measurement
 CONTENDERS = ("timm", "torchvision", "effnet-timm", "effnet-torchvision")
 SOURCES = {"timm": "tf_efficientnetv2_s", "torchvision": "efficientnet_v2_s"}
 
@@ -66,31 +66,44 @@ def prepare(work: Path, size: int) -> None:
         processor = json.loads(processor_file.read_text())
         processor.update(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         processor_file.write_text(json.dumps(processor))
+    # `--backend auto` exports, measures and remembers its choice per batch size now, in a process of its own:
+    # done inside a timed process, the runtimes it tried would still hold their threads there.
+    subprocess.run([sys.executable, __file__, "--prewarm", "--work", str(work), "--size", str(size)], check=True)
 
 
-def _call(lib: str, work: Path, batch: int) -> tuple[Callable[[Any], Any], bool]:
-    """(the forward to time, whether it takes channels-last input)."""
+def prewarm(work: Path) -> None:
+    """Let auto choose, for both conversions and every batch size, before anything is timed."""
+    from effnet_cli.runtime.engine import Engine
+
+    for lib in SOURCES:
+        for batch in PLAN:
+            engine = Engine.from_pretrained(str(work / f"effnet-{lib}"), device="cpu", backend="auto",
+                                            batch_size=batch)
+            print(f"effnet-{lib} batch {batch}: auto chose {engine.backend}", file=sys.stderr)
+
+
+def _call(lib: str, work: Path, batch: int) -> tuple[Callable[[Any], Any], bool, str]:
+    """(the forward to time, whether it takes channels-last input, what runs it)."""
     import torch
 
     if lib.startswith("effnet-"):
         from effnet_cli.runtime.engine import Engine
 
         engine = Engine.from_pretrained(str(work / lib), device="cpu", backend="auto", batch_size=batch)
-        print(f"{lib} batch {batch}: backend {engine.backend}", file=sys.stderr)
-        return engine.logits, False
+        return engine.logits, False, str(engine.backend)
     from safetensors.torch import load_file
 
     model = _source_model(lib)
     model.load_state_dict(load_file(str(work / f"{lib}.safetensors")))
-    return model.to(memory_format=torch.channels_last), True
+    return model.to(memory_format=torch.channels_last), True, "eager"
 
 
-def time_one(lib: str, work: Path, batch: int, size: int) -> float:
-    """Images per second of one contender: batch size over the median time of the timed calls."""
+def time_one(lib: str, work: Path, batch: int, size: int) -> dict[str, Any]:
+    """Images per second of one contender (batch size over the median time of the timed calls), and its backend."""
     import torch
 
     warmup, iters = PLAN[batch]
-    call, channels_last = _call(lib, work, batch)
+    call, channels_last, backend = _call(lib, work, batch)
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -102,7 +115,7 @@ def time_one(lib: str, work: Path, batch: int, size: int) -> float:
             start = time.perf_counter()
             call(x)
             times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    return {"images_per_s": batch / statistics.median(times), "backend": backend, "times_s": times}
 
 
 def measure(work: Path, size: int, rounds: int) -> dict[str, Any]:
@@ -110,17 +123,22 @@ def measure(work: Path, size: int, rounds: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for batch in PLAN:
         rates: dict[str, list[float]] = {lib: [] for lib in CONTENDERS}
+        backends: dict[str, set[str]] = {lib: set() for lib in CONTENDERS}
         for round_ in range(rounds):
             for lib in CONTENDERS[round_ % len(CONTENDERS):] + CONTENDERS[:round_ % len(CONTENDERS)]:
                 cmd = [sys.executable, __file__, "--one", lib, "--work", str(work), "--batch", str(batch),
                        "--size", str(size)]
                 run = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                rates[lib].append(float(run.stdout.strip().splitlines()[-1]))
-                print(f"batch {batch} round {round_} {lib}: {rates[lib][-1]:.2f} img/s", file=sys.stderr)
+                one = json.loads(run.stdout.strip().splitlines()[-1])
+                rates[lib].append(one["images_per_s"])
+                backends[lib].add(one["backend"])
+                print(f"batch {batch} round {round_} {lib} ({one['backend']}): {rates[lib][-1]:.2f} img/s",
+                      file=sys.stderr)
         ratios = {f"effnet ÷ {lib}": statistics.median(a / b for a, b in zip(rates[f"effnet-{lib}"], rates[lib]))
                   for lib in SOURCES}
         results[str(batch)] = {"images_per_s": {k: statistics.median(v) for k, v in rates.items()},
-                               "per_round": rates, "ratios": ratios, "warmup": PLAN[batch][0],
+                               "per_round": rates, "ratios": ratios,
+                               "backends": {k: sorted(v) for k, v in backends.items()}, "warmup": PLAN[batch][0],
                                "iters": PLAN[batch][1]}
     return results
 
@@ -132,11 +150,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)  # a child: time one contender
+    parser.add_argument("--prewarm", action="store_true", help=argparse.SUPPRESS)  # a child: auto's choices
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, choices=sorted(PLAN), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(time_one(args.one, args.work, args.batch, args.size))
+        print(json.dumps(time_one(args.one, args.work, args.batch, args.size)))
+        return
+    if args.prewarm:
+        prewarm(args.work)
         return
 
     import torch
