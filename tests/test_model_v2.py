@@ -19,6 +19,8 @@ from effnet_cli.errors import ConfigError
 from effnet_cli.weights.variants_v2 import V2_VARIANTS
 from tests.conftest import randomize
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # busy 2-core machines make torch's threads wait on each other
+
 # Our variant -> the timm architecture with the same body (parameters do not depend on padding or eps).
 TIMM_ARCH = {name: f"tf_efficientnetv2_{name.removeprefix('v2-')}" for name in V2_VARIANTS}
 
