@@ -164,3 +164,19 @@ def test_keras_efficientnet_v2_b0_native_and_odd_size(tmp_path):
         theirs = torch.from_numpy(np.asarray(keras.ops.convert_to_numpy(source(raw.permute(0, 2, 3, 1).numpy()))))
         assert theirs.abs().max() > 1e-2
         assert rel_diff(logits(model, pixel_values_from_raw(raw, report.preprocessing)), theirs) < TOLERANCE, size
+
+
+@pytest.mark.slow
+def test_keras_efficientnet_v2_s_rescales_to_minus_one_one(tmp_path):
+    from tests.test_convert import _randomize_keras, keras_on_torch
+
+    keras = keras_on_torch()
+    source = keras.applications.EfficientNetV2S(weights=None, input_shape=(96, 96, 3), classifier_activation=None)
+    _randomize_keras(source, seed=20, gamma=(0.4, 0.6))
+    path = tmp_path / "v2s.weights.h5"
+    source.save_weights(str(path))
+    # --verify gives Keras the raw pixels, so its in-graph Rescaling(1/128, offset=-1) is checked against ours.
+    report = convert_checkpoint(path, tmp_path / "out", verify=True, verify_size=96)
+    assert (report.arch, report.verify.passed) == ("EfficientNetV2S", True)
+    assert report.preprocessing["rescale_factor"] == pytest.approx(1 / 128)
+    assert report.preprocessing["rescale_offset"] is True and report.preprocessing["do_normalize"] is False
