@@ -130,3 +130,14 @@ def test_converted_directory_reloads_bit_identically(v2_dir, photos, tmp_path):
     pixels = _pixels(directory, photos[:2])
     with torch.no_grad():
         assert torch.equal(model(pixels).logits, again(pixels).logits)
+
+
+@pytest.mark.parametrize("devices", [None, pytest.param("cpu,cpu", marks=pytest.mark.slow)])  # workers: ~6 s
+def test_sharded_embed_of_a_v2(v2_dir, photos, tmp_path, devices):
+    directory, _ = v2_dir
+    extra = ["--devices", devices] if devices else []
+    done = run(["embed", *map(str, photos), "--model", str(directory), "--output-dir", str(tmp_path / "shards"),
+                "-j", "0", "--backend", "torch", *extra])
+    assert done.exit_code == 0, done.stderr
+    arrays = [np.load(p) for p in sorted((tmp_path / "shards").glob("emb_*.npy"))]
+    assert sum(len(a) for a in arrays) == len(photos) and all(a.shape[1] == 1280 for a in arrays)
