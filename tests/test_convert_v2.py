@@ -134,20 +134,26 @@ def test_v2_cli_convert_with_verify(tmp_path):
     assert "efficientnetv2_rw_t" in result.output and "passed" in result.output
 
 
-@pytest.mark.slow  # building three Keras models takes about ten seconds
-def test_keras_efficientnet_v2_b0_native_and_odd_size(tmp_path):
-    from effnet_cli.convert.common import pixel_values_from_raw
+def _keras_v2(name: str, size: int, seed: int, tmp_path: Path) -> tuple[object, Path, object]:
+    """(Keras's ``name`` at ``size`` px with seeded weights, its saved weights file, the keras module)."""
     from tests.test_convert import _randomize_keras, keras_on_torch
 
     keras = keras_on_torch()
+    source = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classifier_activation=None)
+    # BN scales below one keep these deep nets' logits of order one, where float32 agrees to 1e-6.
+    _randomize_keras(source, seed=seed, gamma=(0.4, 0.6))
+    path = tmp_path / f"{name}.weights.h5"
+    source.save_weights(str(path))
+    return source, path, keras
+
+
+@pytest.mark.slow  # building three Keras models takes about ten seconds
+def test_keras_efficientnet_v2_b0_native_and_odd_size(tmp_path):
     import numpy as np
 
-    source = keras.applications.EfficientNetV2B0(weights=None, input_shape=(224, 224, 3), classifier_activation=None)
-    # BN scales below one keep this deep net's logits of order one, where float32 agrees to 1e-6.
-    _randomize_keras(source, seed=19, gamma=(0.4, 0.6))
-    path = tmp_path / "v2b0.weights.h5"
-    source.save_weights(str(path))
+    from effnet_cli.convert.common import pixel_values_from_raw
 
+    source, path, keras = _keras_v2("EfficientNetV2B0", 224, 19, tmp_path)
     report = convert_checkpoint(path, tmp_path / "out", verify=True, verify_size=64)  # the variant from the shapes
     assert (report.source, report.arch) == ("keras", "EfficientNetV2B0") and report.verify.passed
     # Keras's in-graph Rescaling(1/255) and Normalization(ImageNet mean, std²), folded.
@@ -168,13 +174,7 @@ def test_keras_efficientnet_v2_b0_native_and_odd_size(tmp_path):
 
 @pytest.mark.slow
 def test_keras_efficientnet_v2_s_rescales_to_minus_one_one(tmp_path):
-    from tests.test_convert import _randomize_keras, keras_on_torch
-
-    keras = keras_on_torch()
-    source = keras.applications.EfficientNetV2S(weights=None, input_shape=(96, 96, 3), classifier_activation=None)
-    _randomize_keras(source, seed=20, gamma=(0.4, 0.6))
-    path = tmp_path / "v2s.weights.h5"
-    source.save_weights(str(path))
+    _, path, _ = _keras_v2("EfficientNetV2S", 96, 20, tmp_path)
     # --verify gives Keras the raw pixels, so its in-graph Rescaling(1/128, offset=-1) is checked against ours.
     report = convert_checkpoint(path, tmp_path / "out", verify=True, verify_size=96)
     assert (report.arch, report.verify.passed) == ("EfficientNetV2S", True)
