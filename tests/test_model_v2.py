@@ -98,6 +98,13 @@ def test_bad_configs_are_refused(change, message) -> None:
         tiny(**change)
 
 
+def test_public_names() -> None:
+    import effnet_cli
+
+    assert effnet_cli.EfficientNetV2ForImageClassification is EfficientNetV2ForImageClassification
+    assert effnet_cli.EfficientNetV2Model is EfficientNetV2Model and effnet_cli.EfficientNetV2Config is EfficientNetV2Config
+
+
 def test_outputs(tiny_model) -> None:
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
