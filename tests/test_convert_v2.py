@@ -68,7 +68,7 @@ def test_timm_efficientnetv2_rw_t_symmetric(tmp_path):
     # timm's pretrained config: 224 at crop_pct 1.0, bicubic.
     assert report.preprocessing["crop_size"] == {"height": 224, "width": 224}
     assert report.preprocessing["resample"] == 3
-    _check(source, tmp_path / "out", (96, 77))
+    _check(source, tmp_path / "out", (224, 77))  # native (timm's input_size) and odd
 
 
 def test_timm_tf_efficientnetv2_s_small_sizes(tmp_path):
