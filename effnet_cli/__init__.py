@@ -19,6 +19,9 @@ _LAZY = {
     "EfficientNetForImageClassification": "effnet_cli.core.model",
     "EfficientNetPreTrainedModel": "effnet_cli.core.model",
     "EfficientNetImageProcessor": "effnet_cli.core.processor",
+    "EfficientNetV2Config": "effnet_cli.core.config_v2",
+    "EfficientNetV2Model": "effnet_cli.core.model_v2",
+    "EfficientNetV2ForImageClassification": "effnet_cli.core.model_v2",
     "load_pretrained": "effnet_cli.runtime.pretrained",
     "optimize": "effnet_cli.runtime.fused",
     "finetune": "effnet_cli.training",
@@ -40,6 +43,8 @@ __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from effnet_cli.core.config import EfficientNetConfig
+    from effnet_cli.core.config_v2 import EfficientNetV2Config
+    from effnet_cli.core.model_v2 import EfficientNetV2ForImageClassification, EfficientNetV2Model
     from effnet_cli.errors import (
         ConfigError,
         ConfigFileError,

@@ -43,7 +43,8 @@ def test_option_errors_are_in_effnets_words(args: list[str], expected: str) -> N
 def test_variant_offers_only_loadable_weights_and_says_how_to_get_lite3() -> None:
     help_text = run(["classify", "--help"]).stdout
     offered = re.search(r"--variant [<\[]([^>\]]*)[>\]]", help_text).group(1).split("|")  # <…> or […]
-    assert offered == ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "lite0"]
+    assert offered == ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "lite0",
+                       "v2-b0", "v2-b1", "v2-b2", "v2-b3", "v2-s", "v2-m", "v2-l", "v2-xl"]  # V2: timm's hub weights
     res = run(["classify", "x.jpg", "--variant", "lite3"])
     assert res.exit_code == 2
     assert "--from timm --arch tf_efficientnet_lite3" in _lines(res.stderr)[0]

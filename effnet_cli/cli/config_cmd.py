@@ -25,6 +25,8 @@ import typer
 
 from effnet_cli.cli.render import Command, error_line, stdout_console
 from effnet_cli.core.config import ALPHA, BETA, GAMMA, VARIANTS, EfficientNetConfig
+from effnet_cli.core.config_v2 import EfficientNetV2Config, read_config, variant_config
+from effnet_cli.weights.variants_v2 import V2_VARIANTS
 from effnet_cli.core.flops import LayerCost, NetworkCost, network_cost
 from effnet_cli.errors import ConfigError, InputError
 
@@ -33,8 +35,11 @@ if TYPE_CHECKING:  # Rich is imported where a table is printed: not on every com
 
 app = typer.Typer(help="Inspect and write EfficientNet configs.", no_args_is_help=True)
 
+ALL_VARIANTS = (*VARIANTS, *V2_VARIANTS)
 # Shown under every stage table so the numbers there can be fed to `effnet embed` as they are.
 STAGE_CAPTION = "Stage N is the output of `effnet embed --features stage:N` (N = 1..{n})."
+FUSED_CAPTION = ("FusedMBn: Fused-MBConv, a k×k conv expanding n times, then a 1×1 projection "
+                 "(FusedMB1: the k×k conv alone); MBConv stages have squeeze-excite.")
 MACS_NOTE = "MACs: multiply-adds at the native size (the paper's \"FLOPs\"); FLOPs = 2 × MACs."
 
 
@@ -67,16 +72,16 @@ def load_config(source: str) -> tuple[EfficientNetConfig, str]:
             raise InputError(f"{source} is a directory without a config.json.")
     if path.is_file():
         try:
-            return EfficientNetConfig.from_json_file(path), str(path)
+            return read_config(path), str(path)
         except ConfigError as exc:
             message = str(exc)  # a JSON error names the file already; a field error does not
             raise ConfigError(message if str(path) in message else f"{path}: {message}") from None
     key = variant_key(source)
     if key is not None:
-        return EfficientNetConfig.from_variant(key), key
+        return variant_config(key), key
     if os.sep in source or "/" in source or source.endswith(".json"):
         raise InputError(f"No such file or directory: {source}.")
-    raise ConfigError(f"Unknown variant {source!r}; choose one of {', '.join(VARIANTS)}, "
+    raise ConfigError(f"Unknown variant {source!r}; choose one of {', '.join(ALL_VARIANTS)}, "
                       "or give a directory or config.json path.")
 
 
@@ -84,15 +89,15 @@ def variant_key(name: str) -> str | None:
     """The VARIANTS key a name means (``b3``, ``EfficientNet-B3``, ``google/efficientnet-b3``), or None."""
     # The hub's google/efficientnet-bN configs are exactly the published variants, so name them offline.
     key = name.lower().removeprefix("google/").removeprefix("efficientnet-").removeprefix("efficientnet_")
-    return key if key in VARIANTS else None
+    return key if key in VARIANTS or key in V2_VARIANTS else None
 
 
 def load_variant(name: str) -> tuple[EfficientNetConfig, str]:
     """A published variant's config, with the same error for a bad name as ``show``."""
     key = variant_key(name)
     if key is None:
-        raise ConfigError(f"Unknown variant {name!r}; choose one of {', '.join(VARIANTS)}.")
-    return EfficientNetConfig.from_variant(key), key
+        raise ConfigError(f"Unknown variant {name!r}; choose one of {', '.join(ALL_VARIANTS)}.")
+    return variant_config(key), key
 
 
 def checked_cost(config: EfficientNetConfig, image_size: int | None) -> NetworkCost:
@@ -104,9 +109,12 @@ def checked_cost(config: EfficientNetConfig, image_size: int | None) -> NetworkC
 
 
 def operator(row: LayerCost) -> str:
-    """The paper's name for a row: Conv3×3 (stem), MBConv6 k5×5, Conv1×1 (head), Pool + FC."""
+    """The paper's name for a row: Conv3×3 (stem), MBConv6 k5×5, FusedMB4 k3×3 (Fused-MBConv), Conv1×1 (head), Pool + FC."""
     if row.kind == "stage":
-        return f"MBConv{row.expand_ratio} k{row.kernel_size}×{row.kernel_size}"
+        # "FusedMB" is Fused-MBConv, shortened so the table fits 80 columns; the V2 paper calls a plain
+        # conv stage Fused-MBConv1 (a Fused-MBConv that does not expand).
+        kind = "FusedMB" if row.block_type in ("fused", "conv") else "MBConv"
+        return f"{kind}{row.expand_ratio} k{row.kernel_size}×{row.kernel_size}"
     if row.kind == "classifier":
         return "Pool + FC"
     return f"Conv{row.kernel_size}×{row.kernel_size}"
@@ -135,6 +143,7 @@ def describe(config: EfficientNetConfig, name: str, cost: NetworkCost) -> dict[s
                 "kind": r.kind,
                 "stage": r.stage,
                 "operator": operator(r),
+                "block_type": r.block_type,
                 "kernel_size": r.kernel_size,
                 "stride": r.stride,
                 "expand_ratio": r.expand_ratio,
@@ -197,12 +206,15 @@ def print_stage_table(console: Console, config: EfficientNetConfig, name: str, c
     console.print(table)
     num_stages = sum(1 for r in cost.rows if r.kind == "stage")
     console.print(STAGE_CAPTION.format(n=num_stages))
+    if isinstance(config, EfficientNetV2Config):
+        console.print(FUSED_CAPTION)
     console.print()
     labels = int(config.num_labels)
     print_rows(console, [
         ("parameters", f"{cost.params:,} ({human(cost.params)}; {labels}-class classifier included)"),
         ("MACs", f"{cost.macs:,} ({human(cost.macs)}) at {size}×{size}; FLOPs = 2 × MACs = {human(cost.flops)}"),
-        ("blocks", f"{cost.blocks} MBConv"),
+        ("blocks", f"{cost.blocks} MBConv" if not isinstance(config, EfficientNetV2Config)
+         else f"{cost.blocks} (Fused-MBConv and MBConv)"),
         ("head width", f"{config.head_channels} (hidden_dim)"),
         ("padding", config.padding_mode),
         ("activation", config.hidden_act),
@@ -262,22 +274,26 @@ def list_variants(format: FormatOpt = Format.table) -> None:
     Parameters include the 1000-class classifier. MACs are multiply-adds at the
     native resolution, the unit the paper reports as FLOPs (B0: 0.39 B).
     Top-1 is as published (paper for B0-B7, TF-Lite README for lite0-lite4).
+    EfficientNetV2 (v2-b0 … v2-xl) is listed at its evaluation resolution.
     """
     from rich import box
     from rich.table import Table
 
     records = []
-    for variant in VARIANTS.values():
-        cost = network_cost(EfficientNetConfig.from_variant(variant.name))
+    for name in ALL_VARIANTS:
+        config = variant_config(name)
+        cost = network_cost(config)
+        v1 = VARIANTS.get(name)
         records.append({
-            "name": variant.name,
-            "image_size": variant.image_size,
-            "width_coefficient": variant.width_coefficient,
-            "depth_coefficient": variant.depth_coefficient,
+            "name": name,
+            "family": config.model_type,
+            "image_size": config.image_size,
+            "width_coefficient": config.width_coefficient,
+            "depth_coefficient": config.depth_coefficient,
             "params": cost.params,
             "macs": cost.macs,
-            "top1": variant.top1,
-            "lite": variant.lite,
+            "top1": v1.top1 if v1 else None,  # V2's weights are timm's ports; no one published figure to quote
+            "lite": bool(v1 and v1.lite),
         })
     if format is Format.json:
         sys.stdout.write(json.dumps(records, indent=2) + "\n")
@@ -288,7 +304,8 @@ def list_variants(format: FormatOpt = Format.table) -> None:
         table.add_column(header, justify="right")
     for r in records:
         table.add_row(r["name"], f"{r['image_size']}×{r['image_size']}", f"{r['width_coefficient']:g}",
-                      f"{r['depth_coefficient']:g}", f"{r['params']:,}", human(r["macs"]), f"{r['top1']:.1f}%")
+                      f"{r['depth_coefficient']:g}", f"{r['params']:,}", human(r["macs"]),
+                      "-" if r["top1"] is None else f"{r['top1']:.1f}%")
     console = stdout_console()
     console.print(table)
     console.print(MACS_NOTE)
@@ -297,7 +314,8 @@ def list_variants(format: FormatOpt = Format.table) -> None:
 @app.command("show", cls=Command)
 def show(
     source: Annotated[str, typer.Argument(
-        help="A variant (b0-b7, lite0-lite4), a model directory, or a config.json.", show_default=False)],
+        help="A variant (b0-b7, lite0-lite4, v2-b0-v2-xl), a model directory, or a config.json.",
+        show_default=False)],
     image_size: ImageSizeOpt = None,
     format: FormatOpt = Format.table,
 ) -> None:
@@ -311,8 +329,8 @@ def show(
 
       effnet config show ./my-model/ --format json
 
-    Rows: the stem, MBConv stages 1..7 (numbered as `effnet embed --features
-    stage:N`), the head conv and the classifier. "output" is the side of the
+    Rows: the stem, MBConv stages 1..7 (Fused-MBConv and MBConv for EfficientNetV2;
+    numbered as `effnet embed --features stage:N`), the head conv and the classifier. "output" is the side of the
     feature map each row leaves, at the input size given (native by default).
     MACs are multiply-adds (the paper's "FLOPs"); FLOPs = 2 × MACs.
     """
@@ -327,7 +345,8 @@ def show(
 @app.command("save", cls=Command)
 def save(
     variant: Annotated[Optional[str], typer.Argument(
-        help="A published variant (b0-b7, lite0-lite4). Omit it when giving --phi.", show_default=False)] = None,
+        help="A published variant (b0-b7, lite0-lite4, v2-b0-v2-xl). Omit it when giving --phi.",
+        show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="config.json to write (or an existing directory to write it into).",
         show_default=False)] = None,
@@ -367,7 +386,9 @@ def save(
         console.print()
         print_stage_table(console, config, name, network_cost(config))
         console.print()
-    if config.fix_stem_and_head or not config.use_squeeze_excite or config.padding_mode != "fixed":
+    if isinstance(config, EfficientNetV2Config):
+        error_line(f"warning: transformers has no EfficientNetV2; only effnet builds {name} from this config.")
+    elif config.fix_stem_and_head or not config.use_squeeze_excite or config.padding_mode != "fixed":
         # Lite configs use effnet's extension fields, which transformers ignores: it would build a B-style net.
         error_line(f"warning: {name} uses fields transformers ignores (use_squeeze_excite, fix_stem_and_head, "
                    "padding_mode); only effnet builds this network from it.")

@@ -9,12 +9,14 @@ from typing import Annotated, Optional
 import typer
 
 from effnet_cli.core.config import VARIANTS
+from effnet_cli.weights.variants_v2 import V2_VARIANTS
 
 DEFAULT_VARIANT = "lite0"  # the bundled ImageNet weights: works offline, no download
 
 # Only the variants whose weights can be had: b0-b7 from the hub and the bundled lite0. lite1-lite4 have
 # no published weights in this format (convert timm's, then --model DIR), so offering them would be a trap.
-LOADABLE = [name for name, v in VARIANTS.items() if not v.lite or name == DEFAULT_VARIANT]
+# EfficientNetV2 (v2-b0 … v2-xl) resolves to timm's hub weights, converted on first use.
+LOADABLE = [name for name, v in VARIANTS.items() if not v.lite or name == DEFAULT_VARIANT] + list(V2_VARIANTS)
 Variant = Enum("Variant", {name: name for name in LOADABLE}, type=str)  # type: ignore[misc]
 
 
@@ -60,10 +62,13 @@ DecodeTimeout = Annotated[Optional[float], typer.Option(
          "decode): it gets an error record and the run goes on. 0: no limit. [default: 300]")]
 VariantOpt = Annotated[Optional[Variant], typer.Option(
     "--variant", help=f"Published variant. b0-b7 come from the Hugging Face hub; lite0 ships with effnet "
-                      f"(for lite1-lite4, convert timm's weights and use --model). [default: {DEFAULT_VARIANT}]", rich_help_panel=MODEL_PANEL, show_default=False,
+                      f"(for lite1-lite4, convert timm's weights and use --model); v2-b0 … v2-xl are timm's "
+                      f"EfficientNetV2 weights from the hub. [default: {DEFAULT_VARIANT}]", rich_help_panel=MODEL_PANEL,
+    show_default=False,
     case_sensitive=False)]
 ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Hub repository id or local directory (config.json + model.safetensors).",
+    "--model", "-m", help="Hub repository id (timm/<arch>.<tag> included) or local directory (config.json + "
+                          "model.safetensors).",
     rich_help_panel=MODEL_PANEL)]
 Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit to pin.",
                                                  rich_help_panel=MODEL_PANEL)]

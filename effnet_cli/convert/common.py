@@ -26,6 +26,7 @@ from effnet_cli.convert.variants import (
     count_classes,
     expected_state,
     labels_note,
+    v2_config,
     variant_config,
 )
 from effnet_cli.convert.verify import ReferenceUnavailable, VerifyResult, compare_outputs, pixel_values_from_raw
@@ -46,5 +47,5 @@ __all__ = [
     "ReferenceUnavailable", "Rename", "Renamed", "RESAMPLE", "TORCH_STYLE",
     "VerifyResult", "apply_renames", "build_table", "check_against_model", "choose_variant", "compare_outputs",
     "count_classes", "crop_pct_preprocessing", "expected_state", "labels_note",
-    "layout_problems", "pixel_values_from_raw", "preprocessor_config", "variant_config",
+    "layout_problems", "pixel_values_from_raw", "preprocessor_config", "v2_config", "variant_config",
 ]

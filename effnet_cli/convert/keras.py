@@ -1,4 +1,4 @@
-"""Keras applications' EfficientNetB0…B7 (``keras.applications.EfficientNetB0``), from ``.h5`` files.
+"""Keras applications' EfficientNetB0…B7 and EfficientNetV2B0…B3/S/M/L (``keras.applications.EfficientNetV2S``), from ``.h5`` files.
 
 Reads Keras 3 ``.weights.h5`` (and ``.keras`` archives, which hold one), and the
 legacy Keras 2 / tf.keras ``.h5`` layouts (weights only, or a full model with a
@@ -18,6 +18,11 @@ where the variance belongs. We fold all of this into preprocessor_config.json:
 ``image_std = sqrt(variance)`` (times ``sqrt(IMAGENET_STD)`` with the third layer),
 so our processor reproduces Keras's input pipeline. The resize is the TF
 reference's eval crop: the shorter side to size + 32 (bicubic), then a center crop.
+
+EfficientNetV2 builds its preprocessing from constants, not from stored weights:
+``Rescaling(1/255)`` and ``Normalization`` with ImageNet's mean and variance for
+B0-B3, ``Rescaling(1/128, offset=-1)`` for S, M and L. Its depthwise convs are named
+``dwconv2``, and its first stage (a Fused-MBConv without expansion) ``project_conv``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import torch
 
 from effnet_cli.core.config import VARIANTS, BlockSpec, EfficientNetConfig
+from effnet_cli.core.config_v2 import EfficientNetV2Config
 from effnet_cli.convert.common import (
     B_VARIANTS,
     IMAGENET_STD,
@@ -44,8 +50,10 @@ from effnet_cli.convert.common import (
     choose_variant,
     labels_note,
     preprocessor_config,
+    v2_config,
     variant_config,
 )
+from effnet_cli.weights.variants_v2 import V2_VARIANTS
 from effnet_cli.errors import ConfigError, WeightsError
 
 NAME = "keras"
@@ -57,6 +65,9 @@ STEM_HEAD = {"stem_conv": "stem_conv", "stem_bn": "stem_bn", "head_conv": "top_c
 BLOCK = {"expand_conv": "expand_conv", "expand_bn": "expand_bn", "dw_conv": "dwconv", "dw_bn": "bn",
          "se_reduce": "se_reduce", "se_expand": "se_expand", "project_conv": "project_conv",
          "project_bn": "project_bn"}
+BLOCK_V2 = {**BLOCK, "dw_conv": "dwconv2"}
+BLOCK_V2_CONV = {"expand_conv": "project_conv", "expand_bn": "project_bn"}  # k×k conv, norm, activation
+V2_NAMES = ("v2-b0", "v2-b1", "v2-b2", "v2-b3", "v2-s", "v2-m", "v2-l")  # Keras has no V2-XL
 # Keras 3 files store a layer's variables by position; these are their names, per layer class.
 # (Keras 3 calls the depthwise kernel "kernel"; tf.keras called it "depthwise_kernel", read as "kernel".)
 VARIABLE_NAMES = {
@@ -76,11 +87,19 @@ def matches(keys: Collection[str]) -> bool:
 
 
 def parse_arch(arch: str) -> str:
-    """``EfficientNetB3`` / ``efficientnetb3`` / ``b3`` -> ``b3``."""
-    match = re.fullmatch(r"(?:efficientnet)?(b[0-7])", arch.strip().lower().replace("_", "").replace("-", ""))
+    """``EfficientNetB3`` / ``efficientnetb3`` / ``b3`` -> ``b3``; ``EfficientNetV2S`` / ``v2s`` -> ``v2-s``."""
+    match = re.fullmatch(r"(?:efficientnet)?(b[0-7]|v2(?:b[0-3]|[sml]))",
+                         arch.strip().lower().replace("_", "").replace("-", ""))
     if not match:
-        raise ConfigError(f"Keras arch must be EfficientNetB0 … EfficientNetB7, got {arch!r}.")
-    return match.group(1)
+        raise ConfigError(f"Keras arch must be EfficientNetB0 … EfficientNetB7 or EfficientNetV2B0 … B3, S, M, L, "
+                          f"got {arch!r}.")
+    name = match.group(1)
+    return f"v2-{name[2:]}" if name.startswith("v2") else name
+
+
+def keras_name(variant: str) -> str:
+    """The Keras application of a variant: ``b3`` -> ``EfficientNetB3``, ``v2-s`` -> ``EfficientNetV2S``."""
+    return "EfficientNet" + variant.replace("-", "").upper()
 
 
 # ----------------------------------------------------------------------- reading
@@ -176,8 +195,20 @@ def _imagenet_std_fix(ckpt: Checkpoint, variance: torch.Tensor | None) -> bool:
     return variance is not None and torch.allclose(variance, torch.tensor(IMAGENET_STD), atol=1e-6)
 
 
+def v2_preprocessing(variant: str) -> dict[str, Any]:
+    """EfficientNetV2's in-graph constants as a preprocessor config (nothing of it is in the file)."""
+    size = V2_VARIANTS[variant].image_size
+    if variant.startswith("v2-b"):  # Rescaling(1/255), Normalization(ImageNet mean, std²)
+        return preprocessor_config(crop=size, resize=size + CROP_PADDING, resample="bicubic", rescale_factor=1 / 255)
+    # Rescaling(1/128, offset=-1): [-1, 1) with no normalisation.
+    return {**preprocessor_config(crop=size, resize=size + CROP_PADDING, resample="bicubic", rescale_factor=1 / 128),
+            "rescale_offset": True, "do_normalize": False}
+
+
 def preprocessing(ckpt: Checkpoint, variant: str) -> tuple[dict[str, Any], frozenset[str], list[str]]:
     """Keras's in-graph input pipeline folded into a preprocessor config, plus the source keys it used."""
+    if variant in V2_VARIANTS:
+        return v2_preprocessing(variant), frozenset(), []
     size = VARIANTS[variant].image_size
     norm = _normalization_layer(ckpt)
     notes: list[str] = []
@@ -209,16 +240,29 @@ def _block_parts(block: BlockSpec, j: int) -> dict[str, str]:
     return {part: prefix + name for part, name in BLOCK.items()}
 
 
+def _block_parts_v2(block: BlockSpec, j: int) -> dict[str, str]:
+    prefix = f"block{block.stage + 1}{chr(ord('a') + j)}_"
+    return {part: prefix + name for part, name in (BLOCK_V2_CONV if block.block_type == "conv" else BLOCK_V2).items()}
+
+
 def table(config: EfficientNetConfig) -> list[Rename]:
     """The rename table (our key <- Keras "layer/variable") for ``config``, with the layout permutes."""
-    return build_table(config, stem_head=STEM_HEAD, block_parts=_block_parts, style=KERAS_STYLE)
+    parts = _block_parts_v2 if isinstance(config, EfficientNetV2Config) else _block_parts
+    return build_table(config, stem_head=STEM_HEAD, block_parts=parts, style=KERAS_STYLE)
 
 
 def _plan_for(ckpt: Checkpoint, variant: str, num_labels: int) -> Plan:
-    config = variant_config(variant, num_labels=num_labels, padding_mode="same", batch_norm_eps=1e-3)
+    if variant in V2_VARIANTS:
+        v2 = V2_VARIANTS[variant]
+        # Keras rounds V2 channels to the nearest multiple of 8 in every variant (B0-B3 are the only scaled ones).
+        config: EfficientNetConfig = v2_config(v2.body, width=v2.width_coefficient, depth=v2.depth_coefficient,
+                                               num_labels=num_labels, image_size=v2.image_size, padding_mode="same",
+                                               batch_norm_eps=1e-3, round_limit=0.0)
+    else:
+        config = variant_config(variant, num_labels=num_labels, padding_mode="same", batch_norm_eps=1e-3)
     prep, consumed, notes = preprocessing(ckpt, variant)
     notes = [n for n in (labels_note(num_labels),) if n] + notes
-    return Plan(NAME, f"EfficientNet{variant.upper()}", config, table(config), prep, consumed=consumed, notes=notes)
+    return Plan(NAME, keras_name(variant), config, table(config), prep, consumed=consumed, notes=notes)
 
 
 def plan(ckpt: Checkpoint, arch: str | None) -> Plan:
@@ -227,7 +271,8 @@ def plan(ckpt: Checkpoint, arch: str | None) -> Plan:
     num_labels = int(bias.shape[0]) if bias is not None else 0
     if arch:
         return _plan_for(ckpt, parse_arch(arch), num_labels)
-    return choose_variant(ckpt.tensors, B_VARIANTS, lambda v: _plan_for(ckpt, v, num_labels), source=NAME)
+    candidates = V2_NAMES if any("_dwconv2/" in k for k in ckpt.tensors) else B_VARIANTS
+    return choose_variant(ckpt.tensors, candidates, lambda v: _plan_for(ckpt, v, num_labels), source=NAME)
 
 
 # ---------------------------------------------------------------------- verify
@@ -247,7 +292,7 @@ def reference_output(ckpt: Checkpoint, plan: Plan, raw: torch.Tensor, pixel_valu
     variant = parse_arch(plan.arch)
     height, width = raw.shape[-2:]
     n = plan.config.num_labels
-    build = getattr(keras.applications, f"EfficientNet{variant.upper()}")
+    build = getattr(keras.applications, keras_name(variant))
     model = build(weights=None, input_shape=(int(height), int(width), 3), include_top=bool(n), classes=n or 1000,
                   pooling=None if n else "avg", classifier_activation=None)
     norm = _normalization_layer(ckpt)
@@ -273,7 +318,7 @@ def reference_output(ckpt: Checkpoint, plan: Plan, raw: torch.Tensor, pixel_valu
     inputs = raw.permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32)  # NCHW -> NHWC
     out = keras.ops.convert_to_numpy(model(inputs, training=False))
     backend = keras.backend.backend()
-    return torch.from_numpy(np.asarray(out, dtype=np.float32)), f"keras {keras.__version__} ({backend}) EfficientNet{variant.upper()}"
+    return torch.from_numpy(np.asarray(out, dtype=np.float32)), f"keras {keras.__version__} ({backend}) {keras_name(variant)}"
 
 
 __all__ = ["matches", "parse_arch", "plan", "read", "reference_output", "table"]

@@ -157,10 +157,10 @@ def _is_keras_file(path: Path) -> bool:
 
 def build_model(ckpt: Checkpoint, plan: Plan) -> EfficientNetForImageClassification:
     """Steps 1-3: rename and permute the tensors, check them against our model, load them."""
-    from effnet_cli.core.model import EfficientNetForImageClassification
+    from effnet_cli.core.model_v2 import model_class_for
 
     converted = apply_renames(ckpt.tensors, plan)
-    model = build_empty(EfficientNetForImageClassification, plan.config)
+    model = build_empty(model_class_for(plan.config), plan.config)
     state = check_against_model(converted, model.state_dict(), plan)
     model.load_state_dict(state, strict=True)
     return model.eval()

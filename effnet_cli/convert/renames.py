@@ -111,18 +111,27 @@ def build_table(
     for block in config.blocks():
         j = block.index - stage_start.setdefault(block.stage, block.index)
         parts = block_parts(block, j)
-        wanted = ["dw_conv", "dw_bn", "project_conv", "project_bn"]
-        if block.expand_ratio != 1:
-            wanted[:0] = ["expand_conv", "expand_bn"]
-        if config.use_squeeze_excite:
-            wanted += ["se_reduce", "se_expand"]
-        for part in wanted:
+        for part in block_parts_built(config, block):
             add(part, parts[part], block.index)
     add("head_conv", stem_head["head_conv"])
     add("head_bn", stem_head["head_bn"])
     if config.num_labels:
         add("classifier", stem_head["classifier"])
     return rows
+
+
+def block_parts_built(config: EfficientNetConfig, block: BlockSpec) -> list[str]:
+    """The parts our model builds for ``block``: MBConv's, or EfficientNetV2's conv and Fused-MBConv blocks'."""
+    if block.block_type == "conv":
+        return ["expand_conv", "expand_bn"]  # the k×k conv, in the expansion's place
+    if block.block_type == "fused":
+        return ["expand_conv", "expand_bn", "project_conv", "project_bn"]
+    wanted = ["dw_conv", "dw_bn", "project_conv", "project_bn"]
+    if block.expand_ratio != 1:
+        wanted[:0] = ["expand_conv", "expand_bn"]
+    if config.use_squeeze_excite:
+        wanted += ["se_reduce", "se_expand"]
+    return wanted
 
 
 @dataclass

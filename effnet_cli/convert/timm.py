@@ -1,4 +1,5 @@
-"""timm's EfficientNets: ``efficientnet_b0…b7``, ``tf_efficientnet_b0…b7``, ``(tf_)efficientnet_lite0…4``.
+"""timm's EfficientNets: ``efficientnet_b0…b7``, ``tf_efficientnet_b0…b7``, ``(tf_)efficientnet_lite0…4``,
+and the EfficientNetV2s ``tf_efficientnetv2_b0…b3/s/m/l/xl``, ``efficientnetv2_s/m/l/xl``, ``efficientnetv2_rw_t/s``.
 
 Two families share one key layout but not their numerics:
 
@@ -16,7 +17,8 @@ to ``floor(size / crop_pct)``, center-crop ``size``, with its interpolation and
 mean/std. Without timm installed the small table below (timm 1.0's default tags) is used.
 
 Keys: ``conv_stem``, ``bn1``, ``blocks.<stage>.<j>.(conv_pw|conv_dw|se.conv_reduce|...)``,
-``conv_head``, ``bn2``, ``classifier``.
+``conv_head``, ``bn2``, ``classifier``; V2's plain conv blocks (``ConvBnAct``) hold ``conv``/``bn1``,
+its Fused-MBConv blocks (``EdgeResidual``) ``conv_exp``/``bn1``/``conv_pwl``/``bn2``.
 """
 
 from __future__ import annotations
@@ -44,35 +46,24 @@ from effnet_cli.convert.common import (
     count_classes,
     crop_pct_preprocessing,
     labels_note,
+    v2_config,
     variant_config,
 )
 from effnet_cli.errors import ConfigError
+from effnet_cli.weights.timm_layout import (  # noqa: F401 - the layout tables are this module's vocabulary
+    BLOCK_CN,
+    BLOCK_DS,
+    BLOCK_ER,
+    BLOCK_IR,
+    STEM_HEAD,
+    preprocessing,
+)
+from effnet_cli.weights.timm_layout import TimmCfg as _Cfg
+from effnet_cli.weights.timm_layout import cfg_from as _cfg_from
+from effnet_cli.weights.variants_v2 import TIMM_V2_ARCHS as V2_ARCHS
 
 NAME = "timm"
 PACKAGE = "timm"
-
-STEM_HEAD = {"stem_conv": "conv_stem", "stem_bn": "bn1", "head_conv": "conv_head", "head_bn": "bn2",
-             "classifier": "classifier"}
-# timm's DepthwiseSeparableConv (expand ratio 1) and InvertedResidual blocks.
-BLOCK_DS = {"dw_conv": "conv_dw", "dw_bn": "bn1", "se_reduce": "se.conv_reduce", "se_expand": "se.conv_expand",
-            "project_conv": "conv_pw", "project_bn": "bn2"}
-BLOCK_IR = {"expand_conv": "conv_pw", "expand_bn": "bn1", "dw_conv": "conv_dw", "dw_bn": "bn2",
-            "se_reduce": "se.conv_reduce", "se_expand": "se.conv_expand", "project_conv": "conv_pwl",
-            "project_bn": "bn3"}
-
-
-@dataclass(frozen=True)
-class _Cfg:
-    """The eval preprocessing fields of a timm pretrained config."""
-
-    tag: str
-    size: int
-    crop_pct: float
-    crop_mode: str
-    interpolation: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
 
 _IN, _INC = (IMAGENET_MEAN, IMAGENET_STD), (INCEPTION_MEAN, INCEPTION_STD)
 # timm 1.0's default pretrained tag per architecture (used only when timm is not installed).
@@ -110,17 +101,20 @@ _ARCH = re.compile(r"(tf_)?efficientnet_(b[0-7]|lite[0-4])")
 
 def matches(keys: Collection[str]) -> bool:
     """Whether a state dict has timm's EfficientNet layout."""
-    return "conv_stem.weight" in keys and "blocks.0.0.conv_dw.weight" in keys
+    first = ("blocks.0.0.conv_dw.weight", "blocks.0.0.conv.weight", "blocks.0.0.conv_exp.weight")  # V1, V2, V2 rw
+    return "conv_stem.weight" in keys and any(key in keys for key in first)
 
 
 def parse_arch(arch: str) -> tuple[str, str, str | None]:
-    """``tf_efficientnet_b3.ap_in1k`` -> (``tf_efficientnet_b3``, ``b3``, ``ap_in1k``)."""
+    """``tf_efficientnet_b3.ap_in1k`` -> (``tf_efficientnet_b3``, ``b3``, ``ap_in1k``); V2 names come back whole."""
     name, _, tag = arch.strip().partition(".")
+    if name.lower() in V2_ARCHS:
+        return name.lower(), name.lower(), tag or None
     match = _ARCH.fullmatch(name.lower())
     if not match:
         raise ConfigError(
-            f"timm arch must be efficientnet_b0…b7, tf_efficientnet_b0…b7, efficientnet_lite0…4 or "
-            f"tf_efficientnet_lite0…4 (optionally with .tag), got {arch!r}."
+            f"timm arch must be efficientnet_b0…b7, tf_efficientnet_b0…b7, efficientnet_lite0…4, "
+            f"tf_efficientnet_lite0…4 or one of {', '.join(V2_ARCHS)} (optionally with .tag), got {arch!r}."
         )
     return name.lower(), match.group(2), tag or None
 
@@ -138,38 +132,19 @@ def _pretrained_cfg(name: str, tag: str | None, from_file: dict[str, Any] | None
         if cfg is None:
             raise ConfigError(f"timm has no pretrained config {name}.{tag}; drop the tag or use one timm lists.")
         return _cfg_from(cfg.to_dict(), cfg.tag or "")
+    if name not in _FALLBACK:
+        raise ConfigError(f"timm is not installed, so the preprocessing of {name} is unknown; install timm.")
     if tag and tag != _FALLBACK[name].tag:
         raise ConfigError(f"timm is not installed, so the preprocessing of {name}.{tag} is unknown; install timm "
                           f"or drop the tag to use {name}.{_FALLBACK[name].tag}'s.")
     return _FALLBACK[name]
 
 
-def _cfg_from(data: dict[str, Any], tag: str) -> _Cfg:
-    size = data.get("input_size") or (3, 224, 224)  # timm evaluates at input_size unless told otherwise
-    return _Cfg(
-        tag=tag,
-        size=int(size[-1]),
-        crop_pct=float(data.get("crop_pct") or 0.875),
-        crop_mode=str(data.get("crop_mode") or "center"),
-        interpolation=str(data.get("interpolation") or "bicubic"),
-        mean=tuple(float(v) for v in data.get("mean", IMAGENET_MEAN)),
-        std=tuple(float(v) for v in data.get("std", IMAGENET_STD)),
-    )
-
-
-def preprocessing(cfg: _Cfg) -> dict[str, Any]:
-    """timm's eval transform for a pretrained config, as a preprocessor config."""
-    resample = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
-    if cfg.crop_mode == "squash":
-        # Both sides to size / crop_pct (aspect ratio not kept), then the center crop.
-        return crop_pct_preprocessing(cfg.size, cfg.crop_pct, resize_mode="exact", resample=resample,
-                                      mean=cfg.mean, std=cfg.std)
-    # "center" (and "border", which our processor cannot pad; center is its closest).
-    return crop_pct_preprocessing(cfg.size, cfg.crop_pct, resample=resample, mean=cfg.mean, std=cfg.std)
-
-
 def _block_parts(block: BlockSpec, j: int) -> dict[str, str]:
-    template = BLOCK_IR if block.expand_ratio != 1 else BLOCK_DS
+    if block.block_type != "mbconv":
+        template = BLOCK_CN if block.block_type == "conv" else BLOCK_ER
+    else:
+        template = BLOCK_IR if block.expand_ratio != 1 else BLOCK_DS
     return {part: f"blocks.{block.stage}.{j}.{path}" for part, path in template.items()}
 
 
@@ -182,13 +157,13 @@ def _plan_for(arch: str, num_labels: int, file_cfg: dict[str, Any] | None = None
     name, variant, tag = parse_arch(arch)
     cfg = _pretrained_cfg(name, tag, file_cfg)
     tf_port = name.startswith("tf_")
-    config = variant_config(
-        variant,
-        num_labels=num_labels,
-        image_size=cfg.size,
-        padding_mode="same" if tf_port else "symmetric",
-        batch_norm_eps=1e-3 if tf_port else 1e-5,
-    )
+    numerics: dict[str, Any] = dict(padding_mode="same" if tf_port else "symmetric",
+                                    batch_norm_eps=1e-3 if tf_port else 1e-5)
+    if name in V2_ARCHS:
+        body, width, depth = V2_ARCHS[name]
+        config = v2_config(body, width=width, depth=depth, num_labels=num_labels, image_size=cfg.size, **numerics)
+    else:
+        config = variant_config(variant, num_labels=num_labels, image_size=cfg.size, **numerics)
     notes = [n for n in (labels_note(num_labels),) if n]
     if cfg.crop_mode not in ("center", "squash"):
         notes.append(f"timm's crop_mode {cfg.crop_mode!r} is approximated by a center crop.")

@@ -1,11 +1,12 @@
-"""torchvision's EfficientNet-B0…B7 (``torchvision.models.efficientnet_b*``).
+"""torchvision's EfficientNet-B0…B7 and EfficientNetV2-S/M/L (``torchvision.models.efficientnet_b*``, ``efficientnet_v2_*``).
 
 torchvision pads every conv symmetrically (k//2), uses torch's default batch-norm
 eps (1e-5) for B0-B4 but 1e-3 for B5-B7, and ships its preprocessing in the weight
 enums (``EfficientNet_B3_Weights.IMAGENET1K_V1.transforms()``): resize the shorter
 side, center-crop, ImageNet mean/std. Keys look like ``features.0.0.weight`` (stem),
 ``features.<stage+1>.<j>.block.<k>...`` (blocks), ``features.8.0.weight`` (head conv)
-and ``classifier.1.weight``.
+and ``classifier.1.weight``. V2 (eps 1e-3) has six or seven stages; its Fused-MBConv blocks hold
+``block.0`` (the k×k conv) and, when they expand, ``block.1`` (the projection).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from effnet_cli.convert.common import (
     count_classes,
     labels_note,
     preprocessor_config,
+    v2_config,
     variant_config,
 )
 from effnet_cli.errors import ConfigError
@@ -34,14 +36,19 @@ from effnet_cli.errors import ConfigError
 NAME = "torchvision"
 PACKAGE = "torchvision"
 
-_NUM_STAGES = 7
-STEM_HEAD = {
-    "stem_conv": "features.0.0",
-    "stem_bn": "features.0.1",
-    "head_conv": f"features.{_NUM_STAGES + 1}.0",
-    "head_bn": f"features.{_NUM_STAGES + 1}.1",
-    "classifier": "classifier.1",  # classifier.0 is the dropout
-}
+
+
+def stem_head(num_stages: int) -> dict[str, str]:
+    """Where the stem, head conv and classifier are; the head follows the last stage."""
+    return {
+        "stem_conv": "features.0.0",
+        "stem_bn": "features.0.1",
+        "head_conv": f"features.{num_stages + 1}.0",
+        "head_bn": f"features.{num_stages + 1}.1",
+        "classifier": "classifier.1",  # classifier.0 is the dropout
+    }
+
+
 # Inside ``features.<stage+1>.<j>.block``: a Sequential whose indices shift by one
 # when the block has no expansion conv (expand ratio 1).
 BLOCK_EXPANDED = {
@@ -55,6 +62,10 @@ BLOCK_NO_EXPANSION = {
     "se_reduce": "block.1.fc1", "se_expand": "block.1.fc2",
     "project_conv": "block.2.0", "project_bn": "block.2.1",
 }
+# V2's FusedMBConv: one Conv2dNormActivation when it does not expand ("conv"), else the k×k conv and the projection.
+BLOCK_FUSED = {"expand_conv": "block.0.0", "expand_bn": "block.0.1", "project_conv": "block.1.0",
+               "project_bn": "block.1.1"}
+V2_VARIANTS = ("v2_s", "v2_m", "v2_l")  # torchvision's V2 bodies are the TF tables, unscaled
 
 # The weight enums' eval transforms, for when torchvision is not importable at
 # conversion time: (resize of the shorter side, crop, interpolation). All use ImageNet mean/std.
@@ -62,6 +73,7 @@ _TRANSFORMS = {
     "b0": (256, 224, "bicubic"), "b1": (255, 240, "bilinear"), "b2": (288, 288, "bicubic"),
     "b3": (320, 300, "bicubic"), "b4": (384, 380, "bicubic"), "b5": (456, 456, "bicubic"),
     "b6": (528, 528, "bicubic"), "b7": (600, 600, "bicubic"),
+    "v2_s": (384, 384, "bilinear"), "v2_m": (480, 480, "bilinear"),
 }
 
 
@@ -71,22 +83,26 @@ def matches(keys: Collection[str]) -> bool:
 
 
 def parse_arch(arch: str) -> tuple[str, str | None]:
-    """``efficientnet_b3`` / ``b3`` / ``efficientnet_b3.IMAGENET1K_V1`` -> (``b3``, weights tag)."""
+    """``efficientnet_b3`` / ``b3`` / ``efficientnet_v2_s.IMAGENET1K_V1`` -> (``b3`` or ``v2_s``, weights tag)."""
     name, _, tag = arch.partition(".")
-    match = re.fullmatch(r"(?:efficientnet_)?(b[0-7])", name.strip().lower())
+    match = re.fullmatch(r"(?:efficientnet_)?(b[0-7]|v2_[sml])", name.strip().lower())
     if not match:
-        raise ConfigError(f"torchvision arch must be efficientnet_b0 … efficientnet_b7, got {arch!r}.")
+        raise ConfigError(f"torchvision arch must be efficientnet_b0 … efficientnet_b7 or efficientnet_v2_s/m/l, "
+                          f"got {arch!r}.")
     return match.group(1), tag or None
 
 
 def _block_parts(block: BlockSpec, j: int) -> dict[str, str]:
-    template = BLOCK_EXPANDED if block.expand_ratio != 1 else BLOCK_NO_EXPANSION
+    if block.block_type != "mbconv":
+        template = BLOCK_FUSED
+    else:
+        template = BLOCK_EXPANDED if block.expand_ratio != 1 else BLOCK_NO_EXPANSION
     return {part: f"features.{block.stage + 1}.{j}.{path}" for part, path in template.items()}
 
 
 def table(config: EfficientNetConfig) -> list[Rename]:
     """The rename table (our key <- torchvision key) for ``config``."""
-    return build_table(config, stem_head=STEM_HEAD, block_parts=_block_parts)
+    return build_table(config, stem_head=stem_head(len(config.in_channels)), block_parts=_block_parts)
 
 
 def preprocessing(variant: str, tag: str | None = None) -> dict[str, Any]:
@@ -94,6 +110,8 @@ def preprocessing(variant: str, tag: str | None = None) -> dict[str, Any]:
     try:
         from torchvision.models import get_model_weights
     except ImportError:  # torchvision is a dependency, but keep conversion working without it
+        if variant not in _TRANSFORMS:
+            raise ConfigError(f"torchvision is not importable, so efficientnet_{variant}'s preprocessing is unknown.")
         resize, crop, interp = _TRANSFORMS[variant]
         return preprocessor_config(crop=crop, resize=resize, resample=interp)
     enum = get_model_weights(f"efficientnet_{variant}")
@@ -114,6 +132,12 @@ def preprocessing(variant: str, tag: str | None = None) -> dict[str, Any]:
 
 def _plan_for(variant: str, tag: str | None, num_labels: int) -> Plan:
     resize_crop = preprocessing(variant, tag)
+    if variant in V2_VARIANTS:  # torchvision builds V2 with BatchNorm2d(eps=1e-3), symmetric padding
+        config = v2_config(variant.removeprefix("v2_"), num_labels=num_labels,
+                           image_size=resize_crop["crop_size"]["height"], padding_mode="symmetric",
+                           batch_norm_eps=1e-3)
+        return Plan(NAME, f"efficientnet_{variant}" + (f".{tag}" if tag else ""), config, table(config),
+                    resize_crop, notes=[n for n in (labels_note(num_labels),) if n])
     config = variant_config(
         variant,
         num_labels=num_labels,
@@ -133,7 +157,8 @@ def plan(ckpt: Checkpoint, arch: str | None) -> Plan:
     if arch:
         variant, tag = parse_arch(arch)
         return _plan_for(variant, tag, num_labels)
-    return choose_variant(ckpt.tensors, B_VARIANTS, lambda v: _plan_for(v, None, num_labels), source=NAME)
+    return choose_variant(ckpt.tensors, B_VARIANTS + V2_VARIANTS, lambda v: _plan_for(v, None, num_labels),
+                          source=NAME)
 
 
 def reference_output(ckpt: Checkpoint, plan: Plan, raw: torch.Tensor, pixel_values: torch.Tensor

@@ -11,6 +11,8 @@ from effnet_cli.convert.plan import Plan
 from effnet_cli.convert.renames import apply_renames
 from effnet_cli.convert.shapes import check_against_model, layout_problems
 from effnet_cli.core.config import EfficientNetConfig
+from effnet_cli.core.config_v2 import EfficientNetV2Config
+from effnet_cli.weights.presets import imagenet_labels
 from effnet_cli.errors import ConfigError, WeightsError
 from effnet_cli.weights.variants import B_VARIANTS, LITE_VARIANTS  # noqa: F401 - the candidates source modules pass
 
@@ -29,6 +31,17 @@ def variant_config(variant: str, *, num_labels: int, image_size: int | None = No
     return EfficientNetConfig.from_variant(variant, **overrides)
 
 
+def v2_config(body: str, *, num_labels: int, image_size: int, width: float = 1.0, depth: float = 1.0,
+              **overrides: Any) -> EfficientNetV2Config:
+    """Our EfficientNetV2 config for a source's architecture: a body of the V2 table, scaled, with the checkpoint's head."""
+    if num_labels == 1000:
+        overrides["id2label"] = dict(enumerate(imagenet_labels()))
+    else:
+        overrides["num_labels"] = num_labels
+    return EfficientNetV2Config.from_body(body, width_coefficient=width, depth_coefficient=depth,
+                                          image_size=image_size, **overrides)
+
+
 def count_classes(tensors: Mapping[str, torch.Tensor], bias_key: str) -> int:
     """Classifier outputs, from the classifier bias (0 for a headless checkpoint)."""
     bias = tensors.get(bias_key)
@@ -37,10 +50,10 @@ def count_classes(tensors: Mapping[str, torch.Tensor], bias_key: str) -> int:
 
 def expected_state(config: EfficientNetConfig) -> dict[str, torch.Tensor]:
     """Our model's state dict for ``config`` on the meta device: names and shapes, no memory."""
-    from effnet_cli.core.model import EfficientNetForImageClassification
+    from effnet_cli.core.model_v2 import model_class_for
 
     with torch.device("meta"):
-        return EfficientNetForImageClassification(config).state_dict()
+        return model_class_for(config)(config).state_dict()
 
 
 def choose_variant(

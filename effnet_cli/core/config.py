@@ -14,6 +14,7 @@ field checks in :mod:`effnet_cli.core.validation`, the published variants in
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -90,6 +91,7 @@ class EfficientNetConfig(PretrainedMixin):
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # unknown keys, readable as attributes, written back
 
     model_type: ClassVar[str] = "efficientnet"  # what config.json's "model_type" says
+    family_name: ClassVar[str] = "EfficientNet"  # how errors name the family
     _ready: ClassVar[bool] = False  # set per instance once __post_init__ is done: assignments then keep labels consistent
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -102,20 +104,27 @@ class EfficientNetConfig(PretrainedMixin):
             ConfigError: a value cannot build a model, or ``model_type`` is not ``efficientnet``.
             TypeError: too many positional arguments, or one given twice.
         """
-        names = list(_FIELD_NAMES_IN_ORDER)
+        names = [f.name for f in fields(type(self))]
         if len(args) > len(names):
             raise TypeError(f"EfficientNetConfig takes at most {len(names)} positional arguments ({len(args)} given).")
         for name, value in zip(names, args):
             if name in kwargs:
                 raise TypeError(f"EfficientNetConfig got multiple values for argument {name!r}.")
             kwargs[name] = value
-        unknown = _unknown_keys({k: kwargs.pop(k) for k in list(kwargs) if k not in _FIELD_NAMES})
+        known = type(self)._field_names()
+        unknown = _unknown_keys({k: kwargs.pop(k) for k in list(kwargs) if k not in known}, type(self).model_type)
         for f in fields(self):
             value = kwargs[f.name] if f.name in kwargs else (
                 f.default_factory() if f.default_factory is not MISSING else f.default)
             object.__setattr__(self, f.name, value)
         self.__post_init__()
         self.extra.update(unknown)
+
+    @classmethod
+    @functools.cache
+    def _field_names(cls) -> frozenset[str]:
+        # Per class: a subclass (EfficientNetV2Config) adds fields of its own.
+        return frozenset(f.name for f in fields(cls))
 
     def __post_init__(self) -> None:
         self._normalise_labels()
@@ -131,7 +140,7 @@ class EfficientNetConfig(PretrainedMixin):
         ``num_labels`` (and ``label2id``) from it; any other name becomes an extra
         key that reads back as an attribute and is written to config.json.
         """
-        if name in _FIELD_NAMES or name.startswith("_") or hasattr(type(self), name):
+        if name in type(self)._field_names() or name.startswith("_") or hasattr(type(self), name):
             if not self._ready or name not in ("num_labels", "id2label", "label2id"):
                 object.__setattr__(self, name, value)
             else:
@@ -319,7 +328,7 @@ class EfficientNetConfig(PretrainedMixin):
         """
         config = cls._from_json_data(data)
         applied, unused, return_unused = split_from_dict_kwargs(
-            kwargs, lambda key: key in _ASSIGNABLE or key in config.extra or key in ("dtype", "torch_dtype"),
+            kwargs, lambda key: key in cls._field_names() - {"extra"} or key in config.extra or key in ("dtype", "torch_dtype"),
             _CONSUMED_KWARGS)
         for key, value in applied.items():
             if key not in ("dtype", "torch_dtype"):
@@ -333,8 +342,8 @@ class EfficientNetConfig(PretrainedMixin):
         """The config a parsed config.json describes, with a :class:`ConfigError` for wrong content."""
         if not isinstance(data, dict):
             raise ConfigError(f"A config must be a JSON object, got {type(data).__name__}.")
-        if data.get("model_type", "efficientnet") != "efficientnet":
-            raise ConfigError(f"model_type is {data['model_type']!r}: not an EfficientNet config.")
+        if data.get("model_type", cls.model_type) != cls.model_type:
+            raise ConfigError(f"model_type is {data['model_type']!r}: not an {cls.family_name} config.")
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in data.items() if k in known}
         extra = {k: v for k, v in data.items() if k not in known and k != "num_hidden_layers"}
@@ -417,8 +426,6 @@ class EfficientNetConfig(PretrainedMixin):
         self.to_json_file(directory / CONFIG_NAME)
 
 
-_FIELD_NAMES = frozenset(f.name for f in fields(EfficientNetConfig))
-_ASSIGNABLE = _FIELD_NAMES - {"extra"}
 # transformers' PreTrainedConfig defaults (5.x) of the keys effnet writes: to_diff_dict leaves a key out at its default.
 _BASE_DEFAULTS: dict[str, Any] = {
     "architectures": None, "output_hidden_states": False, "return_dict": True, "dtype": None,
@@ -431,14 +438,13 @@ _CONSUMED_KWARGS = frozenset({"_from_auto", "_from_pipeline", "_commit_hash", "a
 # Written to config.json only when set to something else than their default.
 _WRITTEN_WHEN_CHANGED = frozenset({"padding_mode", "use_squeeze_excite", "fix_stem_and_head",
                                    "output_hidden_states", "return_dict"})
-_FIELD_NAMES_IN_ORDER = tuple(f.name for f in fields(EfficientNetConfig))
 
 
-def _unknown_keys(unknown: dict[str, Any]) -> dict[str, Any]:
+def _unknown_keys(unknown: dict[str, Any], model_type: str = "efficientnet") -> dict[str, Any]:
     """The constructor's unknown keyword arguments as :attr:`EfficientNetConfig.extra` keeps them."""
     unknown.pop("num_hidden_layers", None)  # derived from num_block_repeats
-    if unknown.get("model_type", "efficientnet") != "efficientnet":
-        raise ConfigError(f"model_type is {unknown['model_type']!r}: not an EfficientNet config.")
+    if unknown.get("model_type", model_type) != model_type:
+        raise ConfigError(f"model_type is {unknown['model_type']!r}, not {model_type!r}.")
     unknown.pop("model_type", None)
     if "torch_dtype" in unknown:  # transformers' older spelling
         unknown.setdefault("dtype", unknown.pop("torch_dtype"))

@@ -46,6 +46,7 @@ class LayerCost:
     output_size: int  # side of the feature map it leaves (1 for the classifier)
     params: int
     macs: int
+    block_type: str | None = None  # a stage's blocks: "mbconv", or EfficientNetV2's "fused" / "conv"
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class NetworkCost:
 
     @property
     def blocks(self) -> int:
-        """Number of MBConv blocks."""
+        """Number of blocks (MBConv, and EfficientNetV2's Fused-MBConv)."""
         return sum(r.repeats for r in self.rows if r.kind == "stage")
 
 
@@ -96,8 +97,23 @@ def conv_output_size(config: EfficientNetConfig, size: int, kernel_size: int, st
     return (size + total - kernel_size) // stride + 1
 
 
+def _fused_cost(config: EfficientNetConfig, block: BlockSpec, size: int) -> tuple[int, int, int]:
+    """(output size, params, MACs) of an EfficientNetV2 conv or Fused-MBConv block on a ``size``-wide input."""
+    k = block.kernel_size
+    width = block.out_channels if block.block_type == "conv" else block.expanded_channels
+    out = conv_output_size(config, size, k, block.stride)
+    params = k * k * block.in_channels * width + 2 * width  # the k×k conv (no bias) + batch norm
+    macs = out * out * k * k * block.in_channels * width
+    if block.block_type == "fused":
+        params += width * block.out_channels + 2 * block.out_channels  # 1×1 projection + batch norm
+        macs += out * out * width * block.out_channels
+    return out, params, macs
+
+
 def _block_cost(config: EfficientNetConfig, block: BlockSpec, size: int) -> tuple[int, int, int]:
-    """(output size, params, MACs) of one MBConv block on a ``size``-wide input."""
+    """(output size, params, MACs) of one block on a ``size``-wide input."""
+    if block.block_type != "mbconv":
+        return _fused_cost(config, block, size)
     e, k = block.expanded_channels, block.kernel_size
     params = macs = 0
     if block.expand_ratio != 1:  # 1×1 expansion conv (no bias) + batch norm
@@ -147,6 +163,7 @@ def network_cost(config: EfficientNetConfig, image_size: int | None = None) -> N
             kind="stage", stage=spec.index + 1, kernel_size=spec.kernel_size, stride=spec.stride,
             expand_ratio=spec.expand_ratio, in_channels=spec.in_channels, out_channels=spec.out_channels,
             repeats=spec.repeats, input_size=stage_in, output_size=size, params=params, macs=macs,
+            block_type=spec.block_type,
         ))
 
     # Head: 1×1 conv to hidden_dim + batch norm; then global pooling (no MACs) and the classifier.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from effnet_cli.core.checkpoint import build_empty, load_weights
 from effnet_cli.core.config import EfficientNetConfig
+from effnet_cli.core.config_v2 import read_config
 from effnet_cli.core.dtypes import parse_dtype
 from effnet_cli.errors import ConfigError, LoadError
 from effnet_cli.weights.files import CONFIG_NAME, PROCESSOR_NAME, weights_file
@@ -37,18 +38,18 @@ def default_processor(config: EfficientNetConfig) -> EfficientNetImageProcessor:
 def load_directory(directory: Path, *, model_class: type | None = None
                    ) -> tuple[EfficientNetPreTrainedModel, EfficientNetImageProcessor]:
     """Build the model and processor a loadable directory describes."""
-    from effnet_cli.core.model import EfficientNetForImageClassification
+    from effnet_cli.core.model_v2 import model_class_for
     from effnet_cli.core.processor import EfficientNetImageProcessor
 
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise LoadError(f"{directory} has no {CONFIG_NAME}.")
     try:
-        config = EfficientNetConfig.from_json_file(config_path)
+        config = read_config(config_path)  # V1 or V2, by model_type
     except ConfigError as exc:
         raise type(exc)(f"{config_path}: {exc}") from None  # the same class: a missing file stays an OSError
     weights = weights_file(directory)
-    model = build_empty(model_class or EfficientNetForImageClassification, config)
+    model = build_empty(model_class_for(config, model_class), config)
     load_weights(model, read_state_dict(weights), source=str(weights))
     processor_path = directory / PROCESSOR_NAME
     processor = (EfficientNetImageProcessor.from_json_file(processor_path) if processor_path.is_file()

@@ -192,7 +192,7 @@ class EfficientNetEncoder(nn.Module):
     def __init__(self, config: EfficientNetConfig) -> None:
         super().__init__()
         specs = config.blocks()
-        self.blocks = nn.ModuleList(EfficientNetBlock(config, spec) for spec in specs)
+        self.blocks = nn.ModuleList(self.make_block(config, spec) for spec in specs)
         self.top_conv = nn.Conv2d(specs[-1].out_channels, config.head_channels, kernel_size=1, bias=False)
         self.top_bn = nn.BatchNorm2d(config.head_channels, eps=config.batch_norm_eps,
                                      momentum=config.batch_norm_momentum)
@@ -200,6 +200,11 @@ class EfficientNetEncoder(nn.Module):
 
         self.gradient_checkpointing = False
         self.checkpointing = CheckpointSettings()  # set by the model's gradient_checkpointing_enable
+
+    @staticmethod
+    def make_block(config: EfficientNetConfig, spec: BlockSpec) -> nn.Module:
+        """The module of one block row (EfficientNetV2's encoder builds its block types here)."""
+        return EfficientNetBlock(config, spec)
 
     def forward(self, x: torch.Tensor, output_hidden_states: bool = False
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
@@ -335,10 +340,12 @@ class EfficientNetPreTrainedModel(PretrainedMixin, nn.Module):
 class EfficientNetModel(EfficientNetPreTrainedModel):
     """EfficientNet without a classifier: feature maps and pooled features."""
 
+    encoder_class: ClassVar[type[EfficientNetEncoder]] = EfficientNetEncoder  # EfficientNetV2 swaps in its own
+
     def __init__(self, config: EfficientNetConfig) -> None:
         super().__init__(config)
         self.embeddings = EfficientNetEmbeddings(config)
-        self.encoder = EfficientNetEncoder(config)
+        self.encoder = self.encoder_class(config)
         self.post_init()
 
     def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
@@ -377,10 +384,12 @@ class EfficientNetModel(EfficientNetPreTrainedModel):
 class EfficientNetForImageClassification(EfficientNetPreTrainedModel):
     """EfficientNet with dropout and a linear classifier on the pooled features."""
 
+    base_model_class: ClassVar[type[EfficientNetModel]] = EfficientNetModel  # EfficientNetV2 swaps in its own
+
     def __init__(self, config: EfficientNetConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.efficientnet = EfficientNetModel(config)
+        self.efficientnet = self.base_model_class(config)
         self.dropout = nn.Dropout(p=config.dropout_rate)
         self.classifier = nn.Linear(config.head_channels, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()

@@ -67,7 +67,7 @@ def from_pretrained(cls: type[nn.Module], located: Located, *,
     (``num_labels``, ``id2label``, ``label2id``, ``output_hidden_states``...), as in
     transformers. The model comes back in eval mode.
     """
-    config = _config_for(located, config)
+    config = _config_for(located, config, cls.config_class)
     unknown = sorted(k for k in kwargs if not _is_config_key(config, k))
     if unknown:
         raise TypeError(f"from_pretrained() got unexpected keyword argument(s) {', '.join(unknown)}.")
@@ -97,19 +97,23 @@ def from_pretrained(cls: type[nn.Module], located: Located, *,
     return (model, info.to_dict()) if output_loading_info else model
 
 
-def _config_for(located: Located, config: EfficientNetConfig | str | Path | None) -> EfficientNetConfig:
-    """The config to build: the one given (copied, or read from a path), else the checkpoint's config.json."""
+def _config_for(located: Located, config: EfficientNetConfig | str | Path | None,
+                config_class: type[EfficientNetConfig]) -> EfficientNetConfig:
+    """The config to build: the one given (copied, or read from a path), else the checkpoint's config.json.
+
+    ``config_class`` is the model class's (V1's or V2's); a config of the other family is refused.
+    """
     if isinstance(config, (str, Path)):
-        return EfficientNetConfig.from_pretrained(config, **located.download)
+        return config_class.from_pretrained(config, **located.download)
     if config is None:
         if located.directory is None:
             raise ConfigError("from_pretrained(None, ...) needs config= (and state_dict=) to build the model.")
         try:
-            return EfficientNetConfig.from_json_file(located.directory / CONFIG_NAME)
+            return config_class.from_json_file(located.directory / CONFIG_NAME)
         except ConfigError as exc:
             raise type(exc)(f"{located.directory / CONFIG_NAME}: {exc}") from None  # a missing file stays an OSError
-    if not isinstance(config, EfficientNetConfig):
-        raise ConfigError(f"config must be an EfficientNetConfig or a path, got {type(config).__name__}.")
+    if not isinstance(config, config_class) or config.model_type != config_class.model_type:
+        raise ConfigError(f"config must be an {config_class.__name__} or a path, got {type(config).__name__}.")
     return copy.deepcopy(config)  # the caller's object stays as it was
 
 

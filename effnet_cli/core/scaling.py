@@ -28,15 +28,16 @@ HEAD_CHANNELS = 1280  # width of the 1x1 head conv before width scaling
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
 
 
-def round_filters(channels: int, width_coefficient: float, divisor: int = 8) -> int:
+def round_filters(channels: int, width_coefficient: float, divisor: int = 8, round_limit: float = 0.9) -> int:
     """Scale a channel count by the width coefficient, to a multiple of ``divisor``.
 
     Rounds to the nearest multiple but never more than 10% below the scaled value
-    (the rule of the TF reference, which every port reproduces).
+    (the rule of the TF reference, which every port reproduces). EfficientNetV2-B0..B3
+    round to the nearest multiple only (``round_limit=0``), as TF's V2 code and timm do.
     """
     scaled = channels * width_coefficient
     rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * scaled:
+    if rounded < round_limit * scaled:
         rounded += divisor
     return int(rounded)
 
@@ -72,6 +73,7 @@ class StageSpec:
     in_channels: int
     out_channels: int
     repeats: int
+    block_type: str = "mbconv"  # EfficientNetV2 also has "fused" (Fused-MBConv) and "conv" stages
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class BlockSpec:
     drop_rate: float  # dropout on the residual branch, growing linearly with depth
     residual: bool  # every block but the first of its stage adds its input back
     adjust_padding: bool  # "fixed" mode: stride-2 depthwise pads (k//2-1, k//2), else k//2 each side
+    block_type: str = "mbconv"  # "mbconv", or EfficientNetV2's "fused" (k×k expand, 1×1 project) and "conv" (k×k only)
 
     @property
     def expanded_channels(self) -> int:
@@ -114,6 +117,7 @@ def blocks_of(stages: list[StageSpec], *, drop_connect_rate: float, depthwise_pa
                     drop_rate=drop_connect_rate * index / total,
                     residual=j > 0,
                     adjust_padding=index not in depthwise_padding,
+                    block_type=stage.block_type,
                 )
             )
     return rows

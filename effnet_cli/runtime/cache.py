@@ -180,7 +180,7 @@ def runner_for(model: Any, processor: Any, backend: str, *, dtype: str, device_t
 
 def _files_input_size(files: str | Path) -> tuple[int, int] | None:
     """The input size of the preprocessing saved in ``files`` (the hub default's when none is saved)."""
-    from effnet_cli.core.config import EfficientNetConfig
+    from effnet_cli.core.config_v2 import read_config
     from effnet_cli.core.processor import EfficientNetImageProcessor
     from effnet_cli.weights.presets import hub_preprocessing
 
@@ -188,7 +188,7 @@ def _files_input_size(files: str | Path) -> tuple[int, int] | None:
     try:
         processor = (EfficientNetImageProcessor.from_json_file(path) if path.is_file() else
                      EfficientNetImageProcessor.from_dict(hub_preprocessing(
-                         EfficientNetConfig.from_json_file(Path(files) / "config.json").image_size)))
+                         read_config(Path(files) / "config.json").image_size)))
     except Exception:
         return None
     return processor.input_size

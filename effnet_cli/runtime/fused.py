@@ -53,6 +53,7 @@ from effnet_cli.core.model import (
     EfficientNetPreTrainedModel,
     EfficientNetSqueezeExciteLayer,
 )
+from effnet_cli.core.model_v2 import ProjectionLayer
 
 __all__ = ["optimize", "fold_batch_norm", "fold_batch_norms", "fuse_model", "resolve_device", "FusedConv2d", "Float32Island",
            "keep_freed_memory"]
@@ -65,6 +66,8 @@ _CONV_NORM_ACT = (
     (EfficientNetDepthwiseLayer, "depthwise_conv", "depthwise_norm", "depthwise_act"),
     (EfficientNetFinalBlockLayer, "project_conv", "project_bn", None),
     (EfficientNetEncoder, "top_conv", "top_bn", "top_activation"),
+    # EfficientNetV2's projection (the residual is in its block); its Fused-MBConv conv is an expansion layer.
+    (ProjectionLayer, "project_conv", "project_bn", None),
 )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from effnet_cli.core.config import EfficientNetConfig
+from effnet_cli.core.config_v2 import read_config
 from effnet_cli.core.numpy_pixels import PixelPipeline
 from effnet_cli.core.processor import EfficientNetImageProcessor
 from effnet_cli.data.decode import DEFAULT_MAX_PIXELS, draft_options
@@ -103,7 +103,7 @@ class LeanEngine:
             raise InputError("An exported model runs in float32 here; use --dtype float32, or the weights "
                              "directory for bfloat16.")
         self.backend, path = _pick_backend(self.directory, backend)
-        self.config = EfficientNetConfig.from_json_file(self.directory / "config.json")
+        self.config = read_config(self.directory / "config.json")
         processor_path = self.directory / "preprocessor_config.json"
         if not processor_path.is_file():
             raise InputError(f"{self.directory} has no preprocessor_config.json, so its preprocessing is unknown.")

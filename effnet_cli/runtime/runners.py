@@ -134,13 +134,13 @@ def keep_float32(path: Path) -> str:
     import re
     import xml.etree.ElementTree as ET
 
-    from effnet_cli.core.config import EfficientNetConfig
+    from effnet_cli.core.config_v2 import read_config
 
     text = path.read_text("utf-8")
     config_file = path.parent / "config.json"
     if not config_file.is_file() or _KEEP_PRECISION["name"] in text:  # no config, or marked already
         return text
-    blocks = EfficientNetConfig.from_json_file(config_file).blocks()
+    blocks = read_config(config_file).blocks()
     boundary = next((b.index for b in blocks if b.stage > 0), None)
     if boundary is None:
         return text

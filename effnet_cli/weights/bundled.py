@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,33 +143,39 @@ def write_lite0(source: Path, directory: Path) -> None:
 
 
 def ensure_lite0(cache_dir: Path) -> Path:
-    """The converted Lite0 directory in ``cache_dir``, converting the package's weights on first use.
+    """The converted Lite0 directory in ``cache_dir``, converting the package's weights on first use."""
+    source = lite0_source_file()
+    cache_dir = Path(cache_dir).expanduser()
+    final = cache_dir / f"lite0-{remembered_hash(source, cache_dir)}"
+    return ensure_converted(final, lambda staged: write_lite0(source, staged), what="the bundled Lite0 weights")
+
+
+def ensure_converted(final: Path, write: Callable[[Path], None], *, what: str) -> Path:
+    """``final``, a converted model directory, written by ``write(staged)`` unless it is complete already.
 
     Safe against races and kills: the conversion is written into a private
     temporary directory and renamed into place in one step, so other processes
     see either nothing or a complete directory; when two race, the first rename
-    wins and the other's copy is discarded.
+    wins and the other's copy is discarded. Used for the bundled Lite0 and for
+    timm hub repositories.
     """
     from effnet_cli.output import MODEL_DIR_FILES, make_dir, publish_dir, temp_dir
 
-    source = lite0_source_file()
-    cache_dir = Path(cache_dir).expanduser()
-    final = cache_dir / f"lite0-{remembered_hash(source, cache_dir)}"
     if is_complete(final):
         return final
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
         work = temp_dir(final)  # the umask's mode, unlike mkdtemp's 0700
     except OSError as exc:
-        raise WeightsError(f"Cannot write the converted Lite0 weights to {cache_dir} ({exc}); set EFFNET_CACHE.") from None
+        raise WeightsError(f"Cannot write the converted {what} to {final.parent} ({exc}); set EFFNET_CACHE.") from None
     try:
         staged = make_dir(work / final.name)
-        write_lite0(source, staged)
+        write(staged)
         # A directory left incomplete by hand (files deleted) is replaced; a complete one is kept.
         replace = final.exists() and not is_complete(final)
         publish_dir(staged, final, replace_own=MODEL_DIR_FILES if replace else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if not is_complete(final):
-        raise WeightsError(f"Converting the bundled Lite0 weights into {final} failed; remove it and try again.")
+        raise WeightsError(f"Converting {what} into {final} failed; remove it and try again.")
     return final

@@ -18,7 +18,9 @@ from pathlib import Path
 from effnet_cli.errors import LoadError, OfflineError, one_line
 from effnet_cli.weights import probe
 from effnet_cli.weights.files import CONFIG_NAME, PICKLE_NAME, PROCESSOR_NAME, SAFETENSORS_NAME
+from effnet_cli.weights.timm_layout import ensure_timm_converted, is_timm_layout
 from effnet_cli.weights.variants import VARIANTS, hub_id_for
+from effnet_cli.weights.variants_v2 import V2_VARIANTS
 
 
 def cache_root() -> Path:
@@ -68,9 +70,15 @@ def resolve_files(name_or_path: str | Path, *, revision: str | None = None, cach
     repo_id = hub_id_for(key) or text
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or "/" not in repo_id:
         raise LoadError(
-            f"{text!r} is neither a directory, a variant ({', '.join(VARIANTS)}) nor a hub id like google/efficientnet-b0."
+            f"{text!r} is neither a directory, a variant ({', '.join((*VARIANTS, *V2_VARIANTS))}) nor a hub id "
+            "like google/efficientnet-b0."
         )
-    return _download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+    directory, source = _download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+    if is_timm_layout(directory):
+        # timm's layout (timm/<arch>.<tag>): converted once into effnet's cache, per commit.
+        converted = ensure_timm_converted(directory, cache_root(), repo_id)
+        return converted, {**source, "converted_from": "timm", "path": str(converted)}
+    return directory, source
 
 
 def _download(repo_id: str, *, revision: str | None, cache_dir: str | Path | None,

@@ -46,6 +46,11 @@ LITE_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.lite)
 
 
 def hub_id_for(name: str) -> str | None:
-    """The hub repository a short variant name stands for (``b3`` -> ``google/efficientnet-b3``)."""
+    """The hub repository a short variant name stands for (``b3`` -> ``google/efficientnet-b3``,
+    ``v2-s`` -> ``timm/tf_efficientnetv2_s.in21k_ft_in1k``)."""
+    from effnet_cli.weights.variants_v2 import V2_VARIANTS
+
     variant = VARIANTS.get(name.lower())
+    if variant is None and name.lower() in V2_VARIANTS:
+        return V2_VARIANTS[name.lower()].hub_id
     return variant.hub_id if variant else None
