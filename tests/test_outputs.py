@@ -130,7 +130,7 @@ def test_hostile_names_through_output_dir(b0_small_dir: Path, hostile: list[str]
     import pyarrow.parquet as pq
     from embedding_reader import EmbeddingReader
 
-    metas = [row for f in sorted(out.glob("meta_*.parquet")) for row in pq.read_table(f).to_pylist()]
+    metas = [row for f in sorted(out.glob("meta_*.parquet")) for row in pq.ParquetFile(f, pre_buffer=False).read(use_threads=False).to_pylist()]
     assert sorted(path_from_fields(m) for m in metas) == sorted(hostile)
     reader = EmbeddingReader(str(out), file_format="parquet_npy", meta_columns=["path", "path_bytes", "index"],
                              metadata_folder=str(out))

@@ -17,9 +17,9 @@ from typing import Any
 from PIL import Image
 
 from effnet_cli.data.decode import _short, open_image
-from effnet_cli.data.pathlist import PathList
 from effnet_cli.data.limits import (TimeLimitExceeded, Watch, backstop_after, call_with_time_limit, check_timeout,
                                     input_began, input_ended, timeout_reason)
+from effnet_cli.data.pathlist import PathList
 from effnet_cli.errors import DecodeError, InputError
 
 __all__ = ["CRASH_REASON", "Batch", "BatchJob", "Outcome", "Stacking", "assemble", "checked_job", "load_positions", "recover", "run_isolated"]
@@ -239,7 +239,8 @@ def checked_job(paths: Sequence[str], transform: Callable[[Image.Image], Any], s
         raise InputError(f"start must be between 0 and {len(paths)}, got {start}")
     kwargs = dict(open_kwargs or {})
     inspect.signature(open_image).bind("", **kwargs)  # a misspelt option fails here, not once per image
-    return BatchJob(paths if isinstance(paths, PathList) else list(paths), transform, batch_size, start, kwargs, stacking, check_timeout(decode_timeout))
+    kept = paths if isinstance(paths, PathList) else list(paths)  # a compact list stays compact
+    return BatchJob(kept, transform, batch_size, start, kwargs, stacking, check_timeout(decode_timeout))
 
 
 def recover(span: range, run_isolated: Callable[[list[int]], "list[Outcome] | None"], stacking: Stacking) -> Batch:

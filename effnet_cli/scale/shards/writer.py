@@ -195,7 +195,8 @@ class ShardWriter:
             extra = {"dim": int(self.dim), "dtype": self.dtype.str}
             if job.single is not None:
                 publish_file(self.partials["emb"], targets["emb"])
-                _write_jsonl(targets["manifest"], ({k: v for k, v in r.items() if k != "index"} for r in self._records()))
+                manifest = ({k: v for k, v in r.items() if k != "index"} for r in self._records())
+                _write_jsonl(targets["manifest"], manifest)
                 files = {"emb": targets["emb"].name, "manifest": targets["manifest"].name}
             else:
                 if self.rows:
@@ -224,7 +225,8 @@ class ShardWriter:
         with atomic_file(target) as fh, pq.ParquetWriter(fh, schema) as out:
             # Row groups of META_GROUP records: a whole shard's table at once was ~13 MB more at its end.
             for group in _groups(meta, META_GROUP):
-                columns = [_arrow_column([m.get(name) for m in group], schema.field(name).type) for name in schema.names]
+                columns = [_arrow_column([m.get(name) for m in group], schema.field(name).type)
+                           for name in schema.names]
                 out.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
         pa.default_memory_pool().release_unused()
 
