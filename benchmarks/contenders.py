@@ -1,10 +1,12 @@
 """One contender of the benchmark, run alone in this process so its memory peak is its own.
 
     python benchmarks/contenders.py forward --lib effnet --variant b0 --batch 16 --warmup 2 --iters 10
+    python benchmarks/contenders.py serve-forward --lib onnxruntime --variant b0 --batch 1
     python benchmarks/contenders.py e2e --lib timm --variant b0 --batch 16 --workers 2 --list paths.txt
 
 ``forward`` times the model alone on a fixed random batch and prints one JSON
-line (images/s from the median iteration, peak RSS). ``e2e`` classifies the
+line (images/s from the median iteration, peak RSS); ``serve-forward`` does
+the same on request, for a parent that times several such processes in turn. ``e2e`` classifies the
 listed images (decode, preprocess, model, top-5) and prints one JSON record
 per image as soon as it is known, which the parent timestamps; ``effnet
 classify`` itself is run by the parent as the real CLI. Every contender gets
@@ -25,63 +27,10 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prepare  # noqa: E402
+from runtimes import NUMPY_LIBS, onnx_file, run_call_cost, runtime_forward, serve_forward  # noqa: E402
 
 LIBS = ("effnet", "effnet-api", "effnet-engine", "effnet-engine-bf16", "effnet-auto", "effnet-auto-bf16", "onnxruntime",
         "openvino", "openvino-bf16", "torchvision", "transformers", "timm")
-# Contenders that take numpy input (the runtimes used directly, and effnet's Engine around them).
-NUMPY_LIBS = ("effnet-api", "onnxruntime", "openvino", "openvino-bf16")
-
-
-def _onnx_file(variant: str) -> str:
-    """The same weights as every other contender, exported once to ONNX (effnet's exporter, its cache)."""
-    from effnet_cli import load_pretrained
-
-    # Through the API, so the export is also recorded in the index where backend="auto" finds it.
-    model, _ = load_pretrained(str(prepare.effnet_dir(variant)), backend="onnxruntime")
-    return str(model.directory / "model.onnx")
-
-
-def runtime_forward(lib: str, variant: str, batch: int) -> Callable[[Any], Any]:
-    """ONNX Runtime or OpenVINO used directly, set up as their documentation recommends for throughput."""
-    import os
-
-    import numpy as np
-
-    path = _onnx_file(variant)
-    if lib == "effnet-api":
-        # The Python API's default for runtimes: `load_pretrained(..., backend="auto")` finds the export
-        # cached above and runs each batch size in the faster runtime (measured once, remembered).
-        from effnet_cli import load_pretrained
-
-        model, _ = load_pretrained(str(prepare.effnet_dir(variant)), backend="auto")
-        return lambda x: model(x).logits
-    if lib == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = len(os.sched_getaffinity(0))
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        return lambda x: session.run(["logits"], {"pixel_values": x})[0]
-    import openvino as ov
-
-    config = {"PERFORMANCE_HINT": "THROUGHPUT" if batch > 1 else "LATENCY",
-              "INFERENCE_PRECISION_HINT": "bf16" if lib == "openvino-bf16" else "f32"}
-    compiled = ov.Core().compile_model(path, "CPU", config)
-    requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    queue = ov.AsyncInferQueue(compiled, requests)
-
-    def call(x: Any) -> Any:
-        # The async API over one slice per infer request: OpenVINO's recommended way to fill its streams.
-        slices = np.array_split(x, min(requests, len(x)))
-        for i, part in enumerate(slices):
-            queue.start_async({0: part}, i)
-        queue.wait_all()
-        return [queue[i].get_output_tensor(0).data for i in range(len(slices))]
-
-    return call
-
-
 def peak_rss_mb() -> float:
     """This process's resident-set high-water mark in MB.
 
@@ -295,7 +244,7 @@ def run_decode(args: argparse.Namespace) -> dict[str, Any]:
     if args.lean:  # the torch-free pool of the lean engine, on the cached ONNX export of the same weights
         from effnet_cli.runtime.lean import LeanEngine
 
-        engine: Any = LeanEngine(Path(_onnx_file(args.variant)).parent, backend="onnxruntime")
+        engine: Any = LeanEngine(Path(onnx_file(args.variant)).parent, backend="onnxruntime")
     else:
         from effnet_cli.runtime.engine import Engine
 
@@ -427,6 +376,14 @@ def main() -> None:
     fwd.add_argument("--iters", type=int, default=10)
     fwd.add_argument("--thread-policy", choices=("cli", "torch"), default="cli",
                      help="effnet's Engine rows: the CLI's OpenMP waiting policy (default) or torch's own")
+    serve = sub.add_parser("serve-forward", help="a runtime contender timed on request (lines N on stdin)")
+    serve.add_argument("--lib", choices=NUMPY_LIBS, required=True)
+    serve.add_argument("--variant", choices=sorted(prepare.VARIANTS), required=True)
+    serve.add_argument("--batch", type=int, required=True)
+    serve.add_argument("--warmup", type=int, default=3)
+    cost = sub.add_parser("call-cost", help="the API call's own cost around ONNX Runtime, in µs")
+    cost.add_argument("--variant", choices=sorted(prepare.VARIANTS), required=True)
+    cost.add_argument("--batch", type=int, default=1)
     e2e = sub.add_parser("e2e")
     e2e.add_argument("--lib", choices=LIBS, required=True)
     e2e.add_argument("--variant", choices=sorted(prepare.VARIANTS), required=True)
@@ -456,6 +413,10 @@ def main() -> None:
         _thread_waiting_policy()
     if args.what == "forward":
         print(json.dumps(run_forward(args)))
+    elif args.what == "serve-forward":
+        serve_forward(args)
+    elif args.what == "call-cost":
+        print(json.dumps(run_call_cost(args)))
     elif args.what == "decode":
         print(json.dumps(run_decode(args)))
     elif args.what == "prewarm":
