@@ -56,7 +56,8 @@ def place(tmp_path: Path, photos: list[Path]) -> Path:
 
 @pytest.mark.parametrize(("args", "says"), [
     # the cases
-    (["export", "lite0", "-o", "full"], "full already exists and is not empty; choose another -o."),
+    (["export", "lite0", "-o", "full"], "full already exists and is not empty; add --overwrite to replace it."),
+    (["export", "lite0", "-o", "full", "--overwrite"], "holds files effnet did not write (notes.txt)"),
     (["export", "lite0", "-o", "new", "--dtype", "bfloat16"], "ONNX Runtime has no bfloat16"),
     (["embed", "cat.jpg"], "Give exactly one of -o FILE.npy, --per-file DIR or --output-dir DIR."),
     (["classify", "nope.jpg"], "nope.jpg: no such file or directory."),

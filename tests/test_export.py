@@ -113,3 +113,45 @@ def test_export_refusals_are_one_line(b0_small_dir, tmp_path):
         assert words in outcome.stderr and len(outcome.stderr.strip().splitlines()) == 1
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
     assert not (tmp_path / "x").exists()
+
+
+def test_overwrite_replaces_an_earlier_export_whole(b0_small_dir, tmp_path):
+    out = tmp_path / "exp"
+    assert run(["export", str(b0_small_dir), "-o", str(out), "--image-size", "32"]).exit_code == 0
+    again = run(["export", str(b0_small_dir), "-o", str(out), "--image-size", "40"])
+    assert again.exit_code == 2 and "--overwrite" in again.stderr  # refused, and told how to go on
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 32, "width": 32}
+    pytest.importorskip("openvino")
+    # Another format: the earlier model.onnx must go too, not sit beside model.xml.
+    outcome = run(["export", str(b0_small_dir), "-o", str(out), "--format", "openvino", "--image-size", "40",
+                   "--overwrite"])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.bin", "model.xml",
+                                                     "preprocessor_config.json"]
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 40, "width": 40}
+    assert not [p for p in tmp_path.iterdir() if p.name != "exp"]  # no directory set aside is left behind
+
+
+def test_overwrite_never_touches_a_directory_with_other_files(b0_small_dir, tmp_path):
+    out = tmp_path / "exp"
+    assert run(["export", str(b0_small_dir), "-o", str(out), "--image-size", "32"]).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "model.bin").mkdir()  # an export's name, but not a file effnet wrote
+    before = sorted(p.name for p in out.iterdir())
+    outcome = run(["export", str(b0_small_dir), "-o", str(out), "--overwrite"])
+    assert outcome.exit_code == 2 and len(outcome.stderr.strip().splitlines()) == 1
+    assert "did not write" in outcome.stderr and "model.bin" in outcome.stderr
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "notes.txt").read_text() == "mine"
+
+
+def test_export_model_overwrite_in_the_library(b0_small_dir, tmp_path):
+    from effnet_cli.errors import InputError
+    from effnet_cli.runtime.export import export_model
+
+    model, processor = load_pretrained(b0_small_dir)
+    out = tmp_path / "exp"
+    export_model(model, processor, out, image_size=(32, 32))
+    with pytest.raises(InputError, match="--overwrite"):
+        export_model(model, processor, out, image_size=(40, 40))
+    result = export_model(model, processor, out, image_size=(40, 40), overwrite=True)
+    assert result.image_size == (40, 40) and result.files == sorted(out.iterdir())

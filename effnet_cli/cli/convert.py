@@ -22,15 +22,14 @@ class Source(str, Enum):
 def _check_arguments(src: Path, output: Path, overwrite: bool) -> None:
     """The usage errors the arguments alone decide: a missing checkpoint, an output convert must not write."""
     from effnet_cli.errors import InputError
-    from effnet_cli.output import MODEL_DIR_FILES
+    from effnet_cli.output import MODEL_DIR_FILES, owned_by
     from effnet_cli.output.targets import check_dir
     from effnet_cli.records.pathtext import display_path
 
     if not src.exists():
         raise InputError(f"{display_path(src)}: no such file or directory.")
     # --overwrite replaces a directory that holds only what convert writes.
-    check_dir(output, "-o", overwrite=overwrite, own=lambda name: (output / name).is_file()
-              and not (output / name).is_symlink() and name in MODEL_DIR_FILES)
+    check_dir(output, "-o", overwrite=overwrite, own=owned_by(output, MODEL_DIR_FILES))
 
 
 def convert(

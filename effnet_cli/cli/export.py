@@ -27,12 +27,14 @@ def _parse_batch(text: str) -> int | None:
 
 
 def _check_arguments(output: Path, format: ExportFormat, dtype: opt.DType, batch: str,
-                     verify: list[str] | None) -> int | None:
+                     verify: list[str] | None, overwrite: bool) -> int | None:
     """The usage errors the arguments alone decide; the fixed batch size (None: dynamic)."""
     from effnet_cli.cli.common import require_inputs
+    from effnet_cli.output import EXPORT_DIR_FILES, owned_by
     from effnet_cli.output.targets import check_dir
 
-    check_dir(output, "-o")  # export never writes into a directory that holds anything
+    # A directory that holds anything is refused; --overwrite replaces one that holds only an earlier export.
+    check_dir(output, "-o", overwrite=overwrite, own=owned_by(output, EXPORT_DIR_FILES))
     if format is ExportFormat.onnx and dtype is opt.DType.bfloat16:
         # The same refusal as effnet_cli.runtime.export's, made here without importing the exporter.
         raise InputError("ONNX Runtime has no bfloat16 convolutions on the CPU; export float32 (or float16), "
@@ -64,6 +66,7 @@ def export(
                          "through the PyTorch model; prints the largest difference per output.",
         show_default=False, metavar="IMAGES")] = None,
     revision: opt.Revision = None,
+    overwrite: opt.Overwrite = False,
 ) -> int:
     """Export a model to ONNX or OpenVINO, with its preprocessing beside it.
 
@@ -77,7 +80,7 @@ def export(
     preprocessor_config.json describes), outputs "logits", "features" (mean-pooled) and
     "features_max". See docs/export.md.
     """
-    fixed = _check_arguments(output, format, dtype, batch, verify)  # before any model, runtime or torch import
+    fixed = _check_arguments(output, format, dtype, batch, verify, overwrite)  # before any model, runtime or torch import
     from effnet_cli.data import discover_inputs
     from effnet_cli.runtime.export import export_model, parse_image_size, sample_pixels, verify_export
     from effnet_cli.core.loading import load_pretrained
@@ -85,7 +88,8 @@ def export(
     size = parse_image_size(image_size)
     images = discover_inputs(verify) if verify else None
     net, processor = load_pretrained(model, revision=revision)
-    result = export_model(net, processor, output, fmt=format.value, dtype=dtype.value, batch=fixed, image_size=size)
+    result = export_model(net, processor, output, fmt=format.value, dtype=dtype.value, batch=fixed, image_size=size,
+                          overwrite=overwrite)
     console = stdout_console()
     h, w = result.image_size
     shape = f"{result.batch or 'N'}×3×{h}×{w}"

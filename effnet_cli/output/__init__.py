@@ -34,7 +34,7 @@ from effnet_cli.output.atomic import (
 )
 from effnet_cli.output.faults import cause_of, check_writable, write_error, writing
 from effnet_cli.output.lock import OutputBusyError, OutputLock
-from effnet_cli.output.owned import MODEL_DIR_FILES, foreign_files
+from effnet_cli.output.owned import EXPORT_DIR_FILES, MODEL_DIR_FILES, foreign_files, owned_by
 from effnet_cli.output.settings import (
     SettingsMismatchError,
     check_settings,
@@ -56,8 +56,10 @@ __all__ = [
     "temporaries_of",
     "write_bytes",
     "write_text",
+    "EXPORT_DIR_FILES",
     "MODEL_DIR_FILES",
     "foreign_files",
+    "owned_by",
     "cause_of",
     "check_writable",
     "write_error",

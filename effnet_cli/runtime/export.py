@@ -34,7 +34,9 @@ import torch
 from torch import nn
 
 from effnet_cli.errors import InputError
-from effnet_cli.output import publish_dir, temp_dir, write_text, writing
+from effnet_cli.output import EXPORT_DIR_FILES, owned_by, publish_dir, temp_dir, write_text, writing
+from effnet_cli.output.targets import check_dir
+from effnet_cli.records.pathtext import display_path
 from effnet_cli.runtime.runners import FILE_OF, keep_float32, model_file, open_runner, require_runtime
 
 __all__ = [
@@ -220,14 +222,17 @@ def write_export(model: nn.Module, processor: Any, directory: Path, *, fmt: str,
 
 
 def export_model(model: nn.Module, processor: Any, out: str | Path, *, fmt: str = "onnx", dtype: str = "float32",
-                 batch: int | None = None, image_size: tuple[int, int] | None = None) -> ExportResult:
+                 batch: int | None = None, image_size: tuple[int, int] | None = None,
+                 overwrite: bool = False) -> ExportResult:
     """Export ``model`` with its preprocessing to the new directory ``out``.
 
     ``fmt`` is "onnx" or "openvino"; ``batch`` fixes the batch size (None: any);
     ``image_size`` (height, width) overrides the processor's input size. The
     directory appears complete or not at all: everything is written into a
     temporary directory beside it, which is then renamed. An existing ``out``
-    that is not empty is refused, so nothing is overwritten.
+    that is not empty is refused; with ``overwrite``, one that holds an earlier
+    export's files and nothing else is replaced whole (readers see the old export
+    or the new one, never a mix).
     """
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
@@ -237,16 +242,16 @@ def export_model(model: nn.Module, processor: Any, out: str | Path, *, fmt: str 
     if fmt == "openvino":
         require_runtime("openvino")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out} already exists and is not an empty directory; choose another -o.")
+    # Only an earlier export may be replaced, and only when asked: never a directory with anyone else's files.
+    check_dir(out, "-o", overwrite=overwrite, own=owned_by(out, EXPORT_DIR_FILES))
     processor = processor_for_size(processor, image_size)
     fixed_input_size(processor)
     tmp = temp_dir(out)  # the umask's mode; publish_dir fsyncs the files and renames the directory
     try:
         with writing(out, restate=True):  # a full disk while the exporter writes: one line naming -o, nothing left
             result = write_export(model, processor, tmp, fmt=fmt, dtype=dtype, batch=batch)
-        if not publish_dir(tmp, out):
-            raise InputError(f"{out} was filled by another program meanwhile; choose another -o.")
+        if not publish_dir(tmp, out, replace_own=EXPORT_DIR_FILES if overwrite else None):
+            raise InputError(f"{display_path(out)} was filled by another program meanwhile; it was left as it is.")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.directory = out
