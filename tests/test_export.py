@@ -155,3 +155,32 @@ def test_export_model_overwrite_in_the_library(b0_small_dir, tmp_path):
         export_model(model, processor, out, image_size=(40, 40))
     result = export_model(model, processor, out, image_size=(40, 40), overwrite=True)
     assert result.image_size == (40, 40) and result.files == sorted(out.iterdir())
+
+
+def test_squeeze_excitation_means_are_global_average_pools(onnx_export):
+    """ONNX Runtime keeps GlobalAveragePool in its blocked layout; ReduceMean made it reorder every SE block."""
+    import onnx
+
+    out, _ = onnx_export
+    graph = onnx.load(str(out / "model.onnx")).graph
+    kinds = [node.op_type for node in graph.node]
+    reduces = [node for node in graph.node if node.op_type == "Conv" and "squeeze_excite.reduce" in node.input[1]]
+    assert kinds.count("GlobalAveragePool") == len(reduces) > 0  # one per block with squeeze-and-excitation
+    pools = {node.output[0] for node in graph.node if node.op_type == "GlobalAveragePool"}
+    assert {node.input[0] for node in reduces} == pools  # and each feeds its block's reduce convolution
+    # The pooled features output drops the spatial axes, which GlobalAveragePool keeps: it stays a mean.
+    means = [node for node in graph.node if node.op_type == "ReduceMean"]
+    assert [node.output[0] for node in means] == ["features"]
+
+
+def test_an_export_of_an_older_graph_is_not_found_in_the_index(b0_small_dir, tmp_path, monkeypatch):
+    from effnet_cli.runtime import index
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.onnx").write_bytes(b"onnx")
+    monkeypatch.setattr(index, "GRAPH_VERSION", index.GRAPH_VERSION - 1)
+    index.record_export(b0_small_dir, "onnx", export, cache=tmp_path)
+    assert index.find_export(b0_small_dir, "onnx", cache=tmp_path) == export
+    monkeypatch.undo()
+    assert index.find_export(b0_small_dir, "onnx", cache=tmp_path) is None  # made again by this version

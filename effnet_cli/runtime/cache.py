@@ -26,7 +26,7 @@ from typing import Any
 from effnet_cli.errors import EffnetWarning, UnwritableOutputError
 from effnet_cli.host import EFFNET_VERSION, package_version
 from effnet_cli.output import OutputLock, cause_of, publish_dir, temp_dir, writing
-from effnet_cli.runtime.runners import FORMAT_OF, model_file, open_runner
+from effnet_cli.runtime.runners import FORMAT_OF, GRAPH_VERSION, model_file, open_runner
 
 # effnet_cli.runtime.export is imported inside the functions that need it: it imports torch (2.5 s),
 # which choosing a backend, or finding an export that is cached already, does not need.
@@ -55,7 +55,7 @@ def export_versions(fmt: str) -> dict[str, str]:
     """Versions of everything that shapes an export of format ``fmt`` ("-" for a package not installed)."""
     import torch
 
-    from effnet_cli.runtime.export import GRAPH_VERSION, OPSET
+    from effnet_cli.runtime.export import OPSET
 
     found = {"effnet": EFFNET_VERSION, "graph": str(GRAPH_VERSION), "opset": str(OPSET), "torch": torch.__version__}
     for name in ("onnx", "onnxscript") + (("openvino",) if fmt == "openvino" else ()):

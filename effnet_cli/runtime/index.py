@@ -8,7 +8,8 @@ later run finds the export and starts without torch (:mod:`effnet_cli.runtime.le
 A model's identity is its config.json and preprocessor_config.json (their bytes, hashed) and
 its weights file (real path, size and modification time: hashing a 250 MB b7 file on every
 start would cost as much as the start-up it saves; a file replaced in place changes its
-mtime). Each entry is one small JSON file under ``CACHE/exports/index/``, written atomically:
+mtime), with effnet's version and the exported graph's, so that an export of an older graph
+is not found and is made again. Each entry is one small JSON file under ``CACHE/exports/index/``, written atomically:
 
 * ``MODEL.FORMAT.json``: the export of format "onnx" or "openvino" (float32), and its input size;
 * ``MODEL.choice-bN.json``: the backend ``auto`` measured fastest at batch size N;
@@ -29,7 +30,7 @@ from typing import Any
 
 from effnet_cli.host import EFFNET_VERSION
 from effnet_cli.output import write_text
-from effnet_cli.runtime.runners import FILE_OF
+from effnet_cli.runtime.runners import FILE_OF, GRAPH_VERSION
 from effnet_cli.weights.files import CONFIG_NAME, PROCESSOR_NAME, weights_file
 
 __all__ = ["find_choice", "find_export", "model_identity", "record_choice", "record_export"]
@@ -47,7 +48,7 @@ def model_identity(directory: str | Path) -> dict[str, Any] | None:
     except Exception:  # no weights, unreadable files: simply not indexable
         return None
     return {"weights": os.path.realpath(weights), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "config": config, "processor": processor, "effnet": EFFNET_VERSION}
+            "config": config, "processor": processor, "effnet": EFFNET_VERSION, "graph": GRAPH_VERSION}
 
 
 def _entry(directory: str | Path, suffix: str, cache: Path | None) -> Path | None:

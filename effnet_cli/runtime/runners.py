@@ -19,11 +19,14 @@ import numpy as np
 from effnet_cli.errors import InputError
 from effnet_cli.host import installed, usable_cores
 
-__all__ = ["FILE_OF", "FORMAT_OF", "OnnxRuntimeRunner", "OpenVinoRunner", "keep_float32", "model_file", "open_runner",
-           "require_runtime"]
+__all__ = ["FILE_OF", "FORMAT_OF", "GRAPH_VERSION", "OnnxRuntimeRunner", "OpenVinoRunner", "keep_float32", "model_file",
+           "open_runner", "require_runtime"]
 
 FILE_OF = {"onnx": "model.onnx", "openvino": "model.xml"}  # export format -> its model file
 FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}  # backend -> the export format it runs
+# The exported graph's version, bumped when it changes (outputs, names, wrapper, rewrites) so that cached
+# exports are redone; here, without torch, for the export index as well as the exporter.
+GRAPH_VERSION = 2  # 2: squeeze-and-excitation means as GlobalAveragePool
 
 
 def model_file(directory: str | Path, fmt: str) -> Path:
