@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -331,3 +332,36 @@ def test_progress_shows_epochs_loss_accuracy_and_speed(dataset, tmp_path, b0_sma
     epochs = [line for line in done.stderr.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == TINY["epochs"], done.stderr
     assert all("loss" in line and "accuracy" in line and "images/s" in line for line in epochs)
+
+
+def test_an_image_whose_read_hangs_in_an_epoch_is_left_out_at_the_limit(tmp_path, monkeypatch):
+    """Each epoch decodes the files again; one that now hangs costs its place in the batch, not the run."""
+    from PIL import Image
+
+    import effnet_cli.data
+    from effnet_cli.data import decode
+    from effnet_cli.training.inputs import ImageSet, collate
+
+    paths = []
+    for i in range(2):
+        Image.new("RGB", (12, 12), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    real = decode.open_image
+
+    def hanging(path, **kwargs):
+        if path.endswith("1.png"):
+            # A read that blocks, as on a stale network mount; answered after 5 s, so that without the limit
+            # the test fails instead of hanging.
+            readable, writable = os.pipe()
+            threading.Timer(5, os.write, (writable, b"x")).start()
+            os.read(readable, 1)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(effnet_cli.data, "open_image", hanging)  # the name ImageSet imports
+    import torch
+
+    images = ImageSet(paths, [0, 1], lambda image: torch.zeros(3, 4, 4), {}, seed=0, epoch=0, time_limit=0.2)
+    started = time.monotonic()
+    x, y = collate([images[0], images[1]])
+    assert time.monotonic() - started < 4
+    assert x.shape == (1, 3, 4, 4) and y.tolist() == [0]

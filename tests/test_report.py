@@ -163,3 +163,31 @@ def test_the_browser_check_catches_console_errors(tmp_path: Path) -> None:
     page.write_text("<html><body><article class='card'></article><script>undefinedName();</script></body></html>")
     shown = render(page)
     assert len(cards_of(shown.dom)) == 1 and any("undefinedName" in line for line in shown.console)
+
+
+def test_a_thumbnail_whose_read_hangs_is_left_out_at_the_limit(tmp_path: Path, monkeypatch) -> None:
+    """The page decodes each image again for its thumbnail: a file that hangs now costs that thumbnail only."""
+    import os
+    import threading
+    import time
+
+    from effnet_cli.data import decode
+    from effnet_cli.report.page import thumbnail
+
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(photo)
+    assert thumbnail(str(photo)).startswith("data:image/jpeg;base64,")
+    real = decode.open_image
+
+    def hanging(path, **kwargs):
+        # A read that blocks, as on a stale network mount; answered after 5 s, so that without the limit
+        # the test fails instead of hanging.
+        readable, writable = os.pipe()
+        threading.Timer(5, os.write, (writable, b"x")).start()
+        os.read(readable, 1)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(decode, "open_image", hanging)
+    started = time.monotonic()
+    assert thumbnail(str(photo), time_limit=0.2) is None
+    assert time.monotonic() - started < 4

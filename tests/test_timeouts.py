@@ -381,8 +381,31 @@ def test_cli_a_hanging_read_and_a_huge_png_cost_their_own_records(tmp_path, phot
     assert _leftovers(token) == []
 
 
-def test_cli_a_negative_limit_is_a_usage_error(photos):
-    done = subprocess.run([sys.executable, "-m", "effnet_cli", "classify", str(photos[0]), "--decode-timeout", "-1"],
+@pytest.mark.slow
+def test_cli_explain_ends_a_hanging_read_and_a_huge_png_at_the_limit(tmp_path, photos, b0_small_dir, hang_shim):
+    """explain decodes in its own process, under the same limit: each hang costs its record, the rest is explained."""
+    pytest.importorskip("pytorch_grad_cam")
+    folder, good = _folder(tmp_path, photos)
+    env = {**os.environ, "LD_PRELOAD": str(hang_shim), "EFFNET_TEST_HANG": "r-stale.jpg", "EFFNET_TEST_HANG_DEAF": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "heat"
+    done = subprocess.run([sys.executable, "-m", "effnet_cli", "explain", str(folder), "--model", str(b0_small_dir),
+                           "-o", str(out), "--decode-timeout", str(LIMIT), "-q"],
+                          capture_output=True, env=env, timeout=600)
+    records = {r["path"]: r for r in map(json.loads, done.stdout.decode().splitlines())}
+    assert done.returncode == 1, done.stderr.decode()
+    assert records[str(folder / "q-huge.png")]["error"] == timeout_reason(LIMIT)
+    assert records[str(folder / "r-stale.jpg")]["error"] == timeout_reason(LIMIT)
+    assert records[str(folder / "s-pipe.jpg")]["error"] == "not a regular file (named pipe)"
+    for path in good:
+        assert [Path(f["overlay"]).is_file() for f in records[path]["explained"]] == [True]
+    assert len(records) == 6
+
+
+@pytest.mark.parametrize("command", [["classify"], ["explain", "-o", "heat"]])
+def test_cli_a_negative_limit_is_a_usage_error(photos, command, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "effnet_cli", command[0], str(photos[0]), *command[1:],
+                           "--decode-timeout", "-1"], cwd=tmp_path,
                           capture_output=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     assert done.returncode == 2 and done.stdout == b""

@@ -199,7 +199,7 @@ def _report(report: Path | None, options: EngineOptions, max_pixels: int | None)
         return None
     from effnet_cli.report.classify import ClassifyReport
 
-    return ClassifyReport(report, model=options.name, max_pixels=max_pixels)
+    return ClassifyReport(report, model=options.name, max_pixels=max_pixels, time_limit=options.time_limit)
 
 
 def _check_file_output(output: Path, overwrite: bool) -> None:

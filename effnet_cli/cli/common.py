@@ -160,9 +160,9 @@ class EngineOptions:
     @property
     def time_limit(self) -> float | None:
         """--decode-timeout as the loaders take it: the default when not given, None for no limit (0)."""
-        from effnet_cli.data.limits import DEFAULT_DECODE_TIMEOUT, check_timeout
+        from effnet_cli.data.limits import option_time_limit
 
-        return check_timeout(DEFAULT_DECODE_TIMEOUT if self.decode_timeout is None else self.decode_timeout)
+        return option_time_limit(self.decode_timeout)
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], **given: Any) -> EngineOptions:

@@ -42,6 +42,7 @@ def explain(
     overwrite: opt.Overwrite = False,
     null: opt.Null = False,
     max_pixels: opt.MaxPixels = None,
+    decode_timeout: opt.DecodeTimeout = None,
     variant: opt.VariantOpt = None,
     model: opt.ModelOpt = None,
     revision: opt.Revision = None,
@@ -66,8 +67,11 @@ def explain(
     pytorch-grad-cam (pip install 'effnet-cli[explain]').
     Exit status: 0 all images explained, 1 some failed (each gets an error record), 2 usage error.
     """
+    from effnet_cli.data.limits import option_time_limit
+
     started = time.monotonic()
     method = check_method(method)
+    time_limit = option_time_limit(decode_timeout)  # a negative one is a usage error before anything loads
     _check_output(inputs, output, overwrite, model is not None and variant is not None)
     require_library()  # before torch: a missing library costs nothing
     probe_hub_early(variant, model)
@@ -77,7 +81,8 @@ def explain(
         paths = gather_inputs(inputs, null)
         _check_output(inputs, output, overwrite, False, paths)  # again under the lock, with the inputs' names
         return _run(paths, output, classes or [], top, method, variant.value if variant is not None else model,
-                    revision, device, batch_size, max_pixels, progress_enabled(progress, quiet), quiet, started)
+                    revision, device, batch_size, max_pixels, time_limit, progress_enabled(progress, quiet), quiet,
+                    started)
 
 
 def _check_output(inputs: list[str], output: Path, overwrite: bool, both_models: bool,
@@ -99,8 +104,8 @@ def _check_output(inputs: list[str], output: Path, overwrite: bool, both_models:
 
 
 def _run(paths: list[str], output: Path, classes: list[str], top: int, method: str, name: str | None,
-         revision: str | None, device: str, batch_size: int, max_pixels: int | None, show: bool, quiet: bool,
-         started: float) -> int:
+         revision: str | None, device: str, batch_size: int, max_pixels: int | None, time_limit: float | None,
+         show: bool, quiet: bool, started: float) -> int:
     """Load the model, explain every input, print the records; the exit status."""
     from effnet_cli.core.loading import load_pretrained
     from effnet_cli.data import DEFAULT_MAX_PIXELS
@@ -113,7 +118,8 @@ def _run(paths: list[str], output: Path, classes: list[str], top: int, method: s
     require_classifier(loaded)
     labels = [loaded.config.id2label.get(i, f"LABEL_{i}") for i in range(loaded.config.num_labels)]
     settings = ExplainSettings(directory=output, method=method, classes=class_indices(classes, labels), top=top,
-                               batch_size=batch_size, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+                               batch_size=batch_size, decode_timeout=time_limit,
+                               max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     utf8_stdout()
     failed = 0
     with progress_bar(len(paths), show, "explain") as advance:

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from effnet_cli.errors import InputError
 
 __all__ = ["DEFAULT_DECODE_TIMEOUT", "TimeLimitExceeded", "Watch", "backstop_after", "call_with_time_limit",
-           "check_timeout", "input_began", "input_ended", "timeout_reason"]
+           "check_timeout", "input_began", "input_ended", "option_time_limit", "timeout_reason"]
 
 # Seconds one input may take to read, decode and preprocess. No real photo comes near it. The slowest
 # we measured is an image at the --max-pixels ceiling (89 megapixels, 9400×9500) on this project's
@@ -75,6 +75,11 @@ def check_timeout(seconds: float | None) -> float | None:
     if not math.isfinite(seconds) or seconds < 0:
         raise InputError(f"--decode-timeout must be 0 (no limit) or a positive number of seconds, got {seconds:g}.")
     return float(seconds) if seconds > 0 else None
+
+
+def option_time_limit(given: float | None) -> float | None:
+    """``--decode-timeout`` as a command got it (None: not given) -> the limit: the default, or None for 0."""
+    return check_timeout(DEFAULT_DECODE_TIMEOUT if given is None else given)
 
 
 def backstop_after(seconds: float) -> float:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from effnet_cli.data.decode import open_image
+from effnet_cli.data.limits import DEFAULT_DECODE_TIMEOUT, TimeLimitExceeded, call_with_time_limit, timeout_reason
 from effnet_cli.errors import DecodeError, InputError
 from effnet_cli.explain.cam import Explainer, to_image_size
 from effnet_cli.explain.overlay import heatmap_npy, overlay_png
@@ -38,6 +39,7 @@ class ExplainSettings:
     top: int = 1  # --top: the image's N best classes, when no --class is given
     batch_size: int = 8
     max_pixels: int | None = None
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT  # seconds per input's decode and preprocess (None: none)
 
 
 def class_indices(names: Sequence[str], labels: Sequence[str]) -> tuple[int, ...]:
@@ -72,18 +74,25 @@ def _explain_batch(explainer: Explainer, processor: Any, labels: list[str], path
                    settings: ExplainSettings) -> list[dict[str, Any]]:
     """The records of one batch: decode each input (an error is its record), then the model and the CAM once per rank."""
     images: dict[int, Any] = {}
+    inputs: dict[int, torch.Tensor] = {}
     records: list[dict[str, Any]] = []
     for i, path in enumerate(paths):
         try:
-            images[i] = open_image(path, max_pixels=settings.max_pixels)
+            # In this process, as the loaders do in their workers: a read that blocks (a hung network file)
+            # or a decode that runs away ends at --decode-timeout with the input's own record.
+            images[i], inputs[i] = call_with_time_limit(settings.decode_timeout, _decode, path, processor, settings)
         except DecodeError as exc:
             records.append(classify_record(Result(position=i, path=path, error=str(exc))))
+            continue
+        except TimeLimitExceeded:
+            records.append(classify_record(Result(position=i, path=path,
+                                                  error=timeout_reason(settings.decode_timeout or 0))))
             continue
         records.append({})
     if not images:
         return records
     order = sorted(images)
-    pixels = torch.stack([processor.preprocess_pil(images[i]) for i in order])
+    pixels = torch.stack([inputs[i] for i in order])
     probs = explainer.probabilities(pixels)
     k = min(max(RECORD_TOP, settings.top), probs.shape[-1])
     scores, indices = probs.topk(k, dim=-1)
@@ -101,6 +110,12 @@ def _explain_batch(explainer: Explainer, processor: Any, labels: list[str], path
         record = classify_record(Result(position=i, path=paths[i], predictions=predictions))
         records[i] = {**record, "method": settings.method, "explained": files[row]}
     return records
+
+
+def _decode(path: str, processor: Any, settings: ExplainSettings) -> tuple[Any, torch.Tensor]:
+    """One input's image (for the overlay) and its model input."""
+    image = open_image(path, max_pixels=settings.max_pixels)
+    return image, processor.preprocess_pil(image)
 
 
 def _write_class(image: Any, path: str, heatmap: Any, processor: Any, index: int, label: str, score: float,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from effnet_cli.data.limits import DEFAULT_DECODE_TIMEOUT
 from effnet_cli.records.pathtext import display_path
 from effnet_cli.records.results import Result
 from effnet_cli.report.page import Bar, Card, Page, Section, thumbnail, write_page
@@ -18,15 +19,16 @@ class ClassifyReport:
     Each card keeps a thumbnail of a few kilobytes, not the image, so memory grows by that much per input.
     """
 
-    def __init__(self, target: str | os.PathLike[str], *, model: str, max_pixels: int | None = None) -> None:
-        self.target, self.model, self.max_pixels = target, model, max_pixels
+    def __init__(self, target: str | os.PathLike[str], *, model: str, max_pixels: int | None = None,
+                 time_limit: float | None = DEFAULT_DECODE_TIMEOUT) -> None:
+        self.target, self.model, self.max_pixels, self.time_limit = target, model, max_pixels, time_limit
         self._cards: list[tuple[float, int, Card]] = []  # (sort key, input position, card)
 
     def add(self, results: Iterable[Result]) -> None:
         """One batch of results, in input order."""
         for result in results:
             position = len(self._cards)
-            self._cards.append((_order(result), position, _card(result, self.max_pixels)))
+            self._cards.append((_order(result), position, _card(result, self.max_pixels, self.time_limit)))
 
     def write(self) -> None:
         """Publish the page: failed inputs first, then by rising top-1 score."""
@@ -48,13 +50,13 @@ def _order(result: Result) -> float:
     return result.predictions[0].score
 
 
-def _card(result: Result, max_pixels: int | None) -> Card:
+def _card(result: Result, max_pixels: int | None, time_limit: float | None) -> Card:
     title = display_path(result.path)
     if not result.ok:
         return Card(title=title, thumb=None, note=result.error, flags=("failed",), key="(failed)")
     predictions = result.predictions or []
     top = predictions[0] if predictions else None
     low = top is None or top.score < LOW_CONFIDENCE
-    return Card(title=title, thumb=thumbnail(result.path, max_pixels),
+    return Card(title=title, thumb=thumbnail(result.path, max_pixels, time_limit),
                 bars=[Bar(p.label, p.score) for p in predictions], flags=("low",) if low else (),
                 key=top.label if top is not None else "(below --threshold)")

@@ -13,10 +13,12 @@ import base64
 import io
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from effnet_cli.data.limits import DEFAULT_DECODE_TIMEOUT, TimeLimitExceeded, call_with_time_limit
 from effnet_cli.errors import DecodeError, InputError
 from effnet_cli.output import write_text
 
@@ -94,18 +96,22 @@ def image_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def thumbnail(path: str, max_pixels: int | None = None) -> str | None:
+def thumbnail(path: str, max_pixels: int | None = None,
+              time_limit: float | None = DEFAULT_DECODE_TIMEOUT) -> str | None:
     """A JPEG thumbnail of the image at ``path`` as a data URI; None when it cannot be decoded.
 
     ``max_pixels`` None is the decoder's default limit (decompression bombs are refused here too).
+    ``time_limit``: seconds the read and decode may take (``--decode-timeout``; None: no limit), so that
+    a file that hangs on this second read costs its thumbnail, not the page.
     """
     from effnet_cli.data.decode import DEFAULT_MAX_PIXELS, open_image
 
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
         # draft: a JPEG decodes straight at 1/2…1/8 scale, several times faster for camera photos
-        image = open_image(path, max_pixels=limit, draft_size=(THUMB_SIDE, THUMB_SIDE))
-    except DecodeError:
+        image = call_with_time_limit(time_limit, partial(open_image, path, max_pixels=limit,
+                                                         draft_size=(THUMB_SIDE, THUMB_SIDE)))
+    except (DecodeError, TimeLimitExceeded):
         return None
     return thumbnail_of(image)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
+from effnet_cli.data.limits import DEFAULT_DECODE_TIMEOUT, TimeLimitExceeded, call_with_time_limit
 from effnet_cli.training import recipe
 from effnet_cli.training.dataset import (
     Split,
@@ -62,9 +64,10 @@ class ImageSet(torch.utils.data.Dataset):
     """Training images with augmentation seeded per (seed, epoch, image), so results do not depend on workers."""
 
     def __init__(self, paths: list[str], targets: list[int], transform: Any, open_kwargs: dict, seed: int,
-                 epoch: int) -> None:
+                 epoch: int, time_limit: float | None = DEFAULT_DECODE_TIMEOUT) -> None:
         self.paths, self.targets, self.transform = paths, targets, transform
         self.open_kwargs, self.seed, self.epoch = open_kwargs, seed, epoch
+        self.time_limit = time_limit  # seconds each image's read and decode may take (None: no limit)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -74,8 +77,10 @@ class ImageSet(torch.utils.data.Dataset):
         from effnet_cli.errors import DecodeError
 
         try:
-            image = open_image(self.paths[i], **self.open_kwargs)
-        except DecodeError:
+            # Every epoch reads the files again: one whose read now hangs (a stale network mount) is left out
+            # of this batch at the limit, as one that has become unreadable is, instead of stopping the run.
+            image = call_with_time_limit(self.time_limit, partial(open_image, self.paths[i], **self.open_kwargs))
+        except (DecodeError, TimeLimitExceeded):
             return None  # the file changed since the check; the batch goes on without it
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe.sample_seed(self.seed, self.epoch, i))
