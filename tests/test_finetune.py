@@ -365,3 +365,23 @@ def test_an_image_whose_read_hangs_in_an_epoch_is_left_out_at_the_limit(tmp_path
     x, y = collate([images[0], images[1]])
     assert time.monotonic() - started < 4
     assert x.shape == (1, 3, 4, 4) and y.tolist() == [0]
+
+
+def test_max_pixels_and_decode_timeout_apply_to_finetune(tmp_path, b0_small_dir):
+    """--max-pixels makes an image above it an unusable file, recorded like a broken one; bad values are usage errors."""
+    from PIL import Image
+
+    root = make_dataset(tmp_path / "data", per_class=3)
+    Image.new("RGB", (100, 100), (200, 40, 40)).save(root / "red" / "large.png")  # 10,000 pixels; the rest 1,920
+    out = tmp_path / "out"
+    done = run(["finetune", str(root), "-o", str(out), "--model", str(b0_small_dir), "--freeze", "backbone",
+                "--epochs", "1", "--val-split", "0", "--workers", "0", "--max-pixels", "5000",
+                "--decode-timeout", "30", "-q"])
+    assert done.exit_code == 0, done.stderr
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [Path(e["path"]).name for e in errors] == ["large.png"] and "pixels" in errors[0]["error"]
+    for bad, words in ((["--max-pixels", "0"], "--max-pixels must be positive"),
+                       (["--decode-timeout", "-1"], "--decode-timeout must be 0")):
+        refused = run(["finetune", str(root), "-o", str(tmp_path / "new"), *bad])
+        assert refused.exit_code == 2 and words in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()

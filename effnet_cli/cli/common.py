@@ -153,9 +153,9 @@ class EngineOptions:
     def __post_init__(self) -> None:
         if self.variant is not None and self.model is not None:
             raise InputError("Give either --variant or --model, not both.")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise InputError(f"--max-pixels must be positive, got {self.max_pixels}.")
-        self.time_limit  # noqa: B018 - a negative --decode-timeout is refused before anything loads
+        from effnet_cli.data.limits import check_input_limits
+
+        check_input_limits(self.max_pixels, self.decode_timeout)  # before anything loads
 
     @property
     def time_limit(self) -> float | None:

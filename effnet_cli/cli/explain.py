@@ -67,11 +67,12 @@ def explain(
     pytorch-grad-cam (pip install 'effnet-cli[explain]').
     Exit status: 0 all images explained, 1 some failed (each gets an error record), 2 usage error.
     """
-    from effnet_cli.data.limits import option_time_limit
+    from effnet_cli.data.limits import check_input_limits, option_time_limit
 
     started = time.monotonic()
     method = check_method(method)
-    time_limit = option_time_limit(decode_timeout)  # a negative one is a usage error before anything loads
+    check_input_limits(max_pixels, decode_timeout)  # usage errors, before anything loads
+    time_limit = option_time_limit(decode_timeout)
     _check_output(inputs, output, overwrite, model is not None and variant is not None)
     require_library()  # before torch: a missing library costs nothing
     probe_hub_early(variant, model)

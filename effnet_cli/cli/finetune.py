@@ -26,6 +26,14 @@ class TrainDType(str, Enum):
     bfloat16 = "bfloat16"
 
 
+TrainDTypeOpt = Annotated[TrainDType, typer.Option(
+    "--dtype", help="float32, or bfloat16 autocast (pays off on GPUs and CPUs with bfloat16 units).",
+    rich_help_panel=opt.RUN_PANEL)]
+TrainWorkers = Annotated[Optional[int], typer.Option(
+    "--workers", "-j", min=0, help="Decode processes (0 decodes in the main process). [default: up to 2]",
+    rich_help_panel=opt.RUN_PANEL, show_default=False)]
+
+
 def finetune(
     data: Annotated[Path, typer.Argument(
         help="A directory with one folder of images per class (folder names become labels), "
@@ -68,13 +76,11 @@ def finetune(
     variant: opt.VariantOpt = None,
     model: opt.ModelOpt = None,
     device: opt.Device = "auto",
-    dtype: Annotated[TrainDType, typer.Option(
-        "--dtype", help="float32, or bfloat16 autocast (pays off on GPUs and CPUs with bfloat16 units).",
-        rich_help_panel=opt.RUN_PANEL)] = TrainDType.float32,
+    dtype: TrainDTypeOpt = TrainDType.float32,
     batch_size: opt.BatchSize = 32,
-    workers: Annotated[Optional[int], typer.Option(
-        "--workers", "-j", min=0, help="Decode processes (0 decodes in the main process). [default: up to 2]",
-        rich_help_panel=opt.RUN_PANEL, show_default=False)] = None,
+    workers: TrainWorkers = None,
+    max_pixels: opt.MaxPixels = None,
+    decode_timeout: opt.DecodeTimeout = None,
     quiet: opt.Quiet = False,
     progress: opt.Progress = None,
 ) -> int:
@@ -93,7 +99,7 @@ def finetune(
     Ctrl-C saves a checkpoint; rerun the same command with --resume to continue.
     Exit status: 0 trained, 2 bad data or options (before training), 130 interrupted.
     """
-    _check_arguments(data, output, val)  # before any model or torch import; then the training code
+    _check_arguments(data, output, val, max_pixels, decode_timeout)  # before any model or torch import
     from effnet_cli.training import finetune as run
     options = _training_options(locals())
     view = _Progress(progress_enabled(progress, quiet))
@@ -111,17 +117,21 @@ def finetune(
 FINETUNE_LEDGER = ".effnet-finetune.json"  # effnet_cli.training.files.LEDGER: the names a run wrote into -o
 
 
-def _check_arguments(data: Path, output: Path, val: Path | None) -> None:
-    """The usage errors the arguments alone decide: missing data, an -o that holds files effnet did not write.
+def _check_arguments(data: Path, output: Path, val: Path | None, max_pixels: int | None,
+                     decode_timeout: float | None) -> None:
+    """The usage errors the arguments alone decide: missing data, an -o that holds files effnet did not write,
+    an unusable --max-pixels or --decode-timeout.
 
     A directory a finished run wrote (every entry in its ledger) is written again; one that holds an
     interrupted run is refused by the training loop, which names --resume.
     """
     import json
 
+    from effnet_cli.data.limits import check_input_limits
     from effnet_cli.output import foreign_files
     from effnet_cli.records.pathtext import display_path
 
+    check_input_limits(max_pixels, decode_timeout)
     for path in (data, val):
         if path is not None and not path.exists():
             raise InputError(f"{display_path(path)}: no such directory or file.")

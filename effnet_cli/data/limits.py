@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from effnet_cli.errors import InputError
 
 __all__ = ["DEFAULT_DECODE_TIMEOUT", "TimeLimitExceeded", "Watch", "backstop_after", "call_with_time_limit",
-           "check_timeout", "input_began", "input_ended", "option_time_limit", "timeout_reason"]
+           "check_input_limits", "check_timeout", "input_began", "input_ended", "option_time_limit", "timeout_reason"]
 
 # Seconds one input may take to read, decode and preprocess. No real photo comes near it. The slowest
 # we measured is an image at the --max-pixels ceiling (89 megapixels, 9400×9500) on this project's
@@ -80,6 +80,13 @@ def check_timeout(seconds: float | None) -> float | None:
 def option_time_limit(given: float | None) -> float | None:
     """``--decode-timeout`` as a command got it (None: not given) -> the limit: the default, or None for 0."""
     return check_timeout(DEFAULT_DECODE_TIMEOUT if given is None else given)
+
+
+def check_input_limits(max_pixels: int | None, decode_timeout: float | None) -> None:
+    """``--max-pixels`` and ``--decode-timeout`` as a command got them: a usage error for a value no run can use."""
+    if max_pixels is not None and max_pixels < 1:
+        raise InputError(f"--max-pixels must be positive, got {max_pixels}.")
+    option_time_limit(decode_timeout)
 
 
 def backstop_after(seconds: float) -> float:

@@ -127,7 +127,8 @@ def extract_features(model: nn.Module, processor: Any, split: Split, opts: Finet
     """Pooled features of every image (the linear probe's inputs), streamed as ``effnet embed`` does."""
     from effnet_cli.runtime.engine import Engine, embed_paths
 
-    engine = Engine(model, processor, device=device, dtype=opts.dtype)
+    engine = Engine(model, processor, device=device, dtype=opts.dtype, max_pixels=opts.pixel_limit,
+                    decode_timeout=opts.time_limit)
     workers = decode_workers(opts.workers)
     out: dict[str, torch.Tensor] = {}
     failed: dict[str, str] = {}

@@ -225,7 +225,9 @@ def _source(state: TrainState, epoch: int, start_step: int) -> Any:
     if state.features is not None:
         return ((state.features["train"][b], targets[b]) for b in batches[start_step:])
     transform = recipe.TrainTransform(state.processor, opts.image_size, opts.augment)
-    dataset = ImageSet(train.paths, targets.tolist(), transform, open_kwargs_for(state.processor), opts.seed, epoch)
+    dataset = ImageSet(train.paths, targets.tolist(), transform,
+                       {**open_kwargs_for(state.processor), "max_pixels": opts.pixel_limit}, opts.seed, epoch,
+                       time_limit=opts.time_limit)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches[start_step:], num_workers=state.workers, collate_fn=collate,
         worker_init_fn=recipe.worker_init if state.workers else None, persistent_workers=False,

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from effnet_cli.data.limits import check_input_limits, option_time_limit
 from effnet_cli.errors import InputError
 from effnet_cli.training import recipe
 
@@ -33,6 +34,8 @@ class FinetuneOptions:
     warmup_epochs: float = 1.0
     dtype: str = "float32"  # float32 or bfloat16 (autocast; pays off on CPUs with AMX/AVX512-BF16 and on GPUs)
     workers: int | None = None  # decode processes; None: up to 2
+    max_pixels: int | None = None  # --max-pixels: larger images are unusable files; None: the decoder's default
+    decode_timeout: float | None = None  # --decode-timeout, seconds per image's decode; None: the default, 0: none
     seed: int = 0
     resume: bool = False
     device: str = "auto"
@@ -61,7 +64,20 @@ class FinetuneOptions:
             raise InputError(f"--augment must be one of {', '.join(recipe.AUGMENTS)}, got {out.augment!r}.")
         if out.dtype not in ("float32", "bfloat16"):
             raise InputError(f"--dtype must be float32 or bfloat16 for training, got {out.dtype!r}.")
+        check_input_limits(out.max_pixels, out.decode_timeout)
         return out
+
+    @property
+    def pixel_limit(self) -> int:
+        """The largest image, in pixels, that is decoded (``max_pixels`` or the decoder's default)."""
+        from effnet_cli.data.decode import DEFAULT_MAX_PIXELS
+
+        return DEFAULT_MAX_PIXELS if self.max_pixels is None else self.max_pixels
+
+    @property
+    def time_limit(self) -> float | None:
+        """Seconds each image's read and decode may take (None: no limit)."""
+        return option_time_limit(self.decode_timeout)
 
 
 # Defaults measured on a 10-class set of 1,000 training images on a 2-core CPU (docs/finetune.md). In a
