@@ -176,3 +176,21 @@ def test_the_offline_hint_keeps_the_revision(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OfflineError, match=r"`hf download google/efficientnet-b0 --revision v1\.0`"):
         resolve_files("google/efficientnet-b0", revision="v1.0")
+
+
+def test_a_command_loads_only_its_own_module():
+    """`effnet classify` imports no other command's module: each costs start-up time a short run pays."""
+    script = ("import sys\nsys.argv = ['effnet', 'classify', '--help']\nfrom effnet_cli.cli.app import main\n"
+              "try:\n    main()\nexcept SystemExit:\n    pass\n"
+              "print(sorted(m for m in sys.modules if m.startswith('effnet_cli.cli.')), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0 and "--top-k" in done.stdout, done.stderr
+    loaded = set(eval(done.stderr.strip().splitlines()[-1]))
+    others = {f"effnet_cli.cli.{name}" for name in ("embed", "convert", "export", "finetune", "similar", "dedupe",
+                                                    "explain", "config_cmd")}
+    assert "effnet_cli.cli.classify" in loaded and not loaded & others, loaded & others
+    # The help screen and a misspelt command still see every command.
+    listing = subprocess.run([sys.executable, "-m", "effnet_cli", "clasify"], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert listing.returncode == 2 and "Did you mean 'classify'" in listing.stderr
