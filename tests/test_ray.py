@@ -230,3 +230,34 @@ def test_ray_decode_tasks_keep_the_decode_timeout(ray_session, b0_small_dir: Pat
     assert f"{huge}: {timeout_reason(LIMIT)}" in res.stderr, res.stderr
     _, records = read_embeddings(out)
     assert sorted(r["path"] for r in records if r.get("error") is None) == sorted(map(str, photos[:3]))
+
+
+@pytest.mark.slow
+def test_ray_runs_an_efficientnetv2_model_as_the_local_engine(ray_session, photos: list[Path], tmp_path: Path) -> None:
+    """A converted EfficientNetV2 (Fused-MBConv stages) in Ray's model actors: the local run's rows and records."""
+    timm = pytest.importorskip("timm")
+    import torch
+
+    from effnet_cli.convert import convert_checkpoint
+    from tests.test_convert import randomize, save_safetensors
+
+    source = randomize(timm.create_model("tf_efficientnetv2_b0", pretrained=False), seed=5)
+    with torch.no_grad():
+        for module in source.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.mul_(0.5)  # well conditioned in float32 through the random blocks
+    model = tmp_path / "v2"
+    convert_checkpoint(save_safetensors(source, tmp_path / "w.safetensors"), model, arch="tf_efficientnetv2_b0")
+    processor = json.loads((model / "preprocessor_config.json").read_text())
+    processor.update(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    (model / "preprocessor_config.json").write_text(json.dumps(processor))
+    inputs = _inputs(photos, tmp_path)
+    common = [*inputs, "--model", str(model), "--shard-size", "3", "-j", "0", "--backend", "torch"]
+    local = run(["embed", *common, "--output-dir", str(tmp_path / "local")])
+    remote = run(["embed", *common, "--output-dir", str(tmp_path / "ray"), "--engine", "ray", "--ray-actors", "2",
+                  "-b", "2"])
+    assert local.exit_code == remote.exit_code == 1, remote.stderr  # the corrupt and the missing input
+    local_array, local_records = read_embeddings(tmp_path / "local")
+    ray_array, ray_records = read_embeddings(tmp_path / "ray")
+    assert ray_records == local_records and local_array.shape[1] == 1280
+    np.testing.assert_allclose(ray_array, local_array, rtol=1e-5, atol=1e-5)
