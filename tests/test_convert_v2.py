@@ -180,3 +180,13 @@ def test_keras_efficientnet_v2_s_rescales_to_minus_one_one(tmp_path):
     assert (report.arch, report.verify.passed) == ("EfficientNetV2S", True)
     assert report.preprocessing["rescale_factor"] == pytest.approx(1 / 128)
     assert report.preprocessing["rescale_offset"] is True and report.preprocessing["do_normalize"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3", "EfficientNetV2M",
+                                  "EfficientNetV2L"])
+def test_keras_efficientnet_v2_variants_are_detected_and_match(name, tmp_path):
+    """Every Keras EfficientNetV2 size: told apart by its shapes alone, and Keras's logits on raw pixels to 1e-4."""
+    _, path, _ = _keras_v2(name, 64, 23, tmp_path)
+    report = convert_checkpoint(path, tmp_path / "out", verify=True, verify_size=64)
+    assert (report.source, report.arch, report.verify.passed) == ("keras", name, True), report.verify
