@@ -191,9 +191,11 @@ def _pool_squeeze_excite_globally(path: Path) -> int:
     inferred = onnx.shape_inference.infer_shapes(proto)
     rank = {v.name: len(v.type.tensor_type.shape.dim) for v in (*inferred.graph.value_info, *inferred.graph.input)
             if v.type.tensor_type.HasField("shape")}
-    constants = {t.name: numpy_helper.to_array(t).tolist() for t in proto.graph.initializer}
+    # The axes of the means only: turning every weight into a list would cost seconds.
+    wanted = {node.input[1] for node in proto.graph.node if node.op_type == "ReduceMean" and len(node.input) == 2}
+    constants = {t.name: numpy_helper.to_array(t).tolist() for t in proto.graph.initializer if t.name in wanted}
     for node in proto.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        if node.op_type == "Constant" and node.output[0] in wanted and node.attribute[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t).tolist()
     count = 0
     for i, node in enumerate(proto.graph.node):
