@@ -115,12 +115,14 @@ def test_export_refusals_are_one_line(b0_small_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_overwrite_replaces_an_earlier_export_whole(b0_small_dir, tmp_path):
+def test_overwrite_replaces_an_earlier_export_whole(onnx_export, b0_small_dir, tmp_path):
+    import shutil
+
     out = tmp_path / "exp"
-    assert run(["export", str(b0_small_dir), "-o", str(out), "--image-size", "32"]).exit_code == 0
+    shutil.copytree(onnx_export[0], out)  # an earlier export (the module's, 64 px)
     again = run(["export", str(b0_small_dir), "-o", str(out), "--image-size", "40"])
     assert again.exit_code == 2 and "--overwrite" in again.stderr  # refused, and told how to go on
-    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 32, "width": 32}
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 64, "width": 64}
     pytest.importorskip("openvino")
     # Another format: the earlier model.onnx must go too, not sit beside model.xml.
     outcome = run(["export", str(b0_small_dir), "-o", str(out), "--format", "openvino", "--image-size", "40",
@@ -132,9 +134,11 @@ def test_overwrite_replaces_an_earlier_export_whole(b0_small_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "exp"]  # no directory set aside is left behind
 
 
-def test_overwrite_never_touches_a_directory_with_other_files(b0_small_dir, tmp_path):
+def test_overwrite_never_touches_a_directory_with_other_files(onnx_export, b0_small_dir, tmp_path):
+    import shutil
+
     out = tmp_path / "exp"
-    assert run(["export", str(b0_small_dir), "-o", str(out), "--image-size", "32"]).exit_code == 0
+    shutil.copytree(onnx_export[0], out)
     (out / "notes.txt").write_text("mine")
     (out / "model.bin").mkdir()  # an export's name, but not a file effnet wrote
     before = sorted(p.name for p in out.iterdir())
@@ -144,13 +148,16 @@ def test_overwrite_never_touches_a_directory_with_other_files(b0_small_dir, tmp_
     assert sorted(p.name for p in out.iterdir()) == before and (out / "notes.txt").read_text() == "mine"
 
 
-def test_export_model_overwrite_in_the_library(b0_small_dir, tmp_path):
+@pytest.mark.slow  # one more export: about ten seconds
+def test_export_model_overwrite_in_the_library(onnx_export, b0_small_dir, tmp_path):
+    import shutil
+
     from effnet_cli.errors import InputError
     from effnet_cli.runtime.export import export_model
 
     model, processor = load_pretrained(b0_small_dir)
     out = tmp_path / "exp"
-    export_model(model, processor, out, image_size=(32, 32))
+    shutil.copytree(onnx_export[0], out)
     with pytest.raises(InputError, match="--overwrite"):
         export_model(model, processor, out, image_size=(40, 40))
     result = export_model(model, processor, out, image_size=(40, 40), overwrite=True)
