@@ -158,6 +158,13 @@ class EngineOptions:
         check_input_limits(self.max_pixels, self.decode_timeout)  # before anything loads
 
     @property
+    def pixel_limit(self) -> int:
+        """--max-pixels as the decoder takes it: the default when not given."""
+        from effnet_cli.data.decode import option_pixel_limit
+
+        return option_pixel_limit(self.max_pixels)
+
+    @property
     def time_limit(self) -> float | None:
         """--decode-timeout as the loaders take it: the default when not given, None for no limit (0)."""
         from effnet_cli.data.limits import option_time_limit
@@ -187,7 +194,6 @@ def load_engine(options: EngineOptions, *, device: str | None = None, backend: s
     choice, or PyTorch. ``lean=False`` always gives the PyTorch :class:`Engine` (which may still run
     the model in a runtime), for callers that need its torch preprocessing (Ray's decode tasks).
     """
-    from effnet_cli.data import DEFAULT_MAX_PIXELS
     from effnet_cli.runtime.backends import AUTO_MEASURE_MIN_IMAGES
 
     measure = inputs is None or inputs >= AUTO_MEASURE_MIN_IMAGES
@@ -207,7 +213,7 @@ def load_engine(options: EngineOptions, *, device: str | None = None, backend: s
     engine = Engine.from_pretrained(
         options.name, revision=options.revision, device=options.device if device is None else device,
         dtype=options.dtype.value, compile=options.compile, draft=not options.exact_decode,
-        max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
+        max_pixels=options.pixel_limit,
         decode_timeout=options.time_limit,
         backend=options.backend if backend is None else backend, batch_size=options.batch_size,
         measure=measure, announce=None if options.quiet else _announce_measurement,
@@ -229,14 +235,13 @@ def _lean_engine(options: EngineOptions, *, device: str | None, backend: str | N
     export of them must be recorded in the index (:mod:`effnet_cli.runtime.index`), and for a run that
     ``measure``s (long enough to gain from the fastest backend), auto's measured choice at its batch size.
     """
-    from effnet_cli.data import DEFAULT_MAX_PIXELS
     from effnet_cli.runtime.lean import LeanEngine, export_format, lean_for_model
 
     backend = options.backend if backend is None else backend
     device = options.device if device is None else device
     kwargs: dict[str, Any] = {"batch_size": options.batch_size, "dtype": options.dtype.value,
                               "draft": not options.exact_decode, "device": device,
-                              "max_pixels": DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
+                              "max_pixels": options.pixel_limit,
                               "decode_timeout": options.time_limit}
     if options.model is not None and export_format(options.model) is not None:
         if options.compile:

@@ -109,7 +109,7 @@ def _run(paths: list[str], output: Path, classes: list[str], top: int, method: s
          show: bool, quiet: bool, started: float) -> int:
     """Load the model, explain every input, print the records; the exit status."""
     from effnet_cli.core.loading import load_pretrained
-    from effnet_cli.data import DEFAULT_MAX_PIXELS
+    from effnet_cli.data.decode import option_pixel_limit
     from effnet_cli.explain.run import ExplainSettings, class_indices, explain_paths
     from effnet_cli.runtime.fused import resolve_device
     from effnet_cli.runtime.paths import require_classifier
@@ -120,7 +120,7 @@ def _run(paths: list[str], output: Path, classes: list[str], top: int, method: s
     labels = [loaded.config.id2label.get(i, f"LABEL_{i}") for i in range(loaded.config.num_labels)]
     settings = ExplainSettings(directory=output, method=method, classes=class_indices(classes, labels), top=top,
                                batch_size=batch_size, decode_timeout=time_limit,
-                               max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+                               max_pixels=option_pixel_limit(max_pixels))
     utf8_stdout()
     failed = 0
     with progress_bar(len(paths), show, "explain") as advance:

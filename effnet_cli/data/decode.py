@@ -23,11 +23,16 @@ from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageEr
 
 from effnet_cli.errors import DecodeError, one_line
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_BACKGROUND", "open_image", "special_file_reason"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_BACKGROUND", "open_image", "option_pixel_limit", "special_file_reason"]
 
 # Pillow's own default (1024 * 1024 * 1024 // 4 // 3), written out so that code
 # elsewhere changing Image.MAX_IMAGE_PIXELS does not silently change our limit.
 DEFAULT_MAX_PIXELS = 89_478_485
+
+
+def option_pixel_limit(given: int | None) -> int:
+    """``--max-pixels`` as a command got it (None: not given) -> the limit ``open_image`` takes."""
+    return DEFAULT_MAX_PIXELS if given is None else given
 
 # Transparent pixels are composited on white: what a browser or photo viewer
 # shows for a transparent PNG on a plain page.

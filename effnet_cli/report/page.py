@@ -104,12 +104,11 @@ def thumbnail(path: str, max_pixels: int | None = None,
     ``time_limit``: seconds the read and decode may take (``--decode-timeout``; None: no limit), so that
     a file that hangs on this second read costs its thumbnail, not the page.
     """
-    from effnet_cli.data.decode import DEFAULT_MAX_PIXELS, open_image
+    from effnet_cli.data.decode import open_image, option_pixel_limit
 
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
         # draft: a JPEG decodes straight at 1/2…1/8 scale, several times faster for camera photos
-        image = call_with_time_limit(time_limit, partial(open_image, path, max_pixels=limit,
+        image = call_with_time_limit(time_limit, partial(open_image, path, max_pixels=option_pixel_limit(max_pixels),
                                                          draft_size=(THUMB_SIDE, THUMB_SIDE)))
     except (DecodeError, TimeLimitExceeded):
         return None

@@ -70,9 +70,9 @@ class FinetuneOptions:
     @property
     def pixel_limit(self) -> int:
         """The largest image, in pixels, that is decoded (``max_pixels`` or the decoder's default)."""
-        from effnet_cli.data.decode import DEFAULT_MAX_PIXELS
+        from effnet_cli.data.decode import option_pixel_limit
 
-        return DEFAULT_MAX_PIXELS if self.max_pixels is None else self.max_pixels
+        return option_pixel_limit(self.max_pixels)
 
     @property
     def time_limit(self) -> float | None:
